@@ -1,0 +1,1 @@
+"""recsys: multimodal recommendation system library."""

@@ -1,0 +1,34 @@
+"""`recsys`: the command line, and the composition root.
+
+This package is the one part of `recsys` that may import the applications (`features`,
+`training`, `serving`), and it does so inside commands only, so `recsys --help` stays fast.
+Commands are grouped by noun, one module each (see `register` in every module).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from recsys.cli import common, data, models
+
+app = typer.Typer(
+    name="recsys",
+    help="Multimodal recommendations: CLIP item vectors, Feast features, two-tower retrieval, "
+    "LightGBM ranking, diffusion thumbnails, MLflow tracking, FastAPI serving.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+app.callback()(common.main_options)
+
+GROUPS: dict[str, typer.Typer] = {}
+for _noun, _help in {
+    "config": "Show the effective configuration.",
+    "import": "Validate and import data into the workspace (MovieLens, or your own tables).",
+    "models": "Registered models, versions and aliases in MLflow.",
+}.items():
+    GROUPS[_noun] = typer.Typer(help=_help, no_args_is_help=True)
+    app.add_typer(GROUPS[_noun], name=_noun)
+
+for _module in (data, models):
+    _module.register(app, GROUPS)

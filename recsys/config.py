@@ -1,0 +1,126 @@
+"""All configuration in one pydantic-settings model.
+
+Precedence (lowest first): defaults < `recsys.toml` (in the working directory, or the file named
+by `RECSYS_CONFIG`) < environment variables `RECSYS_*` (nested with `__`, e.g.
+`RECSYS_CLIP__PRECISION=bfloat16`) < CLI flags (passed as keyword overrides).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsys.data.config import ImportConfig, WorldConfig
+from recsys.embeddings.config import ClipConfig
+from recsys.evaluation.config import EvaluationConfig
+from recsys.ranking.config import RankerConfig
+from recsys.retrieval.config import RetrievalConfig
+from recsys.thumbnails.config import ThumbnailConfig
+
+
+class FeatureStoreConfig(BaseModel):
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = Field("127.0.0.1:6379", description="host:port of the Redis online store")
+    project: str = "recsys"
+    last_clicked: int = Field(20, description="length of a user's last-clicked item list")
+    ctr_prior_clicks: float = 1.0
+    ctr_prior_impressions: float = 20.0
+
+
+class TrackingConfig(BaseModel):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<home>/mlflow/mlflow.db"
+    )
+    artifact_root: str | None = Field(None, description="default <home>/mlflow/artifacts")
+
+
+class ServingConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    alias: str = "champion"
+    api_key: str | None = Field(None, description="key for /v1/admin/*; admin is off when unset")
+    exploration: Literal["none", "epsilon", "softmax"] = "none"
+    epsilon: float = 0.1
+    poll_seconds: float = Field(0.0, description="poll the registry alias every N s (0: off)")
+    max_body_bytes: int = 65_536
+    event_queue: int = 100_000
+    event_batch: int = 1000
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("RECSYS_CONFIG", "recsys.toml"))
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(Path(".recsys"), description="workspace folder for every artifact")
+    seed: int = 42
+    device: str = Field("auto", description="torch device: auto (CUDA where present), cpu, cuda")
+    threads: int = Field(1, ge=1, description="threads per process (torch, LightGBM, OpenMP)")
+    world: WorldConfig = WorldConfig()
+    imports: ImportConfig = ImportConfig()
+    clip: ClipConfig = ClipConfig()
+    thumbnails: ThumbnailConfig = ThumbnailConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    ranker: RankerConfig = RankerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    features: FeatureStoreConfig = FeatureStoreConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; `overrides` are CLI flags, nested with dots (`"clip.precision"`)."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        parts = key.split(".")
+        cursor = nested
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+    settings = Settings(**nested)
+    if nested:
+        # pydantic-settings lets init kwargs replace a whole nested model; merge instead so a
+        # flag such as clip.precision keeps the file's and env's other clip settings.
+        base = Settings().model_dump()
+        settings = Settings(**_deep_merge(base, nested))
+    return settings
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

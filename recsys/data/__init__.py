@@ -1,0 +1,1 @@
+"""Data contracts, readers and writers, the embedded world, imports and splits."""

@@ -1,0 +1,21 @@
+"""Settings of the embedded world (the simulator) and of imports."""
+
+from pydantic import BaseModel, Field
+
+
+class WorldConfig(BaseModel):
+    """Size and shape of the simulated shop; sized for a laptop demo by default."""
+
+    items: int = Field(2000, ge=10)
+    users: int = Field(5000, ge=10)
+    days: int = Field(28, ge=1)
+    impressions: int = Field(500_000, ge=100, description="target number of logged impressions")
+    slate_size: int = Field(10, ge=1)
+    missing_image_rate: float = Field(0.15, ge=0.0, le=1.0)
+    image_size: int = 128
+    images: bool = True
+
+
+class ImportConfig(BaseModel):
+    min_rating: float = Field(0.0, description="ratings >= this become clicks (0: every rating)")
+    quarantine: bool = True

@@ -1,0 +1,1 @@
+"""open_clip encoder, catalogue fine-tuning, fusion and the backfill of item vectors."""

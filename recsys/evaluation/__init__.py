@@ -1,0 +1,1 @@
+"""Ranking metrics, off-policy estimators and the offline A/B report."""

@@ -1,0 +1,1 @@
+"""Ranker feature assembly and LightGBM lambdarank."""

@@ -1,0 +1,1 @@
+"""Two-tower retrieval model, its training loop and the ANN index."""

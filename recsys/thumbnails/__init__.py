@@ -1,0 +1,1 @@
+"""Text-conditioned diffusion thumbnails for items without images."""

@@ -1,0 +1,220 @@
+"""MLflow backbone: runs, dataset lineage, the model registry and its aliases.
+
+Every pipeline records a run in its own experiment (`recsys/<pipeline>`). A model is a folder
+of plain files (weights + `meta.json`) logged as run artifacts and registered as a version of
+a registered model (`clip`, `thumbnails`, `retrieval`, `ranker`); serving picks a version by
+alias (`champion`, `challenger`). Tracking lives in the workspace by default
+(`sqlite:///<home>/mlflow/mlflow.db`, artifacts in `<home>/mlflow/artifacts`), never in the
+working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.io import file_sha256
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+ALIASES = ("champion", "challenger")
+
+
+def tracking_uri(settings: Any) -> str:
+    ws = Workspace.at(settings.home)
+    return settings.tracking.tracking_uri or f"sqlite:///{ws.mlflow_dir / 'mlflow.db'}"
+
+
+def artifact_root(settings: Any) -> str:
+    ws = Workspace.at(settings.home)
+    return settings.tracking.artifact_root or (ws.mlflow_dir / "artifacts").as_uri()
+
+
+def setup_tracking(settings: Any) -> str:
+    """Point MLflow at the workspace's store; returns the tracking URI."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = tracking_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _experiment_id(settings: Any, pipeline: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name = f"recsys/{pipeline}"
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=f"{artifact_root(settings)}/{pipeline}")
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextlib.contextmanager
+def start_run(settings: Any, pipeline: str, run_name: str | None = None) -> Iterator[Any]:
+    """Start an MLflow run in experiment `recsys/<pipeline>`; yields the active run."""
+    setup_tracking(settings)
+    import mlflow
+
+    exp_id = _experiment_id(settings, pipeline)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+        mlflow.set_tag("recsys.pipeline", pipeline)
+        mlflow.set_tag("recsys.home", str(Path(settings.home).resolve()))
+        yield run
+
+
+def table_lineage(paths: Mapping[str, str | Path]) -> dict[str, dict[str, Any]]:
+    """Content hash, size and row count of each input table: what a model was trained on."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, path in paths.items():
+        path = Path(path)
+        if not path.exists():
+            continue
+        entry: dict[str, Any] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+        if path.suffix == ".parquet":
+            entry["rows"] = pq.ParquetFile(path).metadata.num_rows
+        out[name] = entry
+    return out
+
+
+def log_lineage(tables: Mapping[str, str | Path], feature_views: Mapping[str, Any] | None = None,
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record dataset lineage in the active run: params (short hashes), tags and `lineage.json`."""
+    import mlflow
+
+    lineage = {"tables": table_lineage(tables), "feature_views": dict(feature_views or {}),
+               **dict(extra or {})}
+    for name, entry in lineage["tables"].items():
+        mlflow.set_tag(f"lineage.{name}.sha256", entry["sha256"][:16])
+        if "rows" in entry:
+            mlflow.log_param(f"rows.{name}", entry["rows"])
+    mlflow.log_dict(lineage, "lineage.json")
+    return lineage
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version resolved from `models:/name@alias` or `models:/name/3`."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    aliases: tuple[str, ...]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def tag(self) -> str:
+        """Short id used to stamp data derived from the model (e.g. `retrieval/v3`)."""
+        return f"{self.name}/v{self.version}"
+
+
+def log_and_register(settings: Any, model_dir: str | Path, name: str, meta: Mapping[str, Any],
+                     alias: str | None = None) -> ModelRef:
+    """Log a model folder as artifacts of the active run and register it as a new version.
+
+    `meta` is written as `meta.json` beside the weights so that a loaded model carries its
+    version and lineage with it.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    model_dir = Path(model_dir)
+    (model_dir / "meta.json").write_text(json.dumps(dict(meta), indent=2, default=str))
+    mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    run = mlflow.active_run()
+    client = MlflowClient()
+    with contextlib.suppress(Exception):
+        client.create_registered_model(name)
+    source = f"{run.info.artifact_uri}/model"
+    mv = client.create_model_version(name=name, source=source, run_id=run.info.run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    log.info("registered %s version %s%s", name, mv.version, f" as @{alias}" if alias else "")
+    return ModelRef(name, str(mv.version), run.info.run_id, source, (alias,) if alias else ())
+
+
+def resolve(settings: Any, uri: str) -> ModelRef:
+    """Resolve `models:/name@alias`, `models:/name/version`, or `name@alias`."""
+    setup_tracking(settings)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    body = uri.removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = body.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+    except (MlflowException, ValueError) as exc:
+        raise LookupError(f"no registered model version for '{uri}' in {tracking_uri(settings)}: "
+                          f"train it first (see `recsys models list`)") from exc
+    return ModelRef(name, str(mv.version), mv.run_id, mv.source, tuple(mv.aliases or ()))
+
+
+def download_model(settings: Any, uri: str) -> tuple[Path, ModelRef]:
+    """Fetch a registered model folder to the workspace cache; returns (folder, ref)."""
+    import mlflow
+
+    ref = resolve(settings, uri)
+    ws = Workspace.at(settings.home)
+    dest = ws.models_dir / ref.name / f"v{ref.version}"
+    if not (dest / "meta.json").exists():
+        tmp = Path(tempfile.mkdtemp(dir=ws.models_dir, prefix=f".{ref.name}-"))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():  # a concurrent download won; keep theirs
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(local, dest)
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest, ref
+
+
+def set_alias(settings: Any, name: str, alias: str, version: str | int) -> None:
+    setup_tracking(settings)
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def list_models(settings: Any) -> list[dict[str, Any]]:
+    """Every registered model version with its aliases and run (for `recsys models list`)."""
+    setup_tracking(settings)
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    rows = []
+    for rm in client.search_registered_models():
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        for mv in client.search_model_versions(f"name='{rm.name}'"):
+            rows.append({"name": rm.name, "version": int(mv.version),
+                         "aliases": sorted(by_version.get(str(mv.version), [])),
+                         "run_id": mv.run_id, "created": mv.creation_timestamp})
+    return sorted(rows, key=lambda r: (r["name"], r["version"]))

@@ -1,0 +1,82 @@
+"""Where every artifact lives: one workspace folder (default `./.recsys`, `RECSYS_HOME`).
+
+Modules ask a `Workspace` for paths instead of building them, so the layout is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> Workspace:
+        ws = cls(Path(root).resolve())
+        ws.root.mkdir(parents=True, exist_ok=True)
+        return ws
+
+    def _dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # tables of the data contracts
+    @property
+    def data_dir(self) -> Path:
+        return self._dir("data")
+
+    def table(self, name: str) -> Path:
+        """Path of a contract table: items, users, impressions, item_embeddings."""
+        return self.data_dir / f"{name}.parquet"
+
+    @property
+    def images_dir(self) -> Path:
+        return self._dir("data", "images")
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self._dir("quarantine")
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """Shards of the item_embeddings table written by the backfill."""
+        return self._dir("embeddings")
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self._dir("thumbnails")
+
+    @property
+    def feast_dir(self) -> Path:
+        return self._dir("feast")
+
+    @property
+    def feature_sources_dir(self) -> Path:
+        return self._dir("feast", "sources")
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self._dir("mlflow")
+
+    @property
+    def models_dir(self) -> Path:
+        """Local cache of model files (the registry in MLflow is the source of truth)."""
+        return self._dir("models")
+
+    @property
+    def reports_dir(self) -> Path:
+        return self._dir("reports")
+
+    @property
+    def events_dir(self) -> Path:
+        """Impressions and clicks recorded by the server."""
+        return self._dir("events")
+
+    @property
+    def truth_dir(self) -> Path:
+        """The simulator's ground truth (embedded world only)."""
+        return self._dir("data", "truth")
