@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from recsys.configbase import ConfigModel
 from recsys.data.config import ImportConfig, WorldConfig
 from recsys.embeddings.config import ClipConfig
 from recsys.evaluation.config import EvaluationConfig
@@ -27,7 +28,7 @@ from recsys.retrieval.config import RetrievalConfig
 from recsys.thumbnails.config import ThumbnailConfig
 
 
-class FeatureStoreConfig(BaseModel):
+class FeatureStoreConfig(ConfigModel):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = Field("127.0.0.1:6379", description="host:port of the Redis online store")
     project: str = "recsys"
@@ -36,14 +37,14 @@ class FeatureStoreConfig(BaseModel):
     ctr_prior_impressions: float = 20.0
 
 
-class TrackingConfig(BaseModel):
+class TrackingConfig(ConfigModel):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///<home>/mlflow/mlflow.db"
     )
     artifact_root: str | None = Field(None, description="default <home>/mlflow/artifacts")
 
 
-class ServingConfig(BaseModel):
+class ServingConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1

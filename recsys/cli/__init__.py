@@ -26,6 +26,7 @@ for _noun, _help in {
     "config": "Show the effective configuration.",
     "import": "Validate and import data into the workspace (MovieLens, or your own tables).",
     "models": "Registered models, versions and aliases in MLflow.",
+    "train": "Train the retrieval model or the ranker from click logs.",
 }.items():
     GROUPS[_noun] = typer.Typer(help=_help, no_args_is_help=True)
     app.add_typer(GROUPS[_noun], name=_noun)

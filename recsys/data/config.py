@@ -1,9 +1,11 @@
 """Settings of the embedded world (the simulator) and of imports."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from recsys.configbase import ConfigModel
 
 
-class WorldConfig(BaseModel):
+class WorldConfig(ConfigModel):
     """Size and shape of the simulated shop; sized for a laptop demo by default."""
 
     items: int = Field(2000, ge=10)
@@ -16,6 +18,6 @@ class WorldConfig(BaseModel):
     images: bool = True
 
 
-class ImportConfig(BaseModel):
+class ImportConfig(ConfigModel):
     min_rating: float = Field(0.0, description="ratings >= this become clicks (0: every rating)")
     quarantine: bool = True

@@ -2,10 +2,12 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from recsys.configbase import ConfigModel
 
 
-class ClipConfig(BaseModel):
+class ClipConfig(ConfigModel):
     model: str = Field("recsys-clip-tiny", description="open_clip model name (e.g. ViT-B-32)")
     pretrained: str | None = Field(
         None, description="hub tag (e.g. laion2b_s34b_b79k) or a local checkpoint file"

@@ -1,9 +1,11 @@
 """Settings of the offline A/B evaluation."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from recsys.configbase import ConfigModel
 
 
-class EvaluationConfig(BaseModel):
+class EvaluationConfig(ConfigModel):
     k: int = 10
     bootstrap: int = 1000
     alpha: float = 0.05

@@ -1,9 +1,11 @@
 """Settings of the LightGBM lambdarank ranker."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from recsys.configbase import ConfigModel
 
 
-class RankerConfig(BaseModel):
+class RankerConfig(ConfigModel):
     num_leaves: int = 31
     learning_rate: float = 0.05
     rounds: int = 300

@@ -2,10 +2,12 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from recsys.configbase import ConfigModel
 
 
-class RetrievalConfig(BaseModel):
+class RetrievalConfig(ConfigModel):
     dim: int = 64
     user_buckets: int = 100_003
     history: int = 20

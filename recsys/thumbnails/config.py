@@ -2,10 +2,12 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from recsys.configbase import ConfigModel
 
 
-class ThumbnailConfig(BaseModel):
+class ThumbnailConfig(ConfigModel):
     backend: Literal["embedded", "pipeline"] = Field(
         "embedded", description="embedded: small UNet trained here; pipeline: diffusers text2img"
     )
