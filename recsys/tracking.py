@@ -91,13 +91,19 @@ def table_lineage(paths: Mapping[str, str | Path]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def log_lineage(tables: Mapping[str, str | Path], feature_views: Mapping[str, Any] | None = None,
-                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def log_lineage(
+    tables: Mapping[str, str | Path],
+    feature_views: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Record dataset lineage in the active run: params (short hashes), tags and `lineage.json`."""
     import mlflow
 
-    lineage = {"tables": table_lineage(tables), "feature_views": dict(feature_views or {}),
-               **dict(extra or {})}
+    lineage = {
+        "tables": table_lineage(tables),
+        "feature_views": dict(feature_views or {}),
+        **dict(extra or {}),
+    }
     for name, entry in lineage["tables"].items():
         mlflow.set_tag(f"lineage.{name}.sha256", entry["sha256"][:16])
         if "rows" in entry:
@@ -126,8 +132,9 @@ class ModelRef:
         return f"{self.name}/v{self.version}"
 
 
-def log_and_register(settings: Any, model_dir: str | Path, name: str, meta: Mapping[str, Any],
-                     alias: str | None = None) -> ModelRef:
+def log_and_register(
+    settings: Any, model_dir: str | Path, name: str, meta: Mapping[str, Any], alias: str | None = None
+) -> ModelRef:
     """Log a model folder as artifacts of the active run and register it as a new version.
 
     `meta` is written as `meta.json` beside the weights so that a loaded model carries its
@@ -167,8 +174,10 @@ def resolve(settings: Any, uri: str) -> ModelRef:
             name, version = body.rsplit("/", 1)
             mv = client.get_model_version(name, version)
     except (MlflowException, ValueError) as exc:
-        raise LookupError(f"no registered model version for '{uri}' in {tracking_uri(settings)}: "
-                          f"train it first (see `recsys models list`)") from exc
+        raise LookupError(
+            f"no registered model version for '{uri}' in {tracking_uri(settings)}: "
+            f"train it first (see `recsys models list`)"
+        ) from exc
     return ModelRef(name, str(mv.version), mv.run_id, mv.source, tuple(mv.aliases or ()))
 
 
@@ -214,7 +223,13 @@ def list_models(settings: Any) -> list[dict[str, Any]]:
         for alias, version in (rm.aliases or {}).items():
             by_version.setdefault(str(version), []).append(alias)
         for mv in client.search_model_versions(f"name='{rm.name}'"):
-            rows.append({"name": rm.name, "version": int(mv.version),
-                         "aliases": sorted(by_version.get(str(mv.version), [])),
-                         "run_id": mv.run_id, "created": mv.creation_timestamp})
+            rows.append(
+                {
+                    "name": rm.name,
+                    "version": int(mv.version),
+                    "aliases": sorted(by_version.get(str(mv.version), [])),
+                    "run_id": mv.run_id,
+                    "created": mv.creation_timestamp,
+                }
+            )
     return sorted(rows, key=lambda r: (r["name"], r["version"]))

@@ -23,7 +23,9 @@ console = Console(stderr=True)
 def main_options(
     ctx: typer.Context,
     home: Path = typer.Option(None, "--home", help="Workspace folder [env RECSYS_HOME; default ./.recsys]"),
-    config: Path = typer.Option(None, "--config", help="Config file [env RECSYS_CONFIG; default ./recsys.toml]"),
+    config: Path = typer.Option(
+        None, "--config", help="Config file [env RECSYS_CONFIG; default ./recsys.toml]"
+    ),
     seed: int = typer.Option(None, "--seed", help="Random seed for every step [env RECSYS_SEED]"),
     device: str = typer.Option(None, "--device", help="torch device: auto, cpu, cuda [env RECSYS_DEVICE]"),
     threads: int = typer.Option(None, "--threads", help="Threads per process [env RECSYS_THREADS]"),

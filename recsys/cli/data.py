@@ -39,8 +39,14 @@ def generate(
     from recsys.data.world import generate_world
 
     settings = settings_from(
-        ctx, **{"world.items": items, "world.users": users, "world.days": days,
-                "world.impressions": impressions, "world.images": images}
+        ctx,
+        **{
+            "world.items": items,
+            "world.users": users,
+            "world.days": days,
+            "world.impressions": impressions,
+            "world.images": images,
+        },
     )
     ws = workspace(settings)
     with step("generate") as info:
@@ -52,7 +58,9 @@ def import_movielens(
     ctx: typer.Context,
     path: Path = typer.Argument(..., help="Folder in the ml-100k or ml-latest-small layout"),
     min_rating: float = typer.Option(None, help="Ratings >= this become clicks [default: every rating]"),
-    quarantine: bool = typer.Option(True, "--quarantine/--strict", help="Set bad rows aside (default) or fail"),
+    quarantine: bool = typer.Option(
+        True, "--quarantine/--strict", help="Set bad rows aside (default) or fail"
+    ),
 ) -> None:
     """Import MovieLens (ratings become clicks; posters become item images)."""
     from recsys.data.movielens import import_movielens as run
@@ -70,7 +78,9 @@ def _import_table(table: str):
     def command(
         ctx: typer.Context,
         path: Path = typer.Argument(..., help="Parquet or CSV file in the contract's columns"),
-        quarantine: bool = typer.Option(True, "--quarantine/--strict", help="Set bad rows aside (default) or fail"),
+        quarantine: bool = typer.Option(
+            True, "--quarantine/--strict", help="Set bad rows aside (default) or fail"
+        ),
     ) -> None:
         from recsys.data.tables import import_file
 

@@ -39,8 +39,21 @@ def mlflow_ui(
     settings = settings_from(ctx)
     uri = tracking.tracking_uri(settings)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--default-artifact-root", tracking.artifact_root(settings),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        tracking.artifact_root(settings),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
     raise typer.Exit(subprocess.call(cmd, env=env))
