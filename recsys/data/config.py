@@ -13,6 +13,7 @@ class WorldConfig(ConfigModel):
     days: int = Field(28, ge=1)
     impressions: int = Field(500_000, ge=100, description="target number of logged impressions")
     slate_size: int = Field(10, ge=1)
+    epsilon: float = Field(0.2, gt=0.0, le=1.0, description="logging policy's exploration rate per position")
     missing_image_rate: float = Field(0.15, ge=0.0, le=1.0)
     image_size: int = 128
     images: bool = True

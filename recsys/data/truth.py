@@ -1,0 +1,314 @@
+"""The embedded world's ground truth: what the simulator knows and a real shop never does.
+
+The click model (position-based): a user `u` shown item `i` at position `k` clicks with
+
+    P(click | u, i, k) = position_bias[k] * relevance(u, i)
+    relevance(u, i)    = sigmoid(taste[u] . onehot(attributes[i]) + quality[i] + bias)
+
+`taste[u]` has one weight per attribute value (category, colour, pattern, background; see
+`recsys.data.appearance`), drawn around one of a few taste segments, so content predicts
+relevance and users share tastes. `quality[i]` is an item-specific effect that content cannot
+see (a collaborative model can learn it from clicks on warm items).
+
+The logging policy (the legacy system that produced the click log) is epsilon-greedy:
+
+- its *deterministic slate* for a request is the top `slate_size` items available at the start
+  of the request's day by a legacy score `legacy_base[i] + 1.5 [category = user's home category]
+  + 0.8 [colour = user's home colour]`, in that order (`home` is the argmax of the user's taste);
+- each position independently, with probability `epsilon`, is *explored*: it shows an item
+  drawn uniformly, without replacement, from the items available at the request time that are
+  not in the deterministic slate.
+
+So the exact marginal probability that the policy shows item `i` at position `k` (recorded as
+the impression's `propensity`) is
+
+    (1 - epsilon)                    if i is the deterministic item at k
+    0                                if i is a deterministic item of another position, or not
+                                     yet available
+    epsilon / (M - slate_size)       otherwise, M = number of items available at the request time.
+
+Because the simulator knows the truth it also runs the *online* A/B test (`simulate_online`)
+that off-policy estimators try to predict from the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+
+import numpy as np
+import polars as pl
+
+from recsys.data import appearance as A
+from recsys.io import atomic_path, write_json
+from recsys.workspace import Workspace
+
+DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Policy = Callable[[np.ndarray, datetime], np.ndarray]
+
+
+def to_us(when) -> np.ndarray | int:
+    """Microseconds since the epoch of a datetime (naive = UTC), numpy datetime64s or a polars Series."""
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return (when - _EPOCH) // timedelta(microseconds=1)
+    if isinstance(when, pl.Series):
+        return when.dt.epoch("us").to_numpy()
+    arr = np.asarray(when)
+    if arr.dtype == object:
+        return np.array([to_us(w) for w in arr.ravel()], dtype=np.int64).reshape(arr.shape)
+    return arr.astype("datetime64[us]").astype(np.int64)
+
+
+def format_ids(prefix: str, n: int, width: int) -> np.ndarray:
+    """Ids `prefix` + zero-padded index (fixed width, so string order is index order)."""
+    s = pl.Series(np.arange(n, dtype=np.int64)).cast(pl.String).str.zfill(width)
+    return (prefix + s).to_numpy().astype(object)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """Outcome of a simulated online test. `ctr`/`clicks_per_request` are from sampled clicks;
+    the `expected_*` figures are their exact expectations for the same requests (no click noise)."""
+
+    ctr: float
+    clicks_per_request: float
+    n: int
+    expected_ctr: float
+    expected_clicks_per_request: float
+
+    def summary(self) -> str:
+        return (
+            f"{self.n:,} requests: CTR {self.ctr:.4f} ({self.clicks_per_request:.3f} clicks/request; "
+            f"expected {self.expected_ctr:.4f})"
+        )
+
+
+@dataclass
+class WorldTruth:
+    """Everything the simulator knows; arrays are indexed by item/user index (= id number)."""
+
+    start: datetime
+    end: datetime
+    slate_size: int
+    epsilon: float
+    bias: float
+    position_bias: np.ndarray  # (max_positions,)
+    item_attributes: np.ndarray  # (n_items, 4) category, colour, pattern, background
+    item_quality: np.ndarray  # (n_items,)
+    item_created_us: np.ndarray  # (n_items,) sorted ascending
+    legacy_base: np.ndarray  # (n_items,) the logging policy's item score
+    user_taste: np.ndarray  # (n_users, N_ATTRIBUTE_VALUES)
+    user_created_us: np.ndarray  # (n_users,)
+    user_activity: np.ndarray  # (n_users,) share of requests, sums to 1
+    user_home: np.ndarray  # (n_users,) home category * len(COLOURS) + home colour
+    logging_table: np.ndarray  # (n_categories * n_colours, n_days, slate_size) item indices
+    item_width: int
+    user_width: int
+
+    # --- ids ----------------------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return len(self.item_quality)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_activity)
+
+    @cached_property
+    def item_ids(self) -> np.ndarray:
+        return format_ids("i", self.n_items, self.item_width)
+
+    @cached_property
+    def user_ids(self) -> np.ndarray:
+        return format_ids("u", self.n_users, self.user_width)
+
+    def item_index(self, item_ids) -> np.ndarray:
+        return _parse_ids(item_ids, "i", self.item_width, self.n_items, "item")
+
+    def user_index(self, user_ids) -> np.ndarray:
+        return _parse_ids(user_ids, "u", self.user_width, self.n_users, "user")
+
+    # --- the click model ----------------------------------------------------------------------
+    def score_idx(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Relevance logit for index arrays of the same shape."""
+        a = self.item_attributes[items]
+        s = self.item_quality[items].astype(np.float64) + self.bias
+        for g, off in enumerate(A.OFFSETS):
+            s = s + self.user_taste[users, off + a[..., g]]
+        return s
+
+    def relevance_idx(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.score_idx(users, items))
+
+    def relevance(self, user_ids, item_ids) -> np.ndarray:
+        """P(click | examined) for paired arrays of user and item ids."""
+        return self.relevance_idx(self.user_index(user_ids), self.item_index(item_ids))
+
+    def click_probability(self, user_ids, item_ids, positions) -> np.ndarray:
+        """P(click) of each (user, item, 0-based position) triple."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= len(self.position_bias)):
+            raise ValueError(
+                f"positions must be in [0, {len(self.position_bias)}), got {pos.min()}..{pos.max()}"
+            )
+        return self.position_bias[pos] * self.relevance(user_ids, item_ids)
+
+    # --- the logging policy -------------------------------------------------------------------
+    def n_available(self, t_us) -> np.ndarray:
+        """Number of items created at or before each time (items are indexed in creation order)."""
+        return np.searchsorted(self.item_created_us, t_us, side="right")
+
+    def day_index(self, t_us) -> np.ndarray:
+        start = to_us(self.start)
+        return np.clip((np.asarray(t_us) - start) // DAY_US, 0, self.logging_table.shape[1] - 1)
+
+    def logging_slates_idx(self, users: np.ndarray, t_us) -> np.ndarray:
+        return self.logging_table[self.user_home[users], self.day_index(t_us)]
+
+    def logging_slates(self, user_ids, as_of) -> np.ndarray:
+        """The logging policy's deterministic slate (item ids, shape (n, slate_size)) per user at
+        `as_of` (one datetime or one per user). Explored positions replace these items."""
+        users = self.user_index(user_ids)
+        t = np.broadcast_to(to_us(as_of), users.shape)
+        return self.item_ids[self.logging_slates_idx(users, t)]
+
+    def logging_propensity(self, user_ids, item_ids, positions, as_of) -> np.ndarray:
+        """Exact marginal probability that the logging policy shows each item at each position
+        for that user at `as_of` (see the module docstring); 0 where it never would."""
+        users, items = self.user_index(user_ids), self.item_index(item_ids)
+        pos = np.asarray(positions, dtype=np.int64)
+        t = np.broadcast_to(to_us(as_of), users.shape)
+        det = self.logging_slates_idx(users, t)
+        in_range = (pos >= 0) & (pos < self.slate_size)
+        at_k = det[np.arange(len(users)), np.clip(pos, 0, self.slate_size - 1)] == items
+        in_det = (det == items[:, None]).any(axis=1)
+        m = self.n_available(t)
+        explore = np.where(items < m, self.epsilon / np.maximum(m - self.slate_size, 1), 0.0)
+        p = np.where(at_k, 1.0 - self.epsilon, np.where(in_det, 0.0, explore))
+        return np.where(in_range, p, 0.0)
+
+    # --- online test --------------------------------------------------------------------------
+    def simulate_online(
+        self,
+        policy: Policy,
+        n_requests: int,
+        seed: int,
+        slate_size: int = 10,
+        as_of: datetime | None = None,
+        batch_size: int = 2048,
+    ) -> OnlineResult:
+        """Run `policy` live: sample `n_requests` users (by activity), ask the policy for ranked
+        slates at `as_of` (default: the end of the log), draw clicks from the true click model.
+
+        The same `seed` gives the same users and the same uniform draws, so two policies run with
+        one seed are compared on common random numbers (a paired test).
+        """
+        if slate_size > len(self.position_bias):
+            raise ValueError(
+                f"slate_size {slate_size} exceeds the {len(self.position_bias)} modelled positions"
+            )
+        as_of = as_of or self.end
+        rng = np.random.default_rng(seed)
+        alive = self.user_created_us <= to_us(as_of)
+        p = self.user_activity * alive
+        users = rng.choice(self.n_users, size=n_requests, p=p / p.sum())
+        draws = rng.random((n_requests, slate_size))
+        clicks = expected = 0.0
+        for lo in range(0, n_requests, batch_size):
+            u = users[lo : lo + batch_size]
+            slates = np.asarray(policy(self.user_ids[u], as_of))
+            if slates.shape != (len(u), slate_size):
+                raise ValueError(f"policy returned shape {slates.shape}; expected ({len(u)}, {slate_size})")
+            items = self.item_index(slates.ravel()).reshape(slates.shape)
+            prob = self.position_bias[:slate_size][None, :] * self.relevance_idx(u[:, None], items)
+            clicks += float((draws[lo : lo + batch_size] < prob).sum())
+            expected += float(prob.sum())
+        shown = n_requests * slate_size
+        return OnlineResult(
+            clicks / shown, clicks / n_requests, n_requests, expected / shown, expected / n_requests
+        )
+
+    # --- inspection ---------------------------------------------------------------------------
+    def items_frame(self) -> pl.DataFrame:
+        """Item ids with their attribute names and hidden quality (for debugging and tests)."""
+        cols = {"item_id": self.item_ids.astype(str)}
+        for g, (name, values) in enumerate(A.GROUPS):
+            cols[name] = np.asarray(values)[self.item_attributes[:, g]]
+        cols["quality"] = self.item_quality
+        return pl.DataFrame(cols)
+
+    # --- persistence --------------------------------------------------------------------------
+    _ARRAYS = (
+        "position_bias",
+        "item_attributes",
+        "item_quality",
+        "item_created_us",
+        "legacy_base",
+        "user_taste",
+        "user_created_us",
+        "user_activity",
+        "user_home",
+        "logging_table",
+    )
+
+    def save(self, ws: Workspace) -> None:
+        with atomic_path(ws.truth_dir / "arrays.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{k: getattr(self, k) for k in self._ARRAYS})
+        meta = {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "slate_size": self.slate_size,
+            "epsilon": self.epsilon,
+            "bias": self.bias,
+            "item_width": self.item_width,
+            "user_width": self.user_width,
+            "model": __doc__.split("\n\n")[1],
+        }
+        write_json(meta, ws.truth_dir / "truth.json")
+
+    @classmethod
+    def load(cls, ws: Workspace) -> WorldTruth:
+        meta_path = ws.truth_dir / "truth.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(
+                f"{meta_path} does not exist: run `recsys generate` first "
+                "(ground truth exists for the embedded world only)"
+            )
+        meta = json.loads(meta_path.read_text())
+        with np.load(ws.truth_dir / "arrays.npz") as z:
+            arrays = {k: z[k] for k in cls._ARRAYS}
+        return cls(
+            start=datetime.fromisoformat(meta["start"]),
+            end=datetime.fromisoformat(meta["end"]),
+            slate_size=meta["slate_size"],
+            epsilon=meta["epsilon"],
+            bias=meta["bias"],
+            item_width=meta["item_width"],
+            user_width=meta["user_width"],
+            **arrays,
+        )
+
+
+def _parse_ids(ids, prefix: str, width: int, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(ids)
+    s = pl.Series(arr.ravel().astype(str) if arr.dtype != object else arr.ravel(), dtype=pl.String)
+    idx = s.str.slice(1).cast(pl.Int64, strict=False)
+    ok = s.str.starts_with(prefix) & (s.str.len_chars() == width + 1) & idx.is_not_null() & (idx < n)
+    ok = ok.fill_null(False)
+    if not ok.all():
+        bad = s.filter(~ok).unique(maintain_order=True).head(5).to_list()
+        raise ValueError(
+            f"unknown {what} id(s) {bad}: the world has {what} ids {prefix}{'0' * width}.."
+            f"{prefix}{n - 1:0{width}d}"
+        )
+    return idx.to_numpy().reshape(arr.shape)
