@@ -1,0 +1,518 @@
+"""Behaviour features from the click log, with polars; writing, registering and materializing them.
+
+Point in time: features are daily snapshots stamped at midnight UTC. The snapshot stamped t
+counts only events with `event_timestamp < t` (the 1-day window is [t - 1 day, t), the 7-day
+window [t - 7 days, t), ...). Feast's historical join gives a training row at time T the latest
+snapshot with timestamp <= T, so a row never sees an event at or after its own timestamp (its
+features are up to one day stale, which is the price of daily snapshots).
+
+An entity gets a snapshot for every midnight from the day after its first event to the last
+snapshot (the midnight after the last event, or `until`), so `days_since_last_click` and the
+windows keep moving on days without activity.
+
+The pure functions (`item_behaviour`, `user_behaviour`) take frames and return frames; the
+side effects (`build_features`, `materialize`, `publish_item_content`) sit at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from features.definitions import (
+    ENTITY_OF_VIEW,
+    ITEM_BEHAVIOUR,
+    ITEM_CONTENT,
+    JOIN_KEYS,
+    SCHEMAS,
+    USER_BEHAVIOUR,
+    VIEWS,
+    WINDOWS,
+    source_path,
+)
+from recsys.data import columns as C
+from recsys.io import file_sha256, write_json, write_parquet
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+TS = C.EVENT_TIMESTAMP
+TIMESTAMP = pl.Datetime("us", "UTC")
+DAY = timedelta(days=1)
+MATERIALIZED_FILE = "materialized.json"
+
+
+@dataclass(frozen=True)
+class BehaviourParams:
+    """Knobs of the behaviour features (from `settings.features`)."""
+
+    prior_clicks: float = 1.0
+    prior_impressions: float = 20.0
+    last_clicked: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> BehaviourParams:
+        fs = settings.features
+        return cls(fs.ctr_prior_clicks, fs.ctr_prior_impressions, fs.last_clicked)
+
+
+# ---------------------------------------------------------------- pure polars functions
+
+
+def _polars_dtype(feast_type: str) -> pl.DataType:
+    simple = {"Int64": pl.Int64(), "Float64": pl.Float64(), "Float32": pl.Float32(), "String": pl.String()}
+    if feast_type.startswith("Array("):
+        return pl.List(simple[feast_type[6:-1]])
+    return simple[feast_type]
+
+
+def source_schema(view: str) -> dict[str, pl.DataType]:
+    """Columns and polars types of a view's offline source table."""
+    key = JOIN_KEYS[ENTITY_OF_VIEW[view]]
+    return {key: pl.String(), TS: TIMESTAMP, **{f: _polars_dtype(t) for f, t in SCHEMAS[view].items()}}
+
+
+def normalize_events(impressions: pl.DataFrame) -> pl.DataFrame:
+    """The columns the jobs need, timestamps as µs UTC (Feast's duckdb store refuses ns)."""
+    missing = {C.USER_ID, C.ITEM_ID, TS} - set(impressions.columns)
+    if missing:
+        raise ValueError(
+            f"impressions: missing column(s) {sorted(missing)}; expected the impressions contract"
+        )
+    ts = pl.col(TS)
+    dtype = impressions.schema[TS]
+    if not isinstance(dtype, pl.Datetime):
+        raise ValueError(f"impressions: column '{TS}' is {dtype}, expected a timestamp")
+    if dtype.time_zone is None:
+        ts = ts.dt.replace_time_zone("UTC")
+    elif dtype.time_zone != "UTC":
+        ts = ts.dt.convert_time_zone("UTC")
+    clicked = pl.col(C.CLICKED) if C.CLICKED in impressions.columns else pl.lit(True)  # click-only log
+    return impressions.select(
+        pl.col(C.USER_ID).cast(pl.String),
+        pl.col(C.ITEM_ID).cast(pl.String),
+        ts.dt.cast_time_unit("us").alias(TS),
+        clicked.cast(pl.Boolean).alias(C.CLICKED),
+    )
+
+
+def _last_stamp(events: pl.DataFrame, until: datetime | None) -> datetime | None:
+    if until is not None:
+        return _floor_day(until)
+    if events.height == 0:
+        return None
+    return _floor_day(events[TS].max()) + DAY
+
+
+def _floor_day(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    ts = ts.astimezone(UTC)
+    return ts.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _windowed_counts(
+    events: pl.DataFrame, key: str, last_stamp: datetime, params: BehaviourParams
+) -> pl.DataFrame:
+    """One row per (key, snapshot) with impressions/clicks/CTR over each window.
+
+    Counts per (key, day) are laid on a dense daily grid; a window sum is a difference of
+    cumulative sums, so each snapshot costs O(1) whatever the window.
+    """
+    last_day = last_stamp - DAY
+    daily = (
+        events.lazy()
+        .filter(pl.col(TS) < last_stamp)
+        .group_by(key, pl.col(TS).dt.truncate("1d").alias("day"))
+        .agg(impressions=pl.len().cast(pl.Int64), clicks=pl.col(C.CLICKED).sum().cast(pl.Int64))
+    )
+    grid = (
+        daily.group_by(key)
+        .agg(first=pl.col("day").min())
+        .select(
+            key, day=pl.datetime_ranges(pl.col("first"), pl.lit(last_day, dtype=TIMESTAMP), interval="1d")
+        )
+        .explode("day")
+    )
+    frame = (
+        grid.join(daily, on=[key, "day"], how="left")
+        .with_columns(pl.col("impressions", "clicks").fill_null(0))
+        .sort(key, "day")
+        .with_columns(pl.col("impressions", "clicks").cum_sum().over(key).name.prefix("cum_"))
+    )
+    a, b = params.prior_clicks, params.prior_impressions
+    cols = []
+    for d in WINDOWS:
+        for kind in ("impressions", "clicks"):
+            cum = pl.col(f"cum_{kind}")
+            cols.append((cum - cum.shift(d).over(key).fill_null(0)).alias(f"{kind}_{d}d"))
+    frame = frame.with_columns(cols).with_columns(
+        [
+            ((pl.col(f"clicks_{d}d") + a) / (pl.col(f"impressions_{d}d") + b)).alias(f"ctr_{d}d")
+            for d in WINDOWS
+        ]
+    )
+    return (
+        frame.with_columns((pl.col("day") + DAY).alias(TS))
+        .drop("impressions", "clicks", "cum_impressions", "cum_clicks")
+        .collect()
+    )
+
+
+def item_behaviour(
+    impressions: pl.DataFrame, params: BehaviourParams = BehaviourParams(), until: datetime | None = None
+) -> pl.DataFrame:
+    """Daily item snapshots: impressions, clicks, CTR over 1/7/30 days and popularity rank.
+
+    `popularity_rank` ranks the items of one snapshot by clicks over 7 days (1 = most; ties
+    share the best rank).
+    """
+    events = normalize_events(impressions)
+    last = _last_stamp(events, until)
+    if last is None:
+        return pl.DataFrame(schema=source_schema(ITEM_BEHAVIOUR))
+    frame = _windowed_counts(events, C.ITEM_ID, last, params).with_columns(
+        pl.col("clicks_7d").rank("min", descending=True).over(TS).cast(pl.Int64).alias("popularity_rank")
+    )
+    return frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID)
+
+
+def user_behaviour(
+    impressions: pl.DataFrame,
+    items: pl.DataFrame | None = None,
+    params: BehaviourParams = BehaviourParams(),
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """Daily user snapshots: windowed clicks/CTR, 30-day category click shares, last clicks.
+
+    `items` (item_id, category) gives the categories; without it the shares are empty.
+    """
+    events = normalize_events(impressions)
+    last = _last_stamp(events, until)
+    if last is None:
+        return pl.DataFrame(schema=source_schema(USER_BEHAVIOUR))
+    key = C.USER_ID
+    frame = _windowed_counts(events, key, last, params)
+
+    clicks = (
+        events.filter(pl.col(C.CLICKED) & (pl.col(TS) < last))
+        .sort(key, TS, C.ITEM_ID)
+        .with_columns(
+            pl.col(TS).dt.truncate("1d").alias("day"), pl.int_range(pl.len()).over(key).alias("rank")
+        )
+    )
+    # last N clicked items and the last click time as of the end of each click day, carried
+    # forward to the following snapshots with an as-of join
+    n = params.last_clicked
+    per_user = clicks.group_by(key, maintain_order=True).agg(all_items=pl.col(C.ITEM_ID))
+    per_day = (
+        clicks.group_by(key, "day")
+        .agg(upto=pl.col("rank").max(), last_click=pl.col(TS).max())
+        .join(per_user, on=key)
+        .with_columns(
+            pl.col("all_items")
+            .list.slice(
+                pl.max_horizontal(pl.col("upto") - n + 1, pl.lit(0)),
+                pl.min_horizontal(pl.col("upto") + 1, pl.lit(n)),
+            )
+            .list.reverse()
+            .alias("last_clicked_items")
+        )
+        .select(key, "day", "last_click", "last_clicked_items")
+        .sort("day")
+    )
+    frame = frame.sort("day").join_asof(
+        per_day, on="day", by=key, strategy="backward", check_sortedness=False
+    )
+    frame = frame.with_columns(
+        pl.col("last_clicked_items").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        ((pl.col(TS) - pl.col("last_click")).dt.total_microseconds() / 86_400e6).alias(
+            "days_since_last_click"
+        ),
+    )
+
+    # category shares over the 30 days before each snapshot
+    if items is not None and C.CATEGORY in items.columns and clicks.height:
+        cat_daily = (
+            clicks.join(items.select(pl.col(C.ITEM_ID).cast(pl.String), C.CATEGORY), on=C.ITEM_ID, how="left")
+            .with_columns(pl.col(C.CATEGORY).fill_null("unknown"))
+            .group_by(key, pl.col("day").alias("click_day"), C.CATEGORY)
+            .agg(n=pl.len())
+        )
+        shares = (
+            frame.lazy()
+            .select(key, "day")
+            .join(cat_daily.lazy(), on=key)
+            .filter(
+                (pl.col("click_day") <= pl.col("day"))
+                & (pl.col("click_day") > pl.col("day") - timedelta(days=30))
+            )
+            .group_by(key, "day", C.CATEGORY)
+            .agg(n=pl.col("n").sum())
+            .with_columns(share=pl.col("n") / pl.col("n").sum().over(key, "day"))
+            .sort(key, "day", "n", C.CATEGORY, descending=[False, False, True, False])
+            .group_by(key, "day", maintain_order=True)
+            .agg(click_categories_30d=pl.col(C.CATEGORY), click_category_shares_30d=pl.col("share"))
+            .collect()
+        )
+        frame = frame.join(shares, on=[key, "day"], how="left")
+    else:
+        frame = frame.with_columns(
+            pl.lit(None, dtype=pl.List(pl.String)).alias("click_categories_30d"),
+            pl.lit(None, dtype=pl.List(pl.Float64)).alias("click_category_shares_30d"),
+        )
+    frame = frame.with_columns(
+        pl.col("click_categories_30d").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+        pl.col("click_category_shares_30d").fill_null(pl.lit([], dtype=pl.List(pl.Float64))),
+    )
+    return frame.select([pl.col(c).cast(t) for c, t in source_schema(USER_BEHAVIOUR).items()]).sort(TS, key)
+
+
+def item_content(item_embeddings: pl.DataFrame) -> pl.DataFrame:
+    """The item_content source from the item_embeddings table (vectors as float32, µs UTC)."""
+    schema = source_schema(ITEM_CONTENT)
+    missing = set(schema) - set(item_embeddings.columns)
+    if missing:
+        raise ValueError(
+            f"item_embeddings: missing column(s) {sorted(missing)}; expected the item_embeddings contract"
+        )
+    ts = pl.col(TS)
+    if item_embeddings.schema[TS].time_zone is None:  # type: ignore[union-attr]
+        ts = ts.dt.replace_time_zone("UTC")
+    return item_embeddings.with_columns(ts.dt.convert_time_zone("UTC")).select(
+        [pl.col(c).cast(t) for c, t in schema.items()]
+    )
+
+
+# ---------------------------------------------------------------- side effects
+
+
+@dataclass
+class BuildResult:
+    rows: dict[str, int]
+    paths: dict[str, Path]
+    run_id: str | None
+    seconds: float
+    last_snapshot: datetime | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{v} {n:,} rows" for v, n in self.rows.items())
+        stamp = f"; last snapshot {self.last_snapshot:%Y-%m-%d}" if self.last_snapshot else ""
+        return f"{counts}{stamp} -> {Path(next(iter(self.paths.values()))).parent} (MLflow run {self.run_id})"
+
+
+@dataclass
+class MaterializeResult:
+    version: str
+    views: list[str]
+    start: datetime
+    end: datetime
+    online_store: str
+    seconds: float
+    run_id: str | None = None
+
+    def summary(self) -> str:
+        return (
+            f"{', '.join(self.views)} -> {self.online_store} up to {self.end:%Y-%m-%d %H:%M:%S} "
+            f"(version {self.version})"
+        )
+
+
+def ensure_sources(ws: Workspace) -> None:
+    """Create missing source tables empty (with the right schema) so `feast apply` is complete."""
+    for view in VIEWS:
+        path = source_path(ws.feature_sources_dir, view)
+        if not path.exists():
+            write_parquet(pl.DataFrame(schema=source_schema(view)), path)
+
+
+def source_lineage(ws: Workspace, views: Sequence[str] = VIEWS) -> dict[str, dict[str, Any]]:
+    """Path, content hash, rows and features of each view's source: the views' versions."""
+    out = {}
+    for view in views:
+        path = source_path(ws.feature_sources_dir, view)
+        if path.exists():
+            out[view] = {
+                "path": str(path),
+                "sha256": file_sha256(path),
+                "rows": pl.scan_parquet(path).select(pl.len()).collect().item(),
+                "features": list(SCHEMAS[view]),
+            }
+    return out
+
+
+def build_features(settings: Any, ws: Workspace | None = None, until: datetime | None = None) -> BuildResult:
+    """Compute the behaviour views from the impressions table, write them, `feast apply`.
+
+    Each source is written to a temporary file and renamed, so a failed job leaves the previous
+    tables whole. Records an MLflow run (`recsys/features`, run `build`) with the lineage.
+    """
+    import mlflow
+
+    from features.store import apply
+    from recsys import tracking
+    from recsys.data.tables import load_table
+    from recsys.progress import bar
+
+    ws = ws or Workspace.at(settings.home)
+    start = time.perf_counter()
+    params = BehaviourParams.from_settings(settings)
+    with bar("features", total=4, unit="step") as b:
+        impressions = load_table(ws, "impressions")
+        items = (
+            load_table(ws, "items", columns=[C.ITEM_ID, C.CATEGORY]) if ws.table("items").exists() else None
+        )
+        b.advance(1, status="item behaviour")
+        frames = {ITEM_BEHAVIOUR: item_behaviour(impressions, params, until)}
+        b.advance(1, status="user behaviour")
+        frames[USER_BEHAVIOUR] = user_behaviour(impressions, items, params, until)
+        b.advance(1, status="write + apply")
+        paths = {
+            view: write_parquet(df, source_path(ws.feature_sources_dir, view)) for view, df in frames.items()
+        }
+        notes = []
+        if ws.table("item_embeddings").exists():
+            paths[ITEM_CONTENT] = _write_item_content(ws)
+        else:
+            notes.append("no item_embeddings table yet: item_content stays empty until `recsys backfill`")
+        apply(settings)
+        b.advance(1)
+    rows = {view: df.height for view, df in frames.items()}
+    last = frames[USER_BEHAVIOUR][TS].max() if frames[USER_BEHAVIOUR].height else None
+    with tracking.start_run(settings, "features", run_name="build") as run:
+        mlflow.log_params(
+            {
+                "windows_days": ",".join(map(str, WINDOWS)),
+                "ctr_prior_clicks": params.prior_clicks,
+                "ctr_prior_impressions": params.prior_impressions,
+                "last_clicked": params.last_clicked,
+                "until": str(until),
+                "feast_project": settings.features.project,
+            }
+        )
+        tables = {t: ws.table(t) for t in ("impressions", "items", "item_embeddings")}
+        tracking.log_lineage(
+            tables, feature_views=source_lineage(ws), extra={"last_snapshot": str(last) if last else None}
+        )
+        mlflow.log_metrics({f"rows.{v}": n for v, n in rows.items()})
+        seconds = time.perf_counter() - start
+        mlflow.log_metric("seconds", seconds)
+    for note in notes:
+        log.warning(note)
+    return BuildResult(rows, paths, run.info.run_id, seconds, last, notes)
+
+
+def _write_item_content(ws: Workspace) -> Path:
+    from recsys.data.tables import load_table
+
+    df = item_content(load_table(ws, "item_embeddings"))
+    return write_parquet(df, source_path(ws.feature_sources_dir, ITEM_CONTENT))
+
+
+def _source_range(ws: Workspace, view: str) -> tuple[datetime, datetime] | None:
+    path = source_path(ws.feature_sources_dir, view)
+    if not path.exists():
+        return None
+    lo, hi = (
+        pl.scan_parquet(path)
+        .select(pl.col(TS).min().alias("lo"), pl.col(TS).max().alias("hi"))
+        .collect()
+        .row(0)
+    )
+    return None if lo is None else (lo, hi)
+
+
+def materialization_version(ws: Workspace) -> str | None:
+    """The version of the last materialization into the online store (None: never)."""
+    path = ws.feast_dir / MATERIALIZED_FILE
+    try:
+        return json.loads(path.read_text())["version"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def materialize(
+    settings: Any,
+    ws: Workspace | None = None,
+    end: datetime | None = None,
+    views: Sequence[str] = VIEWS,
+    track: bool = True,
+) -> MaterializeResult:
+    """Load the latest row per entity with timestamp <= `end` (default: the newest) into the
+    online store, then stamp a new materialization version (serving's item cache follows it)."""
+    from features.store import apply, describe_online_store, feature_store
+
+    ws = ws or Workspace.at(settings.home)
+    t0 = time.perf_counter()
+    ranges = {v: r for v in views if (r := _source_range(ws, v)) is not None}
+    if not ranges:
+        raise FileNotFoundError(
+            f"no feature rows under {ws.feature_sources_dir}: run `recsys features build` first"
+        )
+    start = min(r[0] for r in ranges.values()) - timedelta(seconds=1)
+    stop = end if end is not None else max(r[1] for r in ranges.values()) + timedelta(seconds=1)
+    if stop.tzinfo is None:
+        stop = stop.replace(tzinfo=UTC)
+    store = feature_store(settings)
+    if not (ws.feast_dir / "registry.db").exists():
+        apply(settings, store)
+    try:
+        store.materialize(start_date=start, end_date=stop, feature_views=list(ranges))
+    except Exception as exc:
+        from features.online import wrap_store_error
+
+        raise wrap_store_error(exc, describe_online_store(settings, ws)) from exc
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    write_json(
+        {
+            "version": version,
+            "views": list(ranges),
+            "start": start,
+            "end": stop,
+            "online_store": describe_online_store(settings, ws),
+        },
+        ws.feast_dir / MATERIALIZED_FILE,
+    )
+    result = MaterializeResult(
+        version, list(ranges), start, stop, describe_online_store(settings, ws), time.perf_counter() - t0
+    )
+    if track:
+        import mlflow
+
+        from recsys import tracking
+
+        with tracking.start_run(settings, "features", run_name="materialize") as run:
+            mlflow.log_params(
+                {
+                    "online_store": settings.features.online_store,
+                    "end": str(stop),
+                    "views": ",".join(ranges),
+                    "version": version,
+                }
+            )
+            tracking.log_lineage({}, feature_views=source_lineage(ws, list(ranges)))
+            mlflow.log_metric("seconds", result.seconds)
+        result.run_id = run.info.run_id
+    return result
+
+
+def publish_item_content(settings: Any, ws: Workspace | None = None) -> MaterializeResult:
+    """Put the item_embeddings table into the item_content offline source and the online store.
+
+    The backfill calls this at its end, so new vectors reach serving without a full build.
+    """
+    from features.store import apply
+
+    ws = ws or Workspace.at(settings.home)
+    _write_item_content(ws)
+    apply(settings)
+    return materialize(settings, ws, views=[ITEM_CONTENT], track=False)
