@@ -1,4 +1,4 @@
-"""Settings of the offline A/B evaluation."""
+"""Settings of the offline A/B evaluation (`recsys evaluate ab`)."""
 
 from pydantic import Field
 
@@ -6,10 +6,22 @@ from recsys.configbase import ConfigModel
 
 
 class EvaluationConfig(ConfigModel):
-    k: int = 10
-    bootstrap: int = 1000
-    alpha: float = 0.05
-    primary_metric: str = "ndcg@10"
+    k: int = Field(10, ge=1, description="length of the evaluated top-K lists")
+    bootstrap: int = Field(1000, ge=50, description="bootstrap replicates (users resampled)")
+    alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence level of every interval")
+    primary_metric: str = Field(
+        "ndcg@10", description="metric the verdict is decided on, e.g. ndcg@10, ctr:dr"
+    )
     min_lift: float = Field(0.0, description="relative lift of the primary metric needed to ship")
-    guardrails: list[str] = Field(default_factory=lambda: ["coverage@10"])
-    clip: float = 10.0
+    guardrails: list[str] = Field(
+        default_factory=lambda: ["coverage@10"],
+        description="metrics that must not drop beyond guardrail_tolerance",
+    )
+    guardrail_tolerance: float = Field(0.05, ge=0, description="largest relative drop a guardrail may show")
+    clip: float = Field(10.0, gt=0, description="weight cap of clipped IPS")
+    holdout_days: float = Field(7.0, gt=0, description="the last N days of the log are the held-out window")
+    max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many users")
+    cold_item_clicks: int = Field(5, ge=0, description="items with fewer training clicks are 'cold'")
+    online_requests: int = Field(
+        20_000, ge=100, description="simulated requests per policy in the truth check"
+    )

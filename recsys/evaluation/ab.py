@@ -1,0 +1,282 @@
+"""Offline A/B comparison of two policies: ranking metrics by segment, off-policy CTR, verdict.
+
+Pure functions over arrays; the pipeline (`training/evaluate.py`) loads data and policies and
+the report (`recsys.evaluation.report`) renders the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from recsys.evaluation import beyond_accuracy as ba
+from recsys.evaluation.bootstrap import Delta, Interval, paired_bootstrap, ratio_replicates
+from recsys.evaluation.config import EvaluationConfig
+from recsys.evaluation.metrics import ranking_metrics
+from recsys.evaluation.ope import OPEInput, SlateEstimator
+
+Decision = Literal["ship", "don't ship", "inconclusive"]
+RANKING = ("recall", "ndcg", "hit", "mrr", "map")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A slice of the evaluation: a subset of users and/or of relevant items (bool masks)."""
+
+    name: str
+    users: np.ndarray | None = None
+    items: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RankingData:
+    """One arm-independent evaluation set: relevant (row, item) pairs over U users, catalogue info.
+
+    click_counts (n_items,): training clicks per item (novelty); embeddings (n_items, d) or None
+    (no intra-list diversity then); has_vector (n_items,) bool where an embedding exists.
+    """
+
+    truth_rows: np.ndarray
+    truth_items: np.ndarray
+    n_users: int
+    n_items: int
+    click_counts: np.ndarray
+    embeddings: np.ndarray | None = None
+    has_vector: np.ndarray | None = None
+
+
+def per_user_metrics(
+    ranked: np.ndarray, data: RankingData, k: int, items: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """{metric@k: (U,)} accuracy metrics (relevant items restricted to `items` when given),
+    novelty and ILD; NaN where a user carries no signal."""
+    rows, its = data.truth_rows, data.truth_items
+    if items is not None:
+        keep = np.asarray(items, dtype=bool)[its]
+        rows, its = rows[keep], its[keep]
+    out = ranking_metrics(ranked, rows, its, ks=(k,), metrics=RANKING)
+    if items is None:
+        out[f"novelty@{k}"] = ba.novelty(ranked, data.click_counts)
+        if data.embeddings is not None:
+            out[f"ild@{k}"] = ba.intra_list_diversity(ranked, data.embeddings, data.has_vector)
+    else:
+        out[f"exposure@{k}"] = ba.exposure_share(ranked, items)
+    return out
+
+
+def compare_rankings(
+    ranked_control: np.ndarray,
+    ranked_treatment: np.ndarray,
+    data: RankingData,
+    segments: Sequence[Segment],
+    k: int,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, list[Delta]]:
+    """Paired-bootstrap deltas (users resampled) of every metric, per segment.
+
+    ranked_*: (U, >=k) item indices (-1 pads) for the same users in the same order.
+    """
+    if ranked_control.shape[0] != data.n_users or ranked_treatment.shape[0] != data.n_users:
+        raise ValueError(
+            f"rankings have {ranked_control.shape[0]} and {ranked_treatment.shape[0]} rows, "
+            f"expected {data.n_users} users"
+        )
+    rc, rt = ranked_control[:, :k], ranked_treatment[:, :k]
+    out: dict[str, list[Delta]] = {}
+    for seg in segments:
+        users = np.ones(data.n_users, bool) if seg.users is None else np.asarray(seg.users, dtype=bool)
+        if not users.any():
+            continue
+        mc = per_user_metrics(rc, data, k, seg.items)
+        mt = per_user_metrics(rt, data, k, seg.items)
+        per_user = {m: (mc[m][users], mt[m][users]) for m in mc}
+        sub_c, sub_t = rc[users], rt[users]
+        inc_c, inc_t = ba.incidence(sub_c, data.n_items), ba.incidence(sub_t, data.n_items)
+        items = seg.items
+
+        def cov(w: np.ndarray, inc_c=inc_c, inc_t=inc_t, items=items) -> tuple[np.ndarray, np.ndarray]:
+            return ba.coverage_replicates(inc_c, w, items), ba.coverage_replicates(inc_t, w, items)
+
+        stats = {
+            f"coverage@{k}": (
+                ba.coverage(sub_c, data.n_items, items),
+                ba.coverage(sub_t, data.n_items, items),
+                cov,
+            )
+        }
+        out[seg.name] = paired_bootstrap(per_user, stats, n_boot=n_boot, alpha=alpha, seed=seed)
+    return out
+
+
+@dataclass(frozen=True)
+class OfflineEstimate:
+    """One estimator's CTR for both arms with intervals, and the paired delta."""
+
+    estimator: str
+    control: Interval
+    treatment: Interval
+    delta: Delta
+    ess_control: float
+    ess_treatment: float
+
+
+def compare_offline(
+    control: OPEInput,
+    treatment: OPEInput,
+    estimators: Sequence[SlateEstimator],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> list[OfflineEstimate]:
+    """Each estimator on both arms (same log, same users) with a paired bootstrap of the delta."""
+    if control.n_clusters != treatment.n_clusters or len(control.reward) != len(treatment.reward):
+        raise ValueError("control and treatment inputs must come from the same log")
+    stats = {}
+    for est in estimators:
+        nc, dc = est.cluster_terms(control)
+        nt, dt = est.cluster_terms(treatment)
+
+        def fn(w: np.ndarray, nc=nc, dc=dc, nt=nt, dt=dt) -> tuple[np.ndarray, np.ndarray]:
+            return ratio_replicates(w, nc[:, None], dc[:, None])[:, 0], ratio_replicates(
+                w, nt[:, None], dt[:, None]
+            )[:, 0]
+
+        stats[f"ctr:{est.name}"] = (est.estimate(control), est.estimate(treatment), fn)
+    deltas = paired_bootstrap({}, stats, n_boot=n_boot, alpha=alpha, seed=seed, n_users=control.n_clusters)
+    out = []
+    for est, delta in zip(estimators, deltas, strict=True):
+        out.append(
+            OfflineEstimate(
+                estimator=est.name,
+                control=est.interval(control, n_boot, alpha, seed),
+                treatment=est.interval(treatment, n_boot, alpha, seed),
+                delta=delta,
+                ess_control=control.effective_sample_size,
+                ess_treatment=treatment.effective_sample_size,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class TruthRow:
+    """An estimator's interval against the simulator's online CTR for one policy."""
+
+    policy: str
+    estimator: str
+    estimate: float
+    low: float
+    high: float
+    truth: float
+
+    @property
+    def covered(self) -> bool:
+        return bool(self.low <= self.truth <= self.high)
+
+
+def truth_rows(
+    offline: Sequence[OfflineEstimate], truth_control: float, truth_treatment: float, names: tuple[str, str]
+) -> list[TruthRow]:
+    rows = []
+    for o in offline:
+        rows.append(
+            TruthRow(names[0], o.estimator, o.control.estimate, o.control.low, o.control.high, truth_control)
+        )
+        rows.append(
+            TruthRow(
+                names[1],
+                o.estimator,
+                o.treatment.estimate,
+                o.treatment.low,
+                o.treatment.high,
+                truth_treatment,
+            )
+        )
+    return rows
+
+
+def sign_agrees(delta: Delta, true_delta: float) -> bool:
+    """Whether the estimated direction matches the true one (a zero-crossing interval does not)."""
+    if true_delta > 0:
+        return delta.low > 0
+    if true_delta < 0:
+        return delta.high < 0
+    return delta.low <= 0 <= delta.high
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    reason: str
+    primary: str
+    checks: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"verdict: {self.decision.upper()} — {self.reason}"
+
+
+def decide(deltas: Mapping[str, Delta], config: EvaluationConfig) -> Verdict:
+    """Ship / don't ship / inconclusive from the primary metric and the guardrails.
+
+    Relative lifts with their (1 - alpha) intervals [lo, hi]; min = config.min_lift:
+      - don't ship: primary hi < 0 (significantly worse) or hi < min (confidently below the
+        lift needed), or a guardrail confidently dropped more than its tolerance (hi < -tol);
+      - ship: primary lo > 0 (significantly better), lift >= min, and every guardrail is
+        confidently within tolerance (lo >= -tol);
+      - inconclusive otherwise (including a primary metric that could not be computed).
+    """
+    primary = config.primary_metric
+    checks: list[str] = []
+    d = deltas.get(primary)
+    if d is None or not np.isfinite(d.lift_low):
+        return Verdict(
+            "inconclusive",
+            f"primary metric '{primary}' unavailable in this evaluation (available: {sorted(deltas)})",
+            primary,
+        )
+    tol = config.guardrail_tolerance
+    worse, unsure = [], []
+    for g in config.guardrails:
+        gd = deltas.get(g)
+        if gd is None:
+            checks.append(f"guardrail {g}: not computed")
+            unsure.append(g)
+            continue
+        ci = f"[{gd.lift_low:+.2%}, {gd.lift_high:+.2%}]"
+        checks.append(f"guardrail {g}: lift {gd.lift:+.2%} {ci}, tolerance -{tol:.1%}")
+        if gd.lift_high < -tol:
+            worse.append(g)
+        elif not gd.lift_low >= -tol:
+            unsure.append(g)
+    p = f"{primary} lift {d.lift:+.2%} [{d.lift_low:+.2%}, {d.lift_high:+.2%}] (p={d.p_value:.3g})"
+    if d.lift_high < 0:
+        return Verdict("don't ship", f"{p}: significantly worse", primary, checks)
+    if d.lift_high < config.min_lift:
+        return Verdict(
+            "don't ship", f"{p}: confidently below the required lift {config.min_lift:+.1%}", primary, checks
+        )
+    if worse:
+        return Verdict(
+            "don't ship", f"{p}, but guardrail(s) {worse} dropped beyond tolerance", primary, checks
+        )
+    if d.lift_low > 0 and d.lift >= config.min_lift:
+        if unsure:
+            return Verdict(
+                "inconclusive",
+                f"{p}, but guardrail(s) {unsure} not confirmed within tolerance",
+                primary,
+                checks,
+            )
+        return Verdict("ship", f"{p}; guardrails hold", primary, checks)
+    return Verdict(
+        "inconclusive",
+        f"{p}: the interval does not settle it (need lift >= {config.min_lift:+.1%} "
+        "with the lower bound above 0)",
+        primary,
+        checks,
+    )

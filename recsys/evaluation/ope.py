@@ -1,0 +1,464 @@
+"""Off-policy estimators of a slate policy's click-through rate from logged impressions.
+
+Assumption: the position-based click model (PBM)
+---------------------------------------------------
+A logged request x shows a slate (a_0, ..., a_{L-1}); the click on slot k depends only on the
+user, the item in that slot and the slot:
+
+    P(c_k = 1 | x, slate) = theta_k * r(x, a_k)        theta: (L,) examination, r in [0, 1]
+
+so slots do not interact and the value of a policy pi (its CTR per shown slot) is additive:
+
+    V(pi) = E_x [ 1/L * sum_k  E_{b ~ pi_k(.|x)} theta_k r(x, b) ]
+
+Under this model each logged slot can be reweighted on its own with the *marginal* item-position
+propensity mu(a_k, k | x) = P(logging policy puts a_k in slot k | x), which is what the
+impressions table stores in `propensity` (Li et al. 2018, "Offline Evaluation of Ranking
+Policies with Click Models", KDD; the item-position model, which the PBM satisfies).
+
+Arrays (one row per logged impression, m rows over n requests, any slate lengths):
+
+    reward   (m,)  c_j in {0, 1}               clicked
+    pscore   (m,)  mu(a_j, k_j | x_j) in (0, 1] logging propensity
+    pi       (m,)  pi(a_j, k_j | x_j) in [0, 1] target's probability of the same item in the same slot
+                                              (1[target slate has a_j at k_j] for a deterministic target)
+    q_logged (m,)  q(x_j, a_j, k_j)            reward model at the logged item
+    q_target (m,)  sum_b pi(b, k_j | x_j) q(x_j, b, k_j)   reward model under the target, same slot
+    cluster  (m,)  bootstrap unit (user index)
+
+with the importance weight w_j = pi_j / pscore_j. Every estimator below is a ratio of sums of
+per-impression terms, `V = sum(num) / sum(den)`, which is also how its bootstrap interval
+(users resampled, `recsys.evaluation.bootstrap`) is computed.
+
+Off-policy estimates are only as good as the overlap: mass the target puts on items the logging
+policy never showed cannot be reweighted. `support_deficiency` measures it and the report shows
+it; it is never silently dropped.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recsys.evaluation.bootstrap import Interval, bootstrap_ratio, cluster_sums
+
+__all__ = [
+    "OPEInput",
+    "OPEInputError",
+    "check_ope_inputs",
+    "SlateEstimator",
+    "IPS",
+    "ClippedIPS",
+    "SNIPS",
+    "DirectMethod",
+    "DoublyRobust",
+    "PositionBasedModel",
+    "fit_position_based_model",
+    "SupportReport",
+    "support_deficiency",
+    "build_slate_input",
+    "default_estimators",
+]
+
+
+class OPEInputError(ValueError):
+    """Logged data that an off-policy estimator cannot use; says which field, rule and rows."""
+
+
+@dataclass(frozen=True)
+class OPEInput:
+    """Validated per-impression arrays (see the module docstring for the meaning and shapes)."""
+
+    reward: np.ndarray
+    pscore: np.ndarray
+    pi: np.ndarray
+    cluster: np.ndarray
+    n_clusters: int
+    q_logged: np.ndarray | None = None
+    q_target: np.ndarray | None = None
+
+    @property
+    def weight(self) -> np.ndarray:
+        """w = pi / pscore, shape (m,)."""
+        return self.pi / self.pscore
+
+    @property
+    def effective_sample_size(self) -> float:
+        """(sum w)^2 / sum w^2: how many logged impressions the reweighted estimate is worth."""
+        w = self.weight
+        return float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
+
+
+def _rows(mask: np.ndarray, limit: int = 5) -> str:
+    idx = np.flatnonzero(mask)
+    more = f" (+{idx.size - limit} more)" if idx.size > limit else ""
+    return f"{idx.size:,} rows, e.g. rows {idx[:limit].tolist()}{more}"
+
+
+def check_ope_inputs(
+    reward: np.ndarray,
+    pscore: np.ndarray,
+    pi: np.ndarray,
+    cluster: np.ndarray | None = None,
+    q_logged: np.ndarray | None = None,
+    q_target: np.ndarray | None = None,
+    source: str = "logged impressions",
+) -> OPEInput:
+    """The one door into the estimators: shapes, missing/zero/>1 propensities, ranges.
+
+    Raises `OPEInputError` naming the field, the rule and the first offending row numbers.
+    """
+    reward = np.asarray(reward, dtype=np.float64)
+    m = reward.shape[0]
+    if reward.ndim != 1 or m == 0:
+        raise OPEInputError(f"{source}: reward must be a non-empty 1-d array, got shape {reward.shape}")
+    arrays = {"pscore": pscore, "pi": pi, "q_logged": q_logged, "q_target": q_target, "cluster": cluster}
+    for name, arr in arrays.items():
+        if arr is not None and np.shape(arr) != (m,):
+            raise OPEInputError(f"{source}: {name} has shape {np.shape(arr)}, expected ({m},) like reward")
+    pscore = np.asarray(pscore, dtype=np.float64)
+    pi = np.asarray(pi, dtype=np.float64)
+    if np.isnan(pscore).any():
+        raise OPEInputError(
+            f"{source}: propensity is missing in {_rows(np.isnan(pscore))}; off-policy "
+            "estimates need the logging policy's probability for every impression"
+        )
+    if (pscore <= 0).any():
+        raise OPEInputError(
+            f"{source}: propensity must be > 0 (an impression that was shown had a "
+            f"positive probability), got <= 0 in {_rows(pscore <= 0)}"
+        )
+    if (pscore > 1).any():
+        raise OPEInputError(f"{source}: propensity must be <= 1, got > 1 in {_rows(pscore > 1)}")
+    if not np.isin(reward, (0.0, 1.0)).all():
+        raise OPEInputError(
+            f"{source}: reward (clicked) must be 0 or 1; {_rows(~np.isin(reward, (0.0, 1.0)))}"
+        )
+    bad_pi = np.isnan(pi) | (pi < 0) | (pi > 1)
+    if bad_pi.any():
+        raise OPEInputError(f"{source}: target probability pi must lie in [0, 1]; {_rows(bad_pi)}")
+    for name, q in (("q_logged", q_logged), ("q_target", q_target)):
+        if q is not None:
+            q = np.asarray(q, dtype=np.float64)
+            bad = np.isnan(q) | (q < 0) | (q > 1)
+            if bad.any():
+                raise OPEInputError(f"{source}: reward-model output {name} must lie in [0, 1]; {_rows(bad)}")
+    if cluster is None:
+        cluster_idx, n_clusters = np.arange(m), m
+    else:
+        _, cluster_idx = np.unique(np.asarray(cluster), return_inverse=True)
+        n_clusters = int(cluster_idx.max()) + 1
+    return OPEInput(
+        reward=reward,
+        pscore=pscore,
+        pi=pi,
+        cluster=cluster_idx.astype(np.int64),
+        n_clusters=n_clusters,
+        q_logged=None if q_logged is None else np.asarray(q_logged, dtype=np.float64),
+        q_target=None if q_target is None else np.asarray(q_target, dtype=np.float64),
+    )
+
+
+@dataclass
+class SlateEstimator(ABC):
+    """An off-policy estimator: per-impression terms, a point estimate, a bootstrap interval."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        """Per-impression numerator and denominator (m,), (m,); V = sum(num) / sum(den)."""
+
+    def estimate(self, data: OPEInput) -> float:
+        num, den = self.terms(data)
+        return float(num.sum() / den.sum())
+
+    def cluster_terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        """The terms summed per bootstrap unit (user): (n_clusters,), (n_clusters,)."""
+        num, den = self.terms(data)
+        return cluster_sums(num, data.cluster, data.n_clusters), cluster_sums(
+            den, data.cluster, data.n_clusters
+        )
+
+    def interval(self, data: OPEInput, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Interval:
+        """Percentile interval with users (clusters) resampled."""
+        num, den = self.cluster_terms(data)
+        return bootstrap_ratio(num, den, n_boot, alpha, seed)[0]
+
+
+def _require_model(data: OPEInput, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if data.q_logged is None or data.q_target is None:
+        raise OPEInputError(f"{name} needs reward-model outputs q_logged and q_target")
+    return data.q_logged, data.q_target
+
+
+@dataclass
+class IPS(SlateEstimator):
+    """Inverse propensity scoring (item-position model).
+
+    V_IPS = 1/m sum_j  w_j c_j,   w_j = pi(a_j, k_j | x_j) / mu(a_j, k_j | x_j)
+
+    Unbiased under the PBM when the logging policy covers the target (mu > 0 wherever pi > 0);
+    high variance when w is large. Li et al. (2018), KDD.
+    """
+
+    name: str = "ips"
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        return data.weight * data.reward, np.ones_like(data.reward)
+
+
+@dataclass
+class ClippedIPS(SlateEstimator):
+    """IPS with weights capped at `clip`: V = 1/m sum_j min(w_j, clip) c_j.
+
+    Trades a downward bias for lower variance. Ionides (2008); Strehl et al. (2010).
+    """
+
+    name: str = "clipped_ips"
+    clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.clip <= 0:
+            raise ValueError(f"clip must be > 0, got {self.clip}")
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        return np.minimum(data.weight, self.clip) * data.reward, np.ones_like(data.reward)
+
+
+@dataclass
+class SNIPS(SlateEstimator):
+    """Self-normalised IPS: V = sum_j w_j c_j / sum_j w_j.
+
+    E[w] = 1 per slot under full support, so the denominator estimates m; normalising by the
+    realised weights removes most of IPS's variance at a small, vanishing bias.
+    Swaminathan & Joachims (2015), "The Self-Normalized Estimator for Counterfactual Learning".
+    """
+
+    name: str = "snips"
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        w = data.weight
+        return w * data.reward, w
+
+
+@dataclass
+class DirectMethod(SlateEstimator):
+    """Direct method: V = 1/m sum_j q_target_j, the reward model's CTR of the target slates.
+
+    No weights, so low variance, but biased wherever the reward model q is wrong.
+    Beygelzimer & Langford (2009).
+    """
+
+    name: str = "dm"
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        _, q_target = _require_model(data, self.name)
+        return q_target, np.ones_like(data.reward)
+
+
+@dataclass
+class DoublyRobust(SlateEstimator):
+    """Doubly robust: V = 1/m sum_j [ q_target_j + w_j (c_j - q_logged_j) ].
+
+    Unbiased when either the propensities or the reward model are right; the reward model
+    absorbs variance IPS would carry. Dudik, Langford & Li (2011), ICML; slot-wise under the
+    PBM as in Kiyohara et al. (2022), "Doubly Robust Off-Policy Evaluation for Ranking Policies
+    under the Cascade Behavior Model" (the independent-slot special case).
+    """
+
+    name: str = "dr"
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        q_logged, q_target = _require_model(data, self.name)
+        return q_target + data.weight * (data.reward - q_logged), np.ones_like(data.reward)
+
+
+def default_estimators(clip: float = 10.0) -> list[SlateEstimator]:
+    return [IPS(), ClippedIPS(clip=clip), SNIPS(), DirectMethod(), DoublyRobust()]
+
+
+# ---------------------------------------------------------------------------------------------
+# reward model: the position-based model fitted by EM
+
+
+@dataclass(frozen=True)
+class PositionBasedModel:
+    """q(x, i, k) = theta_k * r_i: examination by slot (L,) times item attractiveness (n_items,).
+
+    User-independent on purpose (a baseline reward model for DM/DR); DR corrects its bias.
+    Items the log never showed get the prior `r_unseen`.
+    """
+
+    theta: np.ndarray
+    relevance: np.ndarray
+    r_unseen: float
+
+    def q(self, item_idx: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """q for item indices (m,) (-1 = unseen item) at slots (m,) -> (m,) in [0, 1]."""
+        position = np.asarray(position)
+        theta = self.theta[np.clip(position, 0, len(self.theta) - 1)]
+        r = np.where(item_idx >= 0, self.relevance[np.maximum(item_idx, 0)], self.r_unseen)
+        return np.clip(theta * r, 0.0, 1.0)
+
+
+def fit_position_based_model(
+    item_idx: np.ndarray,
+    position: np.ndarray,
+    clicked: np.ndarray,
+    n_items: int,
+    iters: int = 30,
+    prior: float = 10.0,
+) -> PositionBasedModel:
+    """Expectation-maximisation for the PBM (Chuklin et al. 2015, "Click Models for Web Search").
+
+    E-step, for a non-click at slot k on item i:
+        P(E=1, R=0 | c=0) = theta_k (1 - r_i) / (1 - theta_k r_i)
+        P(E=0, R=1 | c=0) = (1 - theta_k) r_i / (1 - theta_k r_i)
+    M-step: theta_k = mean over slot k of P(E=1 | .); r_i = mean over item i of P(R=1 | .),
+    shrunk towards the global click rate with `prior` pseudo-impressions.
+    """
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    position = np.asarray(position, dtype=np.int64)
+    c = np.asarray(clicked, dtype=np.float64)
+    n_pos = int(position.max()) + 1
+    pos_count = np.maximum(np.bincount(position, minlength=n_pos), 1)
+    item_count = np.bincount(item_idx, minlength=n_items)
+    base = float(c.mean())
+    theta = np.full(n_pos, 0.5)
+    r = np.full(n_items, min(0.99, 2 * base + 1e-3))
+    r_prior = min(0.99, 2 * base + 1e-3)
+    for _ in range(iters):
+        t, ri = theta[position], r[item_idx]
+        denom = np.maximum(1.0 - t * ri, 1e-12)
+        exam = c + (1 - c) * t * (1 - ri) / denom
+        rel = c + (1 - c) * (1 - t) * ri / denom
+        theta = np.clip(np.bincount(position, weights=exam, minlength=n_pos) / pos_count, 1e-4, 1.0)
+        r = np.clip(
+            (np.bincount(item_idx, weights=rel, minlength=n_items) + prior * r_prior) / (item_count + prior),
+            1e-6,
+            1.0,
+        )
+        r_prior = float(np.average(r, weights=np.maximum(item_count, 1e-9))) if item_count.sum() else r_prior
+    return PositionBasedModel(theta=theta, relevance=r, r_unseen=r_prior)
+
+
+# ---------------------------------------------------------------------------------------------
+# overlap and the bridge from a log + target slates to estimator inputs
+
+
+@dataclass(frozen=True)
+class SupportReport:
+    """How much of the target's mass the log cannot reweight.
+
+    item_share: share of target slots whose item never appears in the log (any slot);
+    pair_share: share of target slots whose (item, slot) pair never appears in the log.
+    Positive values bias IPS/SNIPS/DR towards the logged part of the target's slates.
+    """
+
+    item_share: float
+    pair_share: float
+    target_slots: int
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def deficient(self) -> bool:
+        return self.pair_share > 0
+
+    def describe(self) -> str:
+        if not self.deficient:
+            return "full support: every (item, slot) the target shows was logged"
+        return (
+            f"support deficiency: {self.item_share:.1%} of the target's slots hold items never logged "
+            f"and {self.pair_share:.1%} hold (item, slot) pairs never logged (e.g. {self.examples[:3]}); "
+            "estimates cover only the logged part"
+        )
+
+
+def support_deficiency(
+    target: np.ndarray, logged_items: np.ndarray, logged_positions: np.ndarray
+) -> SupportReport:
+    """Target slates (n, L) of item ids vs the logged (item, slot) pairs (m,), (m,)."""
+    target = np.asarray(target)
+    n, width = target.shape
+    slots = np.broadcast_to(np.arange(width), (n, width))
+    valid = target != _PAD if target.dtype.kind in "UO" else target >= 0
+    t_items, t_slots = target[valid], slots[valid]
+    item_seen = np.isin(t_items, logged_items)
+    t_keys = np.char.add(np.char.add(t_items.astype(str), "#"), t_slots.astype(str))
+    l_keys = np.char.add(
+        np.char.add(np.asarray(logged_items).astype(str), "#"), np.asarray(logged_positions).astype(str)
+    )
+    pair_seen = np.isin(t_keys, np.unique(l_keys))
+    total = max(int(valid.sum()), 1)
+    examples = [str(x) for x in np.unique(t_items[~item_seen])[:5]]
+    return SupportReport(
+        item_share=float((~item_seen).sum() / total),
+        pair_share=float((~pair_seen).sum() / total),
+        target_slots=int(valid.sum()),
+        examples=examples,
+    )
+
+
+_PAD = ""
+
+
+def build_slate_input(
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    positions: np.ndarray,
+    clicked: np.ndarray,
+    propensity: np.ndarray,
+    target_users: np.ndarray,
+    target_slates: np.ndarray,
+    reward_model: PositionBasedModel | None = None,
+    item_vocab: np.ndarray | None = None,
+    source: str = "impressions",
+) -> tuple[OPEInput, SupportReport]:
+    """Estimator input for a deterministic target from a log and the target's slate per user.
+
+    user_ids, item_ids, positions, clicked, propensity: (m,) logged impressions.
+    target_users (u,), target_slates (u, L): the target's slate for each user ('' pads).
+    reward_model + item_vocab: PBM fitted on item indices of `item_vocab` (sorted ids), for DM/DR.
+    pi_j = 1[target_slates[user_j, position_j] == item_j]; users missing from target_users
+    raise, since they would silently drop out of the estimate.
+    """
+    user_ids, item_ids = np.asarray(user_ids).astype(str), np.asarray(item_ids).astype(str)
+    positions = np.asarray(positions, dtype=np.int64)
+    target_users = np.asarray(target_users).astype(str)
+    target_slates = np.asarray(target_slates).astype(str)
+    order = np.argsort(target_users)
+    sorted_users = target_users[order]
+    loc = np.searchsorted(sorted_users, user_ids)
+    loc = np.minimum(loc, len(sorted_users) - 1)
+    found = sorted_users[loc] == user_ids
+    if not found.all():
+        raise OPEInputError(
+            f"{source}: no target slate for {_rows(~found)} (users "
+            f"{np.unique(user_ids[~found])[:5].tolist()})"
+        )
+    row = order[loc]
+    width = target_slates.shape[1]
+    in_slate = positions < width
+    target_item = np.where(in_slate, target_slates[row, np.minimum(positions, width - 1)], _PAD)
+    pi = (target_item == item_ids).astype(np.float64)
+    q_logged = q_target = None
+    if reward_model is not None:
+        if item_vocab is None:
+            raise ValueError("item_vocab is required with a reward model")
+
+        def index(ids: np.ndarray) -> np.ndarray:
+            pos = np.minimum(np.searchsorted(item_vocab, ids), len(item_vocab) - 1)
+            return np.where(item_vocab[pos] == ids, pos, -1)
+
+        q_logged = reward_model.q(index(item_ids), positions)
+        q_target = np.where(
+            in_slate & (target_item != _PAD), reward_model.q(index(target_item), positions), 0.0
+        )
+    data = check_ope_inputs(
+        clicked, propensity, pi, cluster=user_ids, q_logged=q_logged, q_target=q_target, source=source
+    )
+    support = support_deficiency(target_slates[np.unique(row)], item_ids, positions)
+    return data, support
