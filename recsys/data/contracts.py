@@ -122,8 +122,7 @@ def _cast_expr(col: Column, src: pl.DataType) -> pl.Expr:
     e = pl.col(col.name)
     if isinstance(col.dtype, pl.Datetime):
         if src == pl.String:
-            e = e.str.strip_chars().str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
-            return e
+            return parse_timestamps(e)
         if src.is_integer():  # unix seconds
             return pl.from_epoch(e, time_unit="s").dt.replace_time_zone("UTC")
         if isinstance(src, pl.Datetime):
@@ -140,9 +139,32 @@ def _cast_expr(col: Column, src: pl.DataType) -> pl.Expr:
         )
     if col.dtype == pl.Boolean and src.is_numeric():
         return pl.when(e == 1).then(True).when(e == 0).then(False).otherwise(None)
+    if col.dtype.is_integer() and src == pl.String:
+        # "3" and "3.0" (a CSV written from a float column) are both the integer 3; "3.5" is not
+        f = e.str.strip_chars().cast(pl.Float64, strict=False)
+        return pl.when(f == f.floor()).then(f).otherwise(None).cast(col.dtype, strict=False)
     if col.dtype.is_numeric() and src == pl.String:
         e = e.str.strip_chars()
     return e.cast(col.dtype, strict=False)
+
+
+_AWARE_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
+_NAIVE_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d",
+)
+
+
+def parse_timestamps(e: pl.Expr) -> pl.Expr:
+    """Text to UTC timestamps, row by row: ISO 8601 with or without offset (naive = UTC), a date,
+    or unix seconds. (polars' own inference fixes one format from the first value and would turn
+    every row written differently into a null, i.e. lose good rows.)"""
+    e = e.str.strip_chars()
+    aware = [e.str.to_datetime(f, time_unit="us", strict=False).dt.convert_time_zone("UTC")
+             for f in _AWARE_FORMATS]
+    naive = [e.str.to_datetime(f, time_unit="us", strict=False).dt.replace_time_zone("UTC")
+             for f in _NAIVE_FORMATS]
+    epoch = pl.from_epoch(e.str.to_integer(strict=False), time_unit="s").dt.replace_time_zone("UTC")
+    return pl.coalesce([*aware, *naive, epoch])
 
 
 def _conform(
@@ -182,7 +204,10 @@ def _conform(
     # empty strings in optional text columns mean "none"
     text_cols = [c.name for c in contract if c.dtype == pl.String and c.nullable]
     cast_df = cast_df.with_columns(
-        [pl.when(pl.col(n).str.strip_chars() == "").then(None).otherwise(pl.col(n)).alias(n) for n in text_cols]
+        [
+            pl.when(pl.col(n).str.strip_chars() == "").then(None).otherwise(pl.col(n)).alias(n)
+            for n in text_cols
+        ]
     )
     return cast_df, reason
 
@@ -245,10 +270,10 @@ def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) 
             missing.append(i)
     cast = cast.with_columns(pl.Series(C.IMAGE_URI, resolved, dtype=pl.String))
     if missing:
-        ids = cast[C.ITEM_ID].gather(missing[:5]).to_list()
+        examples = [(cast[C.ITEM_ID][i], uris[i]) for i in missing[:5]]
         notes.append(
-            f"{len(missing)} image path(s) in column '{C.IMAGE_URI}' do not exist; those items "
-            f"are kept without an image (e.g. item_id {ids})"
+            f"{source}: {len(missing)} image path(s) in column '{C.IMAGE_URI}' do not exist; those "
+            f"items are kept without an image (image_source 'none'); e.g. (item_id, path) {examples}"
         )
     src = (
         pl.when(pl.col(C.IMAGE_SOURCE).is_not_null()).then(pl.col(C.IMAGE_SOURCE))
@@ -308,7 +333,10 @@ def validate_impressions(
             pl.lit(None, dtype=pl.Int32).alias(C.POSITION),
             pl.lit(True).alias(C.CLICKED),
             pl.lit(None, dtype=pl.Float64).alias(C.PROPENSITY),
-            pl.lit("unknown").alias(C.POLICY),
+            (
+                pl.Series(C.POLICY, df[C.POLICY].cast(pl.String))
+                if C.POLICY in df.columns else pl.lit("unknown")
+            ).alias(C.POLICY),
         )
         key = [C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP]
     else:
@@ -328,7 +356,9 @@ def validate_impressions(
 
 
 _CLICK_ONLY = tuple(
-    Column(c.name, c.dtype, required=c.name in CLICK_ONLY_REQUIRED, nullable=c.name not in CLICK_ONLY_REQUIRED)
+    Column(
+        c.name, c.dtype, required=c.name in CLICK_ONLY_REQUIRED, nullable=c.name not in CLICK_ONLY_REQUIRED
+    )
     for c in IMPRESSIONS
     if c.name not in (C.REQUEST_ID, C.POSITION, C.CLICKED, C.PROPENSITY, C.POLICY)
 )

@@ -1,0 +1,127 @@
+"""Train/valid/test splits of an interaction log: pure functions over polars frames.
+
+Three protocols, each with the leakage rule its tests check:
+
+- `temporal_split` (global): every train event precedes `valid_start`, every test event is at
+  or after `test_start`. The honest protocol for a live system: no future leaks into training,
+  and items/users that appear late are cold at test time.
+- `leave_last_out` (per user, temporal): each user's latest event is the test, the one before it
+  the validation event; the rest is train.
+- `random_ratio_split` (per user, random, seeded): the RecBole protocol (default 80/10/10 with
+  RecBole's rounding rules), comparable with published MovieLens numbers.
+
+Rows stay whole (all columns are kept); a request's impressions share one timestamp, so a
+temporal split never cuts a slate in two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from recsys.data import columns as C
+
+_ROW = "__row"
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pl.DataFrame
+    valid: pl.DataFrame
+    test: pl.DataFrame
+    protocol: str
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": self.train.height, "valid": self.valid.height, "test": self.test.height}
+
+
+def temporal_split(
+    df: pl.DataFrame,
+    valid_start: datetime | None = None,
+    test_start: datetime | None = None,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.1,
+    time_col: str = C.EVENT_TIMESTAMP,
+) -> Split:
+    """Global temporal split. Cut points default to the time quantiles that leave `valid_frac`
+    and `test_frac` of the events after them: train `< valid_start <=` valid `< test_start <=` test."""
+    if not (valid_frac >= 0 and test_frac > 0 and valid_frac + test_frac < 1):
+        raise ValueError(f"need 0 <= valid_frac, 0 < test_frac, sum < 1 (got {valid_frac}, {test_frac})")
+    t = df[time_col]
+    if test_start is None:
+        test_start = t.quantile(1 - test_frac, interpolation="higher")
+    if valid_start is None:
+        q = 1 - test_frac - valid_frac
+        valid_start = t.quantile(q, interpolation="higher") if valid_frac else test_start
+    if valid_start > test_start:
+        raise ValueError(f"valid_start {valid_start} is after test_start {test_start}")
+    col = pl.col(time_col)
+    return Split(
+        train=df.filter(col < valid_start),
+        valid=df.filter((col >= valid_start) & (col < test_start)),
+        test=df.filter(col >= test_start),
+        protocol=f"temporal(valid_start={valid_start}, test_start={test_start})",
+    )
+
+
+def leave_last_out(
+    df: pl.DataFrame, user_col: str = C.USER_ID, time_col: str = C.EVENT_TIMESTAMP, min_events: int = 3
+) -> Split:
+    """Per user, the latest event is the test, the one before it the validation event (ties in
+    time keep file order). Users with fewer than `min_events` events stay entirely in train."""
+    ranked = (
+        df.with_row_index(_ROW)
+        .sort([user_col, time_col, _ROW])
+        .with_columns(
+            (pl.len().over(user_col) - pl.int_range(pl.len()).over(user_col)).alias("__from_end"),
+            pl.len().over(user_col).alias("__n"),
+        )
+        .sort(_ROW)
+    )
+    eligible = pl.col("__n") >= min_events
+    drop = [_ROW, "__from_end", "__n"]
+    return Split(
+        train=ranked.filter(~eligible | (pl.col("__from_end") > 2)).drop(drop),
+        valid=ranked.filter(eligible & (pl.col("__from_end") == 2)).drop(drop),
+        test=ranked.filter(eligible & (pl.col("__from_end") == 1)).drop(drop),
+        protocol="leave_last_out",
+    )
+
+
+def random_ratio_split(
+    df: pl.DataFrame, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 2020,
+    user_col: str = C.USER_ID,
+) -> Split:
+    """Per user, shuffle (seeded) and cut by `ratios` with RecBole's rounding: valid and test get
+    `int(ratio * n)` events, bumped to one when `0 < ratio * n < 1` while train keeps more than one."""
+    if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-9:
+        raise ValueError(f"ratios must be three non-negative numbers summing to 1, got {ratios}")
+    _, rv, rt = ratios
+    key = np.random.default_rng(seed).random(df.height)
+    n = pl.len().over(user_col)
+    ranked = df.with_row_index(_ROW).with_columns(pl.Series("__key", key)).with_columns(
+        pl.col("__key").rank("ordinal").over(user_col).cast(pl.Int64).sub(1).alias("__rank"),
+        n.alias("__n"),
+    )
+    n = pl.col("__n")
+    n_test = (n * rt).floor().cast(pl.Int64)
+    n_valid = (n * rv).floor().cast(pl.Int64)
+    n_train = n - n_test - n_valid
+    bump_test = (n_train > 1) & (n * rt > 0) & (n * rt < 1)
+    n_test = n_test + bump_test.cast(pl.Int64)
+    n_train = n_train - bump_test.cast(pl.Int64)
+    bump_valid = (n_train > 1) & (n * rv > 0) & (n * rv < 1)
+    n_valid = n_valid + bump_valid.cast(pl.Int64)
+    n_train = n_train - bump_valid.cast(pl.Int64)
+    ranked = ranked.with_columns(n_train.alias("__train"), n_valid.alias("__valid"))
+    r, tr, va = pl.col("__rank"), pl.col("__train"), pl.col("__valid")
+    drop = [_ROW, "__key", "__rank", "__n", "__train", "__valid"]
+    return Split(
+        train=ranked.filter(r < tr).drop(drop),
+        valid=ranked.filter((r >= tr) & (r < tr + va)).drop(drop),
+        test=ranked.filter(r >= tr + va).drop(drop),
+        protocol=f"random_ratio{tuple(ratios)}(seed={seed})",
+    )
