@@ -56,6 +56,9 @@ class ServingConfig(ConfigModel):
     max_body_bytes: int = 65_536
     event_queue: int = 100_000
     event_batch: int = 1000
+    event_flush_seconds: float = Field(1.0, gt=0, description="longest wait before writing a partial batch")
+    temperature: float = Field(1.0, gt=0, description="softmax exploration temperature over ranker scores")
+    recent_clicks: int = Field(12, ge=0, le=100, description="recent clicks shown on /ui/users/{id}")
 
 
 def _config_file() -> Path:

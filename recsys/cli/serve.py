@@ -1,0 +1,39 @@
+"""`recsys serve`: the HTTP API (FastAPI on uvicorn), on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from recsys.cli.common import console, settings_from
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option(None, help="Interface to bind [serving.host; default 127.0.0.1]"),
+    port: int = typer.Option(None, help="Port [serving.port; default 8000]"),
+    workers: int = typer.Option(None, help="Worker processes, one torch thread each [serving.workers]"),
+    alias: str = typer.Option(None, help="Registry alias of the models [serving.alias; champion]"),
+    poll_seconds: float = typer.Option(None, help="Reload when the alias moves, checked every N s (0: off)"),
+) -> None:
+    """Serve recommendations over HTTP: /v1/..., /docs, /healthz, /readyz, /metrics, /ui/users/{id}."""
+    import uvicorn
+
+    from serving.process import SETTINGS_ENV, server_env
+
+    settings = settings_from(ctx, **{"serving.host": host, "serving.port": port, "serving.workers": workers,
+                                     "serving.alias": alias, "serving.poll_seconds": poll_seconds})
+    cfg = settings.serving
+    os.environ[SETTINGS_ENV] = server_env(settings)[SETTINGS_ENV]
+    base = f"http://{cfg.host}:{cfg.port}"
+    console.print(f"serving {Path(settings.home).resolve()} (models @{cfg.alias}) on {base}\n"
+                  f"  {base}/docs  {base}/readyz  {base}/v1/users/<user_id>/recommendations?k=10  "
+                  f"{base}/ui/users/<user_id>")
+    uvicorn.run("serving.app:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
+                log_level="info", timeout_graceful_shutdown=20, access_log=False)

@@ -1,0 +1,463 @@
+"""The HTTP API: `create_app(settings)` builds one FastAPI app; everything it holds lives in
+`app.state` (loaded in the lifespan), never in module globals.
+
+Request path of a recommendation: the user's features from the Feast online store → the
+recommender (user tower → ANN top-N, seen items filtered → in-process item features → LightGBM
+→ business filters) → optional exploration (propensities recorded) → response. The work per
+request is a few milliseconds of CPU under the GIL, so endpoints are `async def` and run it
+inline: a thread pool would add hand-offs, not parallelism (scale with workers instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from recsys.data import columns as C
+from recsys.runtime import configure_threads
+from recsys.workspace import Workspace
+from serving import ui
+from serving.events import EventWriter, QueueFull
+from serving.exploration import choose_slate, seed_from
+from serving.metrics import Metrics
+from serving.schemas import (
+    ID_MAX,
+    ID_PATTERN,
+    MAX_K,
+    Error,
+    EventBatch,
+    EventsAccepted,
+    RecommendationRequest,
+    Recommendations,
+    RecommendedItem,
+    SimilarItems,
+)
+from serving.state import Ranked, ServingState, load_state, registry_versions
+
+log = logging.getLogger("serving")
+Loader = Callable[..., ServingState]
+UserId = Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN, description="user id")
+ItemId = Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN, description="item id")
+K = Query(10, ge=1, le=MAX_K, description="number of items, 1..100")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": Error, "description": "invalid input"},
+    503: {"model": Error, "description": "not ready"},
+}
+
+
+class StateHolder:
+    """The current `ServingState`; swapped as one reference, reloads serialised by a lock."""
+
+    def __init__(self, state: ServingState):
+        self.current = state
+        self.lock = asyncio.Lock()
+
+
+def _feature_store_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from features.online import FeatureStoreUnavailable
+    except ImportError:
+        return (ConnectionError, OSError, TimeoutError)
+    return (FeatureStoreUnavailable, ConnectionError, OSError, TimeoutError)
+
+
+def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
+    """Build the app. `loader(settings, previous=...)` returns a `ServingState` (tests pass
+    one that builds small real components); it runs off the event loop, at start-up and on
+    every reload."""
+    configure_threads(1)
+    cfg = settings.serving
+    ws = Workspace.at(settings.home)
+    metrics = Metrics()
+    unavailable = _feature_store_errors()
+
+    def load(previous: ServingState | None) -> ServingState:
+        state = loader(settings, previous=previous)
+        if "torch" in sys.modules:  # one torch thread per process; scale by workers
+            sys.modules["torch"].set_num_threads(1)
+        gc.collect()
+        gc.freeze()  # keep the loaded models out of every later GC pass (p99)
+        return state
+
+    async def swap_in(new: ServingState) -> None:
+        app.state.holder.current = new
+        metrics.set_versions(new.versions, new.ready)
+
+    async def initial_load() -> None:
+        try:
+            state = await asyncio.to_thread(load, None)
+        except Exception as exc:  # a bug in a loader must not kill the process: report it
+            log.exception("loading the serving state failed")
+            state = ServingState(None, None, None, {"ranker": None, "retrieval": None},
+                                 (f"loading failed: {type(exc).__name__}: {exc}",))
+        await swap_in(state)
+
+    async def reload() -> tuple[bool, ServingState]:
+        """Load a new state beside the old one; swap only if it is at least as usable."""
+        holder: StateHolder = app.state.holder
+        async with holder.lock:
+            old = holder.current
+            new = await asyncio.to_thread(load, old)
+            if new.ready or not old.ready:
+                await swap_in(new)
+                metrics.reloads.labels("swapped").inc()
+                log.info("reloaded: %s", new.versions)
+                return True, new
+            metrics.reloads.labels("kept_old").inc()
+            log.warning("reload kept the previous models: %s", "; ".join(new.problems))
+            return False, new
+
+    async def poll_alias() -> None:
+        while True:
+            await asyncio.sleep(cfg.poll_seconds)
+            try:
+                seen = await asyncio.to_thread(registry_versions, settings)
+                current = app.state.holder.current.versions
+                if any(seen.values()) and seen != current:
+                    log.info("alias @%s moved %s -> %s; reloading", cfg.alias, current, seen)
+                    await reload()
+            except Exception:
+                log.exception("alias poll failed; trying again in %.0f s", cfg.poll_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.holder = StateHolder(ServingState(None, None, None, {"ranker": None, "retrieval": None},
+                                                    ("loading",)))
+        app.state.events = EventWriter(ws.events_dir, capacity=cfg.event_queue, batch=cfg.event_batch,
+                                       flush_seconds=cfg.event_flush_seconds,
+                                       on_write=metrics.events_written.inc)
+        tasks = [asyncio.create_task(initial_load())]
+        if cfg.poll_seconds > 0:
+            tasks.append(asyncio.create_task(poll_alias()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await asyncio.to_thread(app.state.events.close)
+            log.info("event writer closed: %d events written", app.state.events.written)
+
+    app = FastAPI(
+        title="recsys",
+        version="1",
+        summary="Multimodal recommendations: two-tower retrieval, LightGBM ranking, Feast features.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(Guard, metrics=metrics, max_body=cfg.max_body_bytes)
+    _install_error_handlers(app)
+
+    # ---------------------------------------------------------------- the request path
+    def fail(status: int, message: str) -> HTTPException:
+        return HTTPException(status, message)
+
+    async def recommend(req: RecommendationRequest) -> Recommendations:
+        state: ServingState = app.state.holder.current
+        if state.recommender is None and state.catalogue is None:
+            raise fail(503, "not ready: " + "; ".join(state.problems))
+        request_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        as_of = req.timestamp or datetime.now(UTC)
+        if as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=UTC)
+        exclude = set(req.exclude)
+        timings: dict[str, float] = {}
+        degraded: str | None = None
+        user_features: dict[str, Any] | None = None
+        if state.features is None:
+            degraded = "feature_store"
+        else:
+            t = time.perf_counter()
+            try:
+                user_features = state.features.user(req.user_id)
+            except unavailable as exc:
+                degraded = "feature_store"
+                log.warning("feature store unavailable (%s); serving degraded", exc)
+            timings["features"] = time.perf_counter() - t
+        if state.recommender is None:
+            degraded = degraded or "models"
+        explore = cfg.exploration
+        if degraded is None:
+            pool = req.k if explore == "none" else min(max(3 * req.k, 20), 300)
+            ranked = state.rank(req.user_id, pool, user_features, exclude, req.category, as_of)
+            timings.update(ranked.timings)
+        else:
+            t = time.perf_counter()
+            seen = exclude | set(state.catalogue.recent.get(req.user_id, ()) if state.catalogue else ())
+            items = state.catalogue.popular_for(req.k, seen, req.category) if state.catalogue else []
+            ranked = Ranked(items, "popular", state.versions.get("ranker"),
+                            state.versions.get("retrieval"), {})
+            timings["popular"] = time.perf_counter() - t
+            metrics.degraded.labels(degraded).inc()
+            explore = "none"
+        if ranked.fallback:
+            explore = "none"
+            metrics.fallbacks.labels(ranked.fallback).inc()
+        t = time.perf_counter()
+        slate = choose_slate(ranked.items, req.k, explore, cfg.epsilon, cfg.temperature,
+                             np.random.default_rng(seed_from(request_id)))
+        timings["explore"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+        for stage, seconds in timings.items():
+            metrics.stage.labels(stage).observe(seconds)
+        cat = state.catalogue
+        out = []
+        for rank, (item_id, score, propensity) in enumerate(slate, start=1):
+            info = cat.items.get(item_id) if cat is not None else None
+            out.append(RecommendedItem(
+                item_id=item_id, rank=rank, score=score, propensity=propensity,
+                title=info.title if info else None, category=info.category if info else None,
+                image_source=info.image_source if info else None))
+        policy = "popular" if ranked.fallback else (
+            f"{ranked.ranker_version or 'ranker'}+{ranked.retrieval_version or 'retrieval'}:{explore}")
+        ms = {k: round(v * 1000, 3) for k, v in timings.items()}
+        log.info("recommend request_id=%s user=%s k=%d n=%d fallback=%s degraded=%s ms=%s", request_id,
+                 req.user_id, req.k, len(out), ranked.fallback, degraded, ms)
+        return Recommendations(
+            request_id=request_id, user_id=req.user_id, items=out, ranker_version=ranked.ranker_version,
+            retrieval_version=ranked.retrieval_version, policy=policy,
+            fallback=ranked.fallback, degraded=degraded is not None, timings_ms=ms)
+
+    # ---------------------------------------------------------------- routes
+    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=ERRORS,
+             tags=["recommendations"])
+    async def user_recommendations(user_id: str = UserId, k: int = K,
+                                   category: str | None = Query(None, min_length=1, max_length=ID_MAX)
+                                   ) -> Recommendations:
+        """Top-k items for a user (popularity within the filters for an unknown user)."""
+        return await recommend(RecommendationRequest(user_id=user_id, k=k, category=category))
+
+    @app.post("/v1/recommendations", response_model=Recommendations, responses=ERRORS,
+              tags=["recommendations"])
+    async def post_recommendations(body: RecommendationRequest) -> Recommendations:
+        """Top-k items with exclusions, a category filter and a context time."""
+        return await recommend(body)
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, tags=["items"])
+    async def similar_items(item_id: str = ItemId, k: int = K) -> SimilarItems:
+        """Nearest items by item vector (cosine)."""
+        state: ServingState = app.state.holder.current
+        cat = state.catalogue
+        if cat is None:
+            raise fail(503, "not ready: " + "; ".join(state.problems))
+        if item_id not in cat.items:
+            raise fail(404, f"unknown item_id '{item_id}'")
+        t = time.perf_counter()
+        found = cat.similar(item_id, k)
+        if found is None:
+            raise fail(503, f"no item vector for '{item_id}': run `recsys backfill` first")
+        metrics.stage.labels("similar").observe(time.perf_counter() - t)
+        items = [RecommendedItem(item_id=i, rank=r, score=s, propensity=1.0, title=cat.items[i].title,
+                                 category=cat.items[i].category, image_source=cat.items[i].image_source)
+                 for r, (i, s) in enumerate(found, start=1)]
+        return SimilarItems(item_id=item_id, items=items, retrieval_version=state.versions.get("retrieval"))
+
+    @app.post("/v1/events", status_code=202, response_model=EventsAccepted, tags=["events"],
+              responses={**ERRORS, 413: {"model": Error}})
+    async def post_events(body: EventBatch) -> EventsAccepted:
+        """Record impressions and clicks (the impressions contract); written in batches."""
+        now = datetime.now(UTC)
+        rows = []
+        for e in body.events:
+            ts = e.event_timestamp or now
+            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+            rows.append({C.REQUEST_ID: e.request_id, C.USER_ID: e.user_id, C.ITEM_ID: e.item_id,
+                         C.POSITION: e.position, C.EVENT_TIMESTAMP: ts, C.CLICKED: e.clicked,
+                         C.PROPENSITY: e.propensity, C.POLICY: e.policy or "unknown"})
+        try:
+            n = app.state.events.submit(rows)
+        except QueueFull as exc:
+            metrics.events_rejected.inc(len(rows))
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
+        metrics.events_accepted.inc(n)
+        return EventsAccepted(accepted=n)
+
+    @app.post("/v1/admin/reload", tags=["admin"], responses={401: {"model": Error}, 403: {"model": Error}})
+    async def admin_reload(x_api_key: str | None = Header(None)) -> dict[str, Any]:
+        """Reload models by alias; in-flight requests finish on the old ones. Needs X-API-Key."""
+        if not cfg.api_key:
+            raise fail(403, "admin is disabled: set serving.api_key (RECSYS_SERVING__API_KEY)")
+        if not x_api_key:
+            raise HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
+        if not secrets.compare_digest(x_api_key.encode(), cfg.api_key.encode()):
+            raise fail(403, "wrong API key")
+        swapped, new = await reload()
+        if not swapped:
+            raise fail(503, "reload failed, kept the previous models: " + "; ".join(new.problems))
+        return {"swapped": True, "versions": new.versions, "ready": new.ready, "problems": list(new.problems)}
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (whether or not models are loaded)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready, with the reasons"}})
+    async def readyz() -> JSONResponse:
+        """Models, index and feature store loaded: 200; otherwise 503 with the reasons."""
+        state: ServingState = app.state.holder.current
+        body = {"ready": state.ready, "reasons": list(state.problems), "versions": state.versions}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        metrics.events_queued.set(app.state.events.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/noop", tags=["ops"], include_in_schema=False)
+    async def noop() -> dict[str, bool]:
+        """The ceiling of the stack (benchmarks compare against it)."""
+        return {"ok": True}
+
+    # ---------------------------------------------------------------- the HTML page
+    @app.get("/ui/users/{user_id}", response_class=HTMLResponse, tags=["ui"])
+    async def user_page(user_id: str = UserId, k: int = K) -> HTMLResponse:
+        """A user's recent clicks and recommendations as thumbnails."""
+        recs = await recommend(RecommendationRequest(user_id=user_id, k=k))
+        state: ServingState = app.state.holder.current
+        return HTMLResponse(ui.user_page(user_id, state.catalogue, recs))
+
+    @app.get("/ui/images/{item_id}", tags=["ui"], response_class=FileResponse)
+    async def item_image(item_id: str = ItemId) -> FileResponse:
+        """The image of an item in the items table (nothing else is served)."""
+        cat = app.state.holder.current.catalogue
+        path = cat.image_path(item_id) if cat is not None else None
+        if path is None:
+            raise fail(404, f"no image for item_id '{item_id}'")
+        return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+    return app
+
+
+# -------------------------------------------------------------------- errors as JSON
+def _install_error_handlers(app: FastAPI) -> None:
+    names = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+             405: "method_not_allowed", 413: "payload_too_large", 422: "invalid_request",
+             503: "unavailable"}
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": names.get(exc.status_code, "error"), "message": str(exc.detail)},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg')}")
+        detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return JSONResponse({"error": "invalid_request", "message": "; ".join(parts), "detail": detail},
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+
+class Guard:
+    """ASGI middleware: caps request bodies (413) and counts requests and latency per route."""
+
+    def __init__(self, app: Any, metrics: Metrics, max_body: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            length = dict(scope.get("headers") or ()).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await self._too_large(send_status)
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body, too_large = await self._read_body(receive)
+                if too_large:
+                    await self._too_large(send_status)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(label, scope["method"], str(status["code"])).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+    async def _read_body(self, receive: Callable) -> tuple[bytes, bool]:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks), False
+
+    async def _too_large(self, send: Callable) -> None:
+        response = JSONResponse({"error": "payload_too_large",
+                                 "message": f"request body over {self.max_body} bytes"}, status_code=413)
+        await response({"type": "http"}, _replay(b"", None), send)
+
+
+def _replay(body: bytes, then: Callable | None) -> Callable:
+    """A `receive` that hands the app the body already read, then the client's own messages."""
+    sent = {"done": False}
+
+    async def receive() -> dict:
+        if not sent["done"]:
+            sent["done"] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (`serving.app:app_from_env --factory`): settings handed over by
+    `recsys serve` / `start_server`, else recsys.toml and RECSYS_* variables."""
+    import os
+
+    from recsys.config import Settings, load_settings
+    from serving.process import SETTINGS_ENV
+
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.model_validate_json(raw) if raw else load_settings()
+    return create_app(settings)

@@ -1,0 +1,84 @@
+"""Request and response bodies of the HTTP API (pydantic; unknown fields are rejected)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
+ID_MAX = 64
+MAX_K = 100
+MAX_EXCLUDE = 500
+MAX_EVENTS = 1000
+
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN,
+                          description="letters, digits and _ . : @ - (at most 64)")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendationRequest(Strict):
+    user_id: Id
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
+                              description="item ids never to return (e.g. already in the basket)")
+    category: str | None = Field(None, min_length=1, max_length=ID_MAX, description="only this category")
+    timestamp: datetime | None = Field(None, description="context time (default: now, UTC)")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    rank: int = Field(description="1-based position in the response")
+    score: float
+    propensity: float = Field(description="probability that this policy showed this item at this rank")
+    title: str | None = None
+    category: str | None = None
+    image_source: str | None = None
+
+
+class Recommendations(BaseModel):
+    request_id: str
+    user_id: str
+    items: list[RecommendedItem]
+    ranker_version: str | None
+    retrieval_version: str | None
+    policy: str = Field(description="echo it in POST /v1/events so the log records the logging policy")
+    fallback: Literal["popular"] | None = None
+    degraded: bool = False
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    items: list[RecommendedItem]
+    retrieval_version: str | None
+
+
+class Event(Strict):
+    """One impression (clicked or not) in the impressions contract."""
+
+    request_id: Id
+    user_id: Id
+    item_id: Id
+    position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in the slate")
+    clicked: bool = False
+    propensity: float | None = Field(None, gt=0, le=1)
+    policy: str | None = Field(None, max_length=200)
+    event_timestamp: datetime | None = Field(None, description="default: the time it was received")
+
+
+class EventBatch(Strict):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class Error(BaseModel):
+    error: str
+    message: str

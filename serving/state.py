@@ -1,0 +1,249 @@
+"""What one server holds in memory, loaded as a whole and swapped as a whole.
+
+A `ServingState` is immutable: a request takes a reference at its start and finishes on it,
+so a reload (admin call or alias poll) swaps one reference and no request ever sees half of
+an old and half of a new model. Every component loads independently; what is missing is a
+`problem` (shown by `/readyz`) rather than a crash, and the parts that did load still serve
+(popularity from the catalogue, similar items from the item vectors).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.data import columns as C
+from recsys.data.tables import load_table
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    item_id: str
+    title: str | None
+    category: str | None
+    image_uri: str | None
+    image_source: str | None
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Items, click popularity and each user's recent clicks, from the workspace tables."""
+
+    items: dict[str, ItemInfo]
+    popular: tuple[str, ...]  # most clicked first; every item appears
+    clicks: dict[str, int]
+    recent: dict[str, tuple[str, ...]]  # user_id -> last clicked item ids, newest first
+    vectors: np.ndarray | None = None  # (n, d) L2-normalised item vectors, rows as `vector_ids`
+    vector_ids: tuple[str, ...] = ()
+    vector_row: dict[str, int] = field(default_factory=dict)
+    vector_source: str | None = None
+
+    def popular_for(self, k: int, exclude: set[str], category: str | None) -> list[tuple[str, float]]:
+        """Top-k by clicks, within the filters: the cold-start and degraded answer."""
+        out: list[tuple[str, float]] = []
+        for item_id in self.popular:
+            if item_id in exclude:
+                continue
+            if category is not None and self.items[item_id].category != category:
+                continue
+            out.append((item_id, float(self.clicks.get(item_id, 0))))
+            if len(out) == k:
+                break
+        return out
+
+    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """Nearest items by cosine of their vectors; None when the item has no vector."""
+        row = self.vector_row.get(item_id)
+        if self.vectors is None or row is None:
+            return None
+        sims = self.vectors @ self.vectors[row]
+        sims[row] = -np.inf
+        k = min(k, len(sims) - 1)
+        top = np.argpartition(-sims, k)[:k] if k < len(sims) else np.arange(len(sims))
+        top = top[np.argsort(-sims[top])]
+        return [(self.vector_ids[i], float(sims[i])) for i in top[:k]]
+
+    def image_path(self, item_id: str) -> Path | None:
+        """The item's image file, only for items in the table and only local image files."""
+        info = self.items.get(item_id)
+        if info is None or not info.image_uri or "://" in info.image_uri:
+            return None
+        path = Path(info.image_uri)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            return None
+        return path
+
+
+def load_catalogue(ws: Workspace, recent_clicks: int = 12) -> Catalogue:
+    """Read items, clicks and item vectors; raises FileNotFoundError without an items table."""
+    items_df = load_table(ws, "items")
+    cols = set(items_df.columns)
+    items = {
+        r[C.ITEM_ID]: ItemInfo(r[C.ITEM_ID], r.get(C.TITLE), r.get(C.CATEGORY),
+                               r.get(C.IMAGE_URI) if C.IMAGE_URI in cols else None,
+                               r.get(C.IMAGE_SOURCE) if C.IMAGE_SOURCE in cols else None)
+        for r in items_df.iter_rows(named=True)
+    }
+    clicks: dict[str, int] = {}
+    recent: dict[str, tuple[str, ...]] = {}
+    if ws.table("impressions").exists():
+        imp = pl.scan_parquet(ws.table("impressions")).filter(pl.col(C.CLICKED))
+        counts = imp.group_by(C.ITEM_ID).len().collect()
+        clicks = dict(zip(counts[C.ITEM_ID].to_list(), counts["len"].to_list(), strict=True))
+        if recent_clicks:
+            last = (imp.sort(C.EVENT_TIMESTAMP, descending=True)
+                    .group_by(C.USER_ID, maintain_order=True).head(recent_clicks)
+                    .group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID)).collect())
+            recent = {u: tuple(i for i in ids if i in items)
+                      for u, ids in zip(last[C.USER_ID].to_list(), last[C.ITEM_ID].to_list(), strict=True)}
+    popular = tuple(sorted(items, key=lambda i: (-clicks.get(i, 0), i)))
+    cat = Catalogue(items=items, popular=popular, clicks=clicks, recent=recent)
+    vectors = _load_item_vectors(ws, items)
+    if vectors is not None:
+        ids, mat = vectors
+        cat = Catalogue(items=items, popular=popular, clicks=clicks, recent=recent, vectors=mat,
+                        vector_ids=tuple(ids), vector_row={i: n for n, i in enumerate(ids)},
+                        vector_source="item_embeddings")
+    return cat
+
+
+def _load_item_vectors(ws: Workspace, items: dict[str, ItemInfo]) -> tuple[list[str], np.ndarray] | None:
+    """The fused CLIP item vectors (item_embeddings table), L2-normalised, or None."""
+    if not ws.table("item_embeddings").exists():
+        return None
+    df = pl.read_parquet(ws.table("item_embeddings"), columns=[C.ITEM_ID, C.EMBEDDING])
+    df = df.filter(pl.col(C.ITEM_ID).is_in(list(items)) & pl.col(C.EMBEDDING).is_not_null())
+    if not df.height:
+        return None
+    mat = np.asarray(df[C.EMBEDDING].to_list(), dtype=np.float32)
+    mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+    return df[C.ITEM_ID].to_list(), mat
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A ranker's answer, normalised from whatever the recommender returns."""
+
+    items: list[tuple[str, float]]  # best first
+    fallback: str | None
+    ranker_version: str | None
+    retrieval_version: str | None
+    timings: dict[str, float]  # stage -> seconds
+
+
+@dataclass(frozen=True)
+class ServingState:
+    catalogue: Catalogue | None
+    recommender: Any | None
+    features: Any | None
+    versions: dict[str, str | None]
+    problems: tuple[str, ...]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+    def rank(self, user_id: str, k: int, user_features: dict[str, Any] | None, exclude: set[str],
+             category: str | None, as_of: datetime) -> Ranked:
+        """Ask the recommender for k ranked items."""
+        result = self.recommender.recommend(user_id, k, user_features=user_features, exclude=exclude,
+                                            category=category, as_of=as_of)
+        return _normalise(result, self.versions)
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        if isinstance(obj, dict) and name in obj:
+            return obj[name]
+        if hasattr(obj, name):
+            return getattr(obj, name)
+    return default
+
+
+def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
+    rows = _get(result, "items", "ranked", default=result)
+    items: list[tuple[str, float]] = []
+    for row in rows:
+        if isinstance(row, Sequence) and not isinstance(row, str):
+            items.append((str(row[0]), float(row[1])))
+        else:
+            items.append((str(_get(row, "item_id")), float(_get(row, "score"))))
+    timings = dict(_get(result, "timings", "stage_seconds", default={}) or {})
+    model_versions = _get(result, "versions", "model_versions", default={}) or {}
+    return Ranked(
+        items=items,
+        fallback=_get(result, "fallback", default=None) or None,
+        ranker_version=_get(result, "ranker_version", default=None) or model_versions.get("ranker")
+        or versions.get("ranker"),
+        retrieval_version=_get(result, "retrieval_version", default=None) or model_versions.get("retrieval")
+        or versions.get("retrieval"),
+        timings={k: float(v) for k, v in timings.items()},
+    )
+
+
+def load_state(settings: Any, previous: ServingState | None = None) -> ServingState:
+    """Load catalogue, feature-store client and recommender; missing parts become problems."""
+    ws = Workspace.at(settings.home)
+    problems: list[str] = []
+    catalogue = None
+    try:
+        catalogue = load_catalogue(ws, settings.serving.recent_clicks)
+    except FileNotFoundError as exc:
+        problems.append(f"catalogue: {exc}")
+    features = previous.features if previous is not None else None
+    if features is None:
+        try:
+            from features.online import OnlineFeatures
+
+            features = OnlineFeatures(settings)
+        except Exception as exc:  # not materialized yet, or the store is unreachable
+            problems.append(f"feature store: {type(exc).__name__}: {exc}")
+            features = None
+    recommender = None
+    versions: dict[str, str | None] = {"ranker": None, "retrieval": None}
+    try:
+        from recsys.recommender import Recommender
+
+        recommender = Recommender.load(settings, ranker_uri=f"models:/ranker@{settings.serving.alias}")
+        versions = _versions_of(recommender)
+    except Exception as exc:  # no registered model yet, or it cannot be read
+        problems.append(f"models (@{settings.serving.alias}): {type(exc).__name__}: {exc}")
+    state = ServingState(catalogue=catalogue, recommender=recommender, features=features,
+                         versions=versions, problems=tuple(problems))
+    for p in problems:
+        log.warning("not ready: %s", p)
+    return state
+
+
+def _versions_of(recommender: Any) -> dict[str, str | None]:
+    versions = _get(recommender, "versions", "model_versions", default=None)
+    if callable(versions):
+        versions = versions()
+    versions = dict(versions or {})
+    return {"ranker": versions.get("ranker"), "retrieval": versions.get("retrieval")}
+
+
+def registry_versions(settings: Any) -> dict[str, str | None]:
+    """Versions the alias points at now (for the poll); None where nothing is registered."""
+    from recsys import tracking
+
+    out: dict[str, str | None] = {}
+    for name in ("ranker", "retrieval"):
+        try:
+            out[name] = tracking.resolve(settings, f"models:/{name}@{settings.serving.alias}").tag
+        except LookupError:
+            out[name] = None
+    return out

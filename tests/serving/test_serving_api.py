@@ -1,0 +1,124 @@
+"""The HTTP API in process: recommendations, limits, errors, similar items, metrics, readiness."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from serving_helpers import N_ITEMS, make_settings, wait_ready
+
+from recsys.workspace import Workspace
+from serving.app import create_app
+
+
+def test_recommendations_carry_scores_ranks_propensities_and_versions(client: TestClient) -> None:
+    r = client.get("/v1/users/u1/recommendations", params={"k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [it["rank"] for it in body["items"]] == [1, 2, 3, 4, 5]
+    assert all(it["propensity"] == 1.0 for it in body["items"])
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["ranker_version"] == "ranker/v1" and body["retrieval_version"] == "retrieval/v1"
+    assert body["fallback"] is None and body["degraded"] is False
+    assert len(body["request_id"]) == 32 and body["policy"].endswith(":none")
+    assert body["items"][0]["title"].startswith("Item ")
+    assert "total" in body["timings_ms"]
+
+
+def test_post_applies_exclusions_and_category(client: TestClient) -> None:
+    first = client.get("/v1/users/u1/recommendations", params={"k": 3}).json()["items"][0]["item_id"]
+    r = client.post("/v1/recommendations", json={"user_id": "u1", "k": 10, "exclude": [first],
+                                                  "category": "bags", "timestamp": "2024-02-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert items and first not in {it["item_id"] for it in items}
+    assert {it["category"] for it in items} == {"bags"}
+
+
+def test_unknown_user_gets_popular_fallback(client: TestClient) -> None:
+    body = client.get("/v1/users/stranger/recommendations", params={"k": 4, "category": "hats"}).json()
+    assert body["fallback"] == "popular" and body["policy"] == "popular"
+    assert len(body["items"]) == 4 and {it["category"] for it in body["items"]} == {"hats"}
+    assert 'recsys_fallbacks_total{kind="popular"} 1.0' in client.get("/metrics").text
+
+
+def test_feature_store_down_degrades_to_popularity(client: TestClient, loader) -> None:
+    loader.features.down = True
+    body = client.get("/v1/users/u1/recommendations", params={"k": 5}).json()
+    assert body["degraded"] is True and body["fallback"] == "popular" and len(body["items"]) == 5
+    recent = set(loader.features.recent["u1"])
+    assert not recent & {it["item_id"] for it in body["items"]}, "seen items are filtered when degraded"
+    assert 'recsys_degraded_total{reason="feature_store"} 1.0' in client.get("/metrics").text
+
+
+def test_input_limits_answer_422_with_a_message(client: TestClient) -> None:
+    for k in (0, 101, "x"):
+        r = client.get("/v1/users/u1/recommendations", params={"k": k})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request" and "k" in r.json()["message"]
+    assert client.get("/v1/users/" + "a" * 65 + "/recommendations").status_code == 422
+    assert client.get("/v1/users/bad%20id/recommendations").status_code == 422
+    r = client.post("/v1/recommendations", json={"user_id": "u1", "k": 5, "surprise": 1})
+    assert r.status_code == 422 and "surprise" in r.json()["message"]
+    r = client.post("/v1/recommendations", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_bodies_over_the_cap_answer_413(client: TestClient) -> None:
+    big = {"user_id": "u1", "k": 5, "exclude": ["i001"] * 20_000}
+    r = client.post("/v1/recommendations", json=big)
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+
+
+def test_unknown_route_is_json_404(client: TestClient) -> None:
+    r = client.get("/v2/nothing")
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_similar_items(client: TestClient) -> None:
+    body = client.get("/v1/items/i001/similar", params={"k": 5}).json()
+    ids = [it["item_id"] for it in body["items"]]
+    assert len(ids) == 5 and "i001" not in ids
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert client.get("/v1/items/nope/similar").status_code == 404
+
+
+def test_health_ready_metrics_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["versions"]["ranker"] == "ranker/v1"
+    client.get("/v1/users/u1/recommendations")
+    text = client.get("/metrics").text
+    route = "/v1/users/{user_id}/recommendations"
+    assert f'recsys_http_requests_total{{method="GET",route="{route}",status="200"}}' in text
+    assert 'recsys_stage_seconds_count{stage="features"}' in text
+    assert 'recsys_model_info{ranker="ranker/v1",retrieval="retrieval/v1"} 1.0' in text
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/recommendations" in paths and "/v1/items/{item_id}/similar" in paths
+
+
+def test_missing_models_make_readyz_503_but_healthz_200(tmp_path) -> None:
+    """With the real loader on an empty workspace: not ready, and it says why."""
+    ws = Workspace.at(tmp_path / "empty")
+    with TestClient(create_app(make_settings(ws.root))) as c:
+        wait_ready(c, timeout=120)
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        reasons = " ".join(r.json()["reasons"])
+        assert "catalogue" in reasons and "models" in reasons
+        r = c.get("/v1/users/u1/recommendations")
+        assert r.status_code == 503 and r.json()["error"] == "unavailable"
+
+
+def test_exploration_records_propensities(world: Workspace, loader) -> None:
+    app = create_app(make_settings(world.root, **{"serving.exploration": "epsilon", "serving.epsilon": 0.5}),
+                     loader=loader)
+    with TestClient(app) as c:
+        wait_ready(c)
+        bodies = [c.get("/v1/users/u1/recommendations", params={"k": 5}).json() for _ in range(10)]
+    props = [it["propensity"] for b in bodies for it in b["items"]]
+    assert all(0 < p <= 1 for p in props) and min(props) < 1.0
+    assert all(b["policy"].endswith(":epsilon") for b in bodies)
+    assert len({tuple(it["item_id"] for it in b["items"]) for b in bodies}) > 1
+    assert N_ITEMS > 5
