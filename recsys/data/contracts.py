@@ -237,6 +237,11 @@ def _add_reason(reason: pl.Series, mask: pl.Series, text: str) -> pl.Series:
     ).to_series()
 
 
+def _later_duplicate(ids: pl.Series) -> pl.Series:
+    """True on every repeat of an id after its first row (the first row is not lost)."""
+    return (ids.is_duplicated() & ~ids.is_first_distinct() & ids.is_not_null()).fill_null(False)
+
+
 def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) -> Validated:
     """Validate an items table. Relative image paths resolve against `base_dir`.
 
@@ -246,8 +251,8 @@ def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) 
     _check_not_empty(df, source)
     _check_columns(df, ITEMS, "items", source)
     cast, reason = _conform(df, ITEMS, "items", source)
-    reason = _add_reason(reason, cast[C.ITEM_ID].is_duplicated() & cast[C.ITEM_ID].is_not_null(),
-                         f"column '{C.ITEM_ID}': duplicate id")
+    reason = _add_reason(reason, _later_duplicate(cast[C.ITEM_ID]),
+                         f"column '{C.ITEM_ID}': duplicate id (the first row with it is kept)")
     reason = _add_reason(reason, (cast[C.PRICE] < 0).fill_null(False),
                          f"column '{C.PRICE}': negative price")
     bad_source = ~cast[C.IMAGE_SOURCE].is_in(list(C.IMAGE_SOURCES)) & cast[C.IMAGE_SOURCE].is_not_null()
@@ -293,8 +298,8 @@ def validate_users(df: pl.DataFrame, source: str) -> Validated:
     _check_columns(df, USERS, "users", source)
     extra = [c for c in df.columns if c not in {col.name for col in USERS}]
     cast, reason = _conform(df, USERS, "users", source)
-    reason = _add_reason(reason, cast[C.USER_ID].is_duplicated() & cast[C.USER_ID].is_not_null(),
-                         f"column '{C.USER_ID}': duplicate id")
+    reason = _add_reason(reason, _later_duplicate(cast[C.USER_ID]),
+                         f"column '{C.USER_ID}': duplicate id (the first row with it is kept)")
     result = _split("users", source, df, cast, reason, USERS)
     if extra:  # optional attributes travel along as text
         attrs = df.with_row_index("__row").filter(reason.is_null()).select(
