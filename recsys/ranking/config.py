@@ -1,5 +1,7 @@
 """Settings of the LightGBM lambdarank ranker."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from recsys.configbase import ConfigModel
@@ -12,4 +14,19 @@ class RankerConfig(ConfigModel):
     early_stopping: int = 30
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9
+    bagging_fraction: float = Field(1.0, gt=0, le=1)
+    lambda_l2: float = 0.0
+    max_bin: int = 255
     candidates: int = Field(50, description="two-tower hard negatives added per request")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="latest share of query groups (by time) held out for early stopping"
+    )
+    debias: Literal["ips", "none"] = Field(
+        "ips", description="position de-biasing: inverse examination-propensity weights on clicks, or none"
+    )
+    ips_clip: float = Field(10.0, ge=1, description="largest inverse-propensity weight")
+    history: int = Field(20, ge=1, description="recent clicks that form a user's CLIP/category/price profile")
+    popularity_days: float = Field(
+        7.0, gt=0, description="window (days before the last event) for the popularity fallback"
+    )
+    model_alias: str = Field("champion", description="ranker alias that serving and batch load")

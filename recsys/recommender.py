@@ -1,0 +1,226 @@
+"""The two-stage recommender that serving and batch recommendations share.
+
+Stage 1: the two-tower user vector against every item vector (exact inner product; the
+catalogues here are far below the size where ANN pays) gives the top-N candidates, with the
+user's recent clicks, the caller's exclusions and a category filter applied first.
+Stage 2: `recsys.ranking.features.assemble` builds the candidates' features (the function
+training used) from arrays prebuilt at load, and the LightGBM ranker orders them.
+Users the system knows nothing about (no recent clicks, no behaviour features) get the
+ranker's popularity list. Per-request work is numpy only: no polars or pandas on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.data import columns as C
+from recsys.ranking.dataset import CandidateSource
+from recsys.ranking.features import ItemTable, assemble, user_profiles
+from recsys.ranking.model import RankerModel
+
+log = logging.getLogger(__name__)
+USER_PREFIX, ITEM_PREFIX = "user_behaviour__", "item_behaviour__"
+HISTORY_KEYS = ("last_clicked_items", f"{USER_PREFIX}last_clicked_items")
+
+
+@dataclass
+class Recommendation:
+    """Top-k for one user: (item_id, score, rank) best first, with versions and stage timings."""
+
+    items: list[tuple[str, float, int]]
+    versions: dict[str, str | None]
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    fallback: str | None = None  # "popularity" for users the system does not know
+    candidates: int = 0
+
+
+def _strip(features: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in (features or {}).items()}
+
+
+def latest_item_behaviour(path: Path, as_of: datetime | None = None) -> pl.DataFrame | None:
+    """Each item's latest behaviour snapshot at or before `as_of` from the feature-view source."""
+    if not path.exists():
+        return None
+    lf = pl.scan_parquet(path)
+    if as_of is not None:
+        lf = lf.filter(pl.col(C.EVENT_TIMESTAMP) <= as_of)
+    return lf.sort(C.EVENT_TIMESTAMP).group_by(C.ITEM_ID).last().collect()
+
+
+class Recommender:
+    """Two-tower retrieval + LightGBM ranking over in-process item arrays; thread-safe reads."""
+
+    def __init__(self, ranker: RankerModel, items: ItemTable, retrieval: CandidateSource | None = None,
+                 versions: Mapping[str, str | None] | None = None, n_candidates: int = 300,
+                 history: int = 20):
+        self.ranker = ranker
+        self.items = items
+        self.retrieval = retrieval
+        self.versions: dict[str, str | None] = dict(versions or {})
+        self.n_candidates = n_candidates
+        self.history = history
+        self.spec = ranker.spec
+        rows = items.rows(ranker.popularity[C.ITEM_ID].to_list()) if ranker.popularity.height else \
+            np.zeros(0, np.int64)
+        ok = rows >= 0
+        self._pop_rows = rows[ok]
+        self._pop_scores = ranker.popularity["score"].to_numpy()[ok] if ranker.popularity.height else \
+            np.zeros(0)
+        self._vectors: np.ndarray | None = None
+        self._present = np.zeros(len(items), bool)
+        if retrieval is not None:
+            self._vectors = np.zeros((len(items), retrieval.item_vectors.shape[1]), np.float32)
+            self._vectors[retrieval.item_rows] = retrieval.item_vectors
+            self._present[retrieval.item_rows] = True
+        self._cat_index = {c: i for i, c in enumerate(items.categories)}
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, settings: Any, ranker_uri: str | None = None, retrieval_uri: str | None = None,
+             item_features: pl.DataFrame | None = None, as_of: datetime | None = None) -> Recommender:
+        """Load the ranker (default `models:/ranker@<ranker.model_alias>`), the two-tower it was
+        trained with (or `retrieval_uri`), and the item arrays from the workspace.
+
+        `item_features`: latest item-behaviour rows (e.g. the online store's item cache, columns
+        with or without the `item_behaviour__` prefix); by default the feature-view source's
+        latest snapshot at or before `as_of`.
+        """
+        from recsys import tracking
+        from recsys.data.tables import load_table
+        from recsys.workspace import Workspace
+
+        ws = Workspace.at(settings.home)
+        ranker_uri = ranker_uri or f"models:/ranker@{settings.ranker.model_alias}"
+        folder, ref = tracking.download_model(settings, ranker_uri)
+        ranker = RankerModel.load(folder)
+        emb = load_table(ws, "item_embeddings") if ws.table("item_embeddings").exists() else None
+        items = ItemTable.build(load_table(ws, "items"), emb, ranker.spec.categories)
+        if item_features is None:
+            item_features = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
+        items = items.with_behaviour(_strip_frame(item_features, ITEM_PREFIX), ranker.spec.item_behaviour)
+        retrieval = None
+        trained_with = ranker.meta.get("retrieval")
+        uri = retrieval_uri
+        if uri is None and trained_with:
+            uri = trained_with if "/v" not in trained_with else f"models:/{trained_with.replace('/v', '/')}"
+        if uri:
+            from recsys.ranking.candidates import load_candidate_source
+
+            retrieval = load_candidate_source(settings, uri, items)
+        versions = {"ranker": ref.tag, "retrieval": retrieval.version if retrieval else None}
+        return cls(ranker, items, retrieval, versions, n_candidates=settings.retrieval.candidates,
+                   history=settings.ranker.history)
+
+    def refresh_item_features(self, item_features: pl.DataFrame | None) -> None:
+        """Swap in new item-behaviour rows (after a materialization); one atomic assignment."""
+        self.items = self.items.with_behaviour(_strip_frame(item_features, ITEM_PREFIX),
+                                               self.spec.item_behaviour)
+
+    # -- the request path -----------------------------------------------------------------
+    def history_rows(self, user_features: Mapping[str, Any] | None,
+                     history: Sequence[str] | None) -> np.ndarray:
+        """(1, H) item rows of recent clicks, most recent last (Feast lists most recent first)."""
+        if history is None:
+            for key in HISTORY_KEYS:
+                if user_features and user_features.get(key) is not None:
+                    history = list(user_features[key])[::-1]
+                    break
+        out = np.full((1, self.history), -1, np.int64)
+        if history:
+            rows = self.items.rows(list(history)[-self.history:])
+            rows = rows[rows >= 0]
+            if len(rows):
+                out[0, -len(rows):] = rows
+        return out
+
+    def recommend(self, user_id: str, k: int = 10, user_features: Mapping[str, Any] | None = None,
+                  exclude: Collection[str] = (), category: str | None = None,
+                  as_of: datetime | None = None, history: Sequence[str] | None = None) -> Recommendation:
+        """Top-k items for a user. `user_features` is the online `user_behaviour` row (keys with
+        or without the `user_behaviour__` prefix); `history` (recent clicks, oldest first)
+        overrides its `last_clicked_items`. Recent clicks and `exclude` are never recommended."""
+        t0 = time.perf_counter()
+        as_of = as_of or datetime.now(UTC)
+        feats = _strip(user_features, USER_PREFIX)
+        hist = self.history_rows(feats, history)
+        allowed = np.ones(len(self.items), bool)
+        allowed[hist[hist >= 0]] = False
+        if exclude:
+            ex = self.items.rows(list(exclude))
+            allowed[ex[ex >= 0]] = False
+        if category is not None:
+            code = self._cat_index.get(category, -2)
+            allowed &= self.items.category == code
+        known = bool((hist >= 0).any()) or any(
+            v is not None for n, v in feats.items() if n in self.spec.user_behaviour)
+        timings: dict[str, float] = {}
+        if not known:
+            return self._popular(k, allowed, timings, t0, "popularity")
+        # stage 1: retrieval (popularity order when the ranker was trained without a two-tower)
+        t = time.perf_counter()
+        if self.retrieval is not None:
+            uf = pl.DataFrame([feats]) if feats and getattr(self.retrieval, "wants_user_features", False) \
+                else None
+            q = self.retrieval.user_vectors([user_id], hist, uf)[0]
+            scores = self._vectors @ q
+            scores[~(allowed & self._present)] = -np.inf
+        else:
+            scores = np.full(len(self.items), -1.0)
+            scores[self._pop_rows] = self._pop_scores
+            scores[~allowed] = -np.inf
+        n = int(min(self.n_candidates, int(np.isfinite(scores).sum())))
+        if n == 0:
+            return self._popular(k, allowed, timings, t0, "no-candidates")
+        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")][:n]
+        timings["retrieval"] = time.perf_counter() - t
+        tt_score = scores[top] if self.retrieval is not None else None
+        tt_rank = np.arange(n, dtype=np.float32) if self.retrieval is not None else None
+        # stage 2: features + ranker
+        t = time.perf_counter()
+        ub = np.array([[_num(feats.get(name)) for name in self.spec.user_behaviour]], np.float32)
+        prof = user_profiles(hist, self.items)
+        ts = np.array([as_of.timestamp()])
+        x = assemble(self.spec, self.items, top, np.zeros(n, np.int64), prof, ub, ts,
+                     tt_score=tt_score, tt_rank=tt_rank)
+        timings["features"] = time.perf_counter() - t
+        t = time.perf_counter()
+        s = self.ranker.predict(x)
+        order = np.argsort(-s, kind="stable")[:k]
+        timings["ranking"] = time.perf_counter() - t
+        ids = self.items.ids
+        out = [(str(ids[top[i]]), float(s[i]), r + 1) for r, i in enumerate(order)]
+        timings["total"] = time.perf_counter() - t0
+        return Recommendation(out, dict(self.versions), timings, None, n)
+
+    def _popular(self, k: int, allowed: np.ndarray, timings: dict[str, float], t0: float,
+                 why: str) -> Recommendation:
+        ok = allowed[self._pop_rows]
+        rows, scores = self._pop_rows[ok][:k], self._pop_scores[ok][:k]
+        ids = self.items.ids
+        out = [(str(ids[r]), float(s), i + 1) for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
+        timings["total"] = time.perf_counter() - t0
+        return Recommendation(out, dict(self.versions), timings, why, len(self._pop_rows))
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v) if v is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _strip_frame(df: pl.DataFrame | None, prefix: str) -> pl.DataFrame | None:
+    if df is None:
+        return None
+    return df.rename({c: c[len(prefix):] for c in df.columns if c.startswith(prefix)})

@@ -1,0 +1,299 @@
+"""`recsys train ranker`: click log -> training set -> LightGBM lambdarank -> MLflow registry.
+
+Steps: validate the log (impressions contract or click-only); build query groups and
+candidates (logged impressions + two-tower hard negatives, `recsys.ranking.dataset`); join the
+behaviour features from Feast point-in-time (`features.training_set`); assemble the matrix
+(`recsys.ranking.features.assemble`, the function serving uses); split groups by time (the
+latest `ranker.validation_fraction` validate); fit with early stopping on validation NDCG@10;
+log params, per-iteration metrics, gain importance (plot and table) and lineage; register
+`ranker`. Aliases move only at the very end, after everything else has succeeded: with
+`--promote` and a validation NDCG@10 above the champion's (scored on the same validation
+groups) the new version becomes `champion`, otherwise `challenger`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys import tracking
+from recsys.data import columns as C
+from recsys.data.contracts import ContractError
+from recsys.data.tables import load_table, quarantine, validate_file
+from recsys.ranking.dataset import (
+    FEATURE_TS,
+    Candidates,
+    CandidateSource,
+    TrainingDataError,
+    build_candidates,
+    feature_matrix,
+    ips_weights,
+)
+from recsys.ranking.features import FeatureSpec, ItemTable, numeric_columns
+from recsys.ranking.model import RankerModel, RankSet, fit, lgb_params, ndcg_at, popularity
+from recsys.runtime import configure_threads
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+USER_VIEW, ITEM_VIEW = "user_behaviour", "item_behaviour"
+
+
+@dataclass
+class RankerResult:
+    version: str | None
+    tag: str | None
+    run_id: str | None
+    valid_ndcg: float
+    champion_ndcg: float | None
+    alias: str | None
+    best_iteration: int
+    counts: dict[str, int] = field(default_factory=dict)
+    retrieval: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        champ = "" if self.champion_ndcg is None else f" (champion {self.champion_ndcg:.4f})"
+        alias = f" -> @{self.alias}" if self.alias else ""
+        return (f"{self.tag}{alias}: valid NDCG@10 {self.valid_ndcg:.4f}{champ}, "
+                f"{self.best_iteration} trees, {self.counts.get('groups_used', 0):,} groups / "
+                f"{self.counts.get('rows', 0):,} rows, retrieval {self.retrieval or 'none'}")
+
+
+def read_log(ws: Workspace, path: Path) -> tuple[pl.DataFrame, dict[str, int], list[str]]:
+    """Validate a click log; label errors are fatal (wrong file), other bad rows quarantined."""
+    validated = validate_file("impressions", path, ws)
+    bad_labels = validated.bad.filter(pl.col(C.REASON).str.contains(f"'{C.CLICKED}'"))
+    if bad_labels.height:
+        raise ContractError(str(path), f"{bad_labels.height} row(s) have a '{C.CLICKED}' label that is not "
+                            "0/1 or true/false (ratings? threshold them first, e.g. rating >= 4)", bad_labels)
+    counts = {"quarantined_rows": validated.bad.height}
+    counts.update({f"quarantined: {k}": v for k, v in validated.reasons.items()})
+    if validated.bad.height:
+        quarantine(ws, validated)
+    if validated.good.height == 0:
+        raise ContractError(str(path), "no valid row left after validation", validated.bad)
+    return validated.good, counts, validated.notes
+
+
+def load_items(ws: Workspace, categories: tuple[str, ...] | None = None) -> tuple[ItemTable, pl.DataFrame]:
+    items = load_table(ws, "items")
+    emb = load_table(ws, "item_embeddings") if ws.table("item_embeddings").exists() else None
+    if emb is None:
+        log.warning("no item_embeddings table: clip_cos will be missing (run `recsys backfill`)")
+    return ItemTable.build(items, emb, categories), items
+
+
+def load_retrieval(settings: Any, items: ItemTable, uri: str = "models:/retrieval@champion"
+                   ) -> CandidateSource | None:
+    """The registered two-tower as a candidate source, or None (with a warning) if there is none."""
+    try:
+        from recsys.ranking.candidates import load_candidate_source
+
+        return load_candidate_source(settings, uri, items)
+    except (LookupError, ImportError, FileNotFoundError) as exc:
+        log.warning("no two-tower model (%s): training without hard negatives and two-tower features", exc)
+        return None
+
+
+def behaviour_features(settings: Any, cands: Candidates) -> tuple[pl.DataFrame | None, pl.DataFrame | None,
+                                                                  dict[str, Any]]:
+    """Point-in-time user and item behaviour from Feast for the unique (entity, day) pairs."""
+    try:
+        from features.training_set import build_training_set
+    except ImportError as exc:  # pragma: no cover - the features package ships with recsys
+        log.warning("feature store code unavailable (%s): no behaviour features", exc)
+        return None, None, {}
+    ws = Workspace.at(settings.home)
+    out: list[pl.DataFrame | None] = []
+    views: dict[str, Any] = {}
+    q = cands.queries.select("q", C.USER_ID, FEATURE_TS)
+    ent = {
+        USER_VIEW: q.select(C.USER_ID, FEATURE_TS).unique(),
+        ITEM_VIEW: cands.rows.select("q", C.ITEM_ID).join(q, on="q").select(C.ITEM_ID, FEATURE_TS).unique(),
+    }
+    for view, rows in ent.items():
+        src = ws.feature_sources_dir / f"{view}.parquet"
+        if not src.exists():
+            log.warning("feature view %s has no source (%s): run `recsys features` first; training "
+                        "without it", view, src)
+            out.append(None)
+            continue
+        try:
+            df = build_training_set(settings, rows.rename({FEATURE_TS: C.EVENT_TIMESTAMP}), [view],
+                                    output="polars")
+        except Exception as exc:
+            log.warning("point-in-time join of %s failed (%s: %s): training without it", view,
+                        type(exc).__name__, exc)
+            out.append(None)
+            continue
+        prefix = f"{view}__"
+        df = df.rename({c: c[len(prefix):] for c in df.columns if c.startswith(prefix)})
+        df = df.rename({C.EVENT_TIMESTAMP: FEATURE_TS})
+        out.append(df)
+        views[view] = {"source": str(src), "rows": df.height}
+    return out[0], out[1], views
+
+
+def _split(cands: Candidates, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row masks (train, valid): the latest `fraction` of query groups (by time) validate."""
+    m = cands.queries.height
+    n_valid = int(round(m * fraction))
+    n_valid = min(max(n_valid, 1), m - 1) if m >= 2 else 0
+    cut = m - n_valid  # queries are sorted by time
+    q = cands.rows["q"].to_numpy()
+    return q < cut, q >= cut
+
+
+def _rankset(x: np.ndarray, cands: Candidates, mask: np.ndarray, w: np.ndarray | None) -> RankSet:
+    q = cands.rows["q"].to_numpy()[mask]
+    group = np.bincount(q - q.min(), minlength=0) if len(q) else np.zeros(0, np.int64)
+    group = group[group > 0]
+    y = cands.rows["label"].to_numpy()[mask].astype(np.int32)
+    return RankSet(x[mask], y, group, None if w is None else w[mask])
+
+
+def _importance_plot(names: list[str], gain: np.ndarray) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(gain)
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.28 * len(names))))
+    ax.barh([names[i] for i in order], gain[order])
+    ax.set_xlabel("total gain")
+    ax.set_title("Ranker feature importance (gain)")
+    fig.tight_layout()
+    return fig
+
+
+def _champion_ndcg(settings: Any, items: ItemTable, cands: Candidates, valid: np.ndarray,
+                   user_f: pl.DataFrame | None, item_f: pl.DataFrame | None
+                   ) -> tuple[float | None, str | None]:
+    """The current champion's NDCG@10 on this run's validation groups (None when there is none)."""
+    try:
+        folder, ref = tracking.download_model(settings, "models:/ranker@champion")
+    except LookupError:
+        return None, None
+    champ = RankerModel.load(folder)
+    champ_items = items if tuple(champ.spec.categories) == items.categories else \
+        ItemTable.build(*_frames_for(settings), champ.spec.categories)
+    x, _ = feature_matrix(cands, champ.spec, champ_items, user_f, item_f)
+    vs = _rankset(x, cands, valid, None)
+    return ndcg_at(champ.predict(vs.x), vs.y, vs.group), ref.tag
+
+
+def _frames_for(settings: Any) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    ws = Workspace.at(settings.home)
+    emb = load_table(ws, "item_embeddings") if ws.table("item_embeddings").exists() else None
+    return load_table(ws, "items"), emb
+
+
+def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote: bool = False,
+                 retrieval_uri: str = "models:/retrieval@champion") -> RankerResult:
+    """Train, log and register a ranker from a click log (default: the workspace's impressions)."""
+    configure_threads(settings.threads)
+    cfg = settings.ranker
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    path = Path(logs) if logs is not None else ws.table("impressions")
+    log_df, counts, notes = read_log(ws, path)
+    items, _ = load_items(ws)
+    source = load_retrieval(settings, items, retrieval_uri)
+    cands = build_candidates(log_df, items, history=cfg.history, negatives=cfg.candidates, source=source,
+                             rank_cap=settings.retrieval.candidates, seed=settings.seed, debias=cfg.debias)
+    counts.update(cands.counts)
+    seconds["candidates"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    user_f, item_f, views = behaviour_features(settings, cands)
+    seconds["features_join"] = time.perf_counter() - t
+    t = time.perf_counter()
+    spec = FeatureSpec(user_behaviour=numeric_columns(user_f, (FEATURE_TS,)),
+                       item_behaviour=numeric_columns(item_f, (FEATURE_TS,)), categories=items.categories)
+    x, fcounts = feature_matrix(cands, spec, items, user_f, item_f)
+    counts.update(fcounts)
+    w = ips_weights(cands.rows, cands.examination, cfg.ips_clip) if cfg.debias == "ips" else None
+    train_mask, valid_mask = _split(cands, cfg.validation_fraction)
+    train, valid = _rankset(x, cands, train_mask, w), _rankset(x, cands, valid_mask, None)
+    if len(train.group) == 0:
+        raise TrainingDataError("no training groups left after holding out validation groups")
+    seconds["matrix"] = time.perf_counter() - t
+    params = lgb_params(cfg, settings.seed, settings.threads)
+    work = Path(tempfile.mkdtemp(dir=ws.models_dir, prefix=".ranker-"))
+    try:
+        with tracking.start_run(settings, "ranker") as run:
+            import mlflow
+
+            mlflow.log_params({**{f"lgb.{k}": v for k, v in params.items()},
+                               "rounds": cfg.rounds, "early_stopping": cfg.early_stopping,
+                               "debias": cfg.debias, "ips_clip": cfg.ips_clip, "history": cfg.history,
+                               "hard_negatives": cfg.candidates,
+                               "validation_fraction": cfg.validation_fraction,
+                               "feature_set_version": spec.version, "n_features": len(spec.names),
+                               "retrieval": source.version if source else "none", "logs": str(path)})
+            t = time.perf_counter()
+            booster, evals = fit(params, spec, train, valid, cfg.rounds, cfg.early_stopping)
+            seconds["fit"] = time.perf_counter() - t
+            curve = evals.get("ndcg@10", [])
+            client = mlflow.tracking.MlflowClient()
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric("valid_ndcg_at_10", float(v), now, i) for i, v in enumerate(curve)]
+            for s in range(0, len(batch), 1000):
+                client.log_batch(run.info.run_id, metrics=batch[s:s + 1000])
+            best = int(booster.best_iteration or booster.current_iteration())
+            valid_ndcg = ndcg_at(booster.predict(valid.x, num_iteration=best), valid.y, valid.group) \
+                if len(valid.group) else float("nan")
+            train_ndcg = ndcg_at(booster.predict(train.x, num_iteration=best), train.y, train.group)
+            mlflow.log_metrics({"valid_ndcg_at_10": valid_ndcg, "train_ndcg_at_10": train_ndcg,
+                                "best_iteration": best})
+            mlflow.log_metrics({k.replace(":", "").replace(" ", "_"): float(v) for k, v in counts.items()})
+            gain = booster.feature_importance("gain", iteration=best)
+            split = booster.feature_importance("split", iteration=best)
+            table = {"feature": spec.names, "gain": [float(g) for g in gain],
+                     "split": [int(s) for s in split]}
+            mlflow.log_table(table, "feature_importance.json")
+            mlflow.log_figure(_importance_plot(spec.names, np.asarray(gain, float)), "feature_importance.png")
+            lineage = tracking.log_lineage(
+                tables={"impressions": path, "items": ws.table("items"),
+                        "item_embeddings": ws.table("item_embeddings")},
+                feature_views=views,
+                extra={"retrieval": source.version if source else None, "counts": counts,
+                       "examination": cands.examination, "notes": notes})
+            champion_ndcg, champion_tag = (None, None)
+            if promote:
+                champion_ndcg, champion_tag = _champion_ndcg(settings, items, cands, valid_mask,
+                                                             user_f, item_f)
+                if champion_ndcg is not None:
+                    mlflow.log_metric("champion_valid_ndcg_at_10", champion_ndcg)
+            pop = popularity(log_df, cfg.popularity_days)
+            model = RankerModel(booster=booster, spec=spec, popularity=pop)
+            model.save(work)
+            meta = {"retrieval": source.version if source else None, "feature_set_version": spec.version,
+                    "features": spec.names, "valid_ndcg_at_10": valid_ndcg, "best_iteration": best,
+                    "examination": cands.examination, "counts": counts, "lineage": lineage["tables"],
+                    "params": params, "run_id": run.info.run_id}
+            ref = tracking.log_and_register(settings, work, "ranker", meta)
+            alias = None
+            # the alias moves last: any failure above leaves the registry's aliases untouched
+            beats = champion_ndcg is None or valid_ndcg > champion_ndcg
+            alias = "champion" if promote and beats else "challenger"
+            tracking.set_alias(settings, "ranker", alias, ref.version)
+            mlflow.set_tag("ranker.alias", alias)
+            if champion_tag:
+                mlflow.set_tag("ranker.previous_champion", champion_tag)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds["total"] = time.perf_counter() - t0
+    return RankerResult(version=ref.version, tag=ref.tag, run_id=run.info.run_id, valid_ndcg=valid_ndcg,
+                        champion_ndcg=champion_ndcg, alias=alias, best_iteration=best, counts=counts,
+                        retrieval=source.version if source else None, seconds=seconds)
