@@ -23,7 +23,7 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError, validate_impressions, validate_items, validate_users
-from recsys.data.tables import ImportReport, store_validated
+from recsys.data.tables import ImportReport, forget_world_truth, store_validated
 from recsys.workspace import Workspace
 
 POLICY = "movielens"
@@ -60,6 +60,7 @@ def import_movielens(
     known = pl.read_parquet(reports[0].output, columns=[C.ITEM_ID])[C.ITEM_ID]
     checked = validate_impressions(clicks, ratings_src, known_items=known)
     reports.append(store_validated(ws, checked, keep_bad=quarantine_bad))
+    forget_world_truth(ws)
     return reports
 
 

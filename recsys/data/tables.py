@@ -108,7 +108,16 @@ def validate_file(table: str, path: str | Path, ws: Workspace | None = None) -> 
 
 def import_file(ws: Workspace, table: str, path: str | Path, quarantine_bad: bool = True) -> ImportReport:
     """Validate a user's table and store it in the workspace (`recsys import <table> PATH`)."""
-    return store_validated(ws, validate_file(table, path, ws), keep_bad=quarantine_bad)
+    report = store_validated(ws, validate_file(table, path, ws), keep_bad=quarantine_bad)
+    forget_world_truth(ws)
+    return report
+
+
+def forget_world_truth(ws: Workspace) -> None:
+    """Imported data is not the embedded world: drop the simulator's truth so nothing evaluates
+    the new tables against it."""
+    for name in ("truth.json", "arrays.npz"):
+        (ws.truth_dir / name).unlink(missing_ok=True)
 
 
 def save_table(ws: Workspace, name: str, df: pl.DataFrame) -> Path:
