@@ -16,7 +16,7 @@ from recsys.evaluation import beyond_accuracy as ba
 from recsys.evaluation.bootstrap import Delta, Interval, paired_bootstrap, ratio_replicates
 from recsys.evaluation.config import EvaluationConfig
 from recsys.evaluation.metrics import ranking_metrics
-from recsys.evaluation.ope import OPEInput, SlateEstimator
+from recsys.evaluation.ope import OPEInput, SlateEstimator, SupportReport
 
 Decision = Literal["ship", "don't ship", "inconclusive"]
 RANKING = ("recall", "ndcg", "hit", "mrr", "map")
@@ -280,3 +280,36 @@ def decide(deltas: Mapping[str, Delta], config: EvaluationConfig) -> Verdict:
         primary,
         checks,
     )
+
+
+@dataclass
+class ABResult:
+    """Everything the report shows about one control-vs-treatment comparison."""
+
+    control: str
+    treatment: str
+    k: int
+    window: str
+    n_users: int
+    ranking: dict[str, list[Delta]]
+    verdict: Verdict
+    offline: list[OfflineEstimate] | None = None
+    support: dict[str, SupportReport] = field(default_factory=dict)
+    ope_note: str | None = None
+    truth: list[TruthRow] | None = None
+    truth_ctr: dict[str, float] = field(default_factory=dict)  # {"control": ctr, "treatment": ctr}
+    truth_note: str | None = None
+    notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def deltas(self) -> dict[str, Delta]:
+        """All overall deltas by metric name: ranking ('all' segment) and off-policy ('ctr:*')."""
+        out = {d.metric: d for d in self.ranking.get("all", [])}
+        for o in self.offline or []:
+            out[o.delta.metric] = o.delta
+        return out
+
+    def true_lift(self) -> float | None:
+        if len(self.truth_ctr) != 2:
+            return None
+        return self.truth_ctr["treatment"] / self.truth_ctr["control"] - 1.0

@@ -1,0 +1,437 @@
+"""The offline A/B pipeline behind `recsys evaluate ab`: load, rank, measure, estimate, report.
+
+1. Split the click log in time: the last `evaluation.holdout_days` are the held-out window,
+   everything before is history (seen items, popularity, new/returning users, cold/warm items).
+2. Each policy ranks the catalogue for every user with a held-out click, as of the split time,
+   with seen items excluded; ranking and beyond-accuracy metrics by segment, paired bootstrap.
+3. Where the held-out impressions carry logging propensities: off-policy CTR of both policies
+   (IPS, clipped IPS, SNIPS, DM, DR) with intervals. Otherwise the report says why not.
+4. On the embedded world: the simulator's online A/B of both policies, the truth to check
+   every estimator against.
+5. Verdict, report (markdown + HTML) under the workspace's reports folder, MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.data import columns as C
+from recsys.evaluation import ab
+from recsys.evaluation.ope import (
+    OPEInputError,
+    build_slate_input,
+    default_estimators,
+    fit_position_based_model,
+)
+from recsys.evaluation.policy import Policy, PopularPolicy, as_simulator_policy
+from recsys.evaluation.report import log_report, write_report
+from recsys.progress import bar
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ABRun:
+    result: ab.ABResult
+    paths: dict[str, Path] = field(default_factory=dict)
+    run_id: str | None = None
+
+    def summary(self) -> str:
+        return f"{self.result.verdict.line()}; report -> {self.paths.get('html', '')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def load_log(ws: Workspace, logs: str | Path | None) -> pl.DataFrame:
+    """The click log: a user file validated against the impressions contract, or the workspace's."""
+    if logs is None:
+        from recsys.data.tables import load_table
+
+        return load_table(ws, "impressions")
+    from recsys.data.tables import validate_file
+
+    validated = validate_file("impressions", logs, ws)
+    validated.raise_if_bad()
+    for note in validated.notes:
+        log.info("%s: %s", logs, note)
+    return validated.good
+
+
+def split_log(events: pl.DataFrame, holdout_days: float) -> tuple[pl.DataFrame, pl.DataFrame, datetime]:
+    """(history, held-out window, split time): the last `holdout_days` of the log are held out."""
+    end = events[C.EVENT_TIMESTAMP].max()
+    split = end - timedelta(days=holdout_days)
+    history = events.filter(pl.col(C.EVENT_TIMESTAMP) < split)
+    holdout = events.filter(pl.col(C.EVENT_TIMESTAMP) >= split)
+    if not history.height or not holdout.filter(pl.col(C.CLICKED)).height:
+        raise ValueError(
+            f"the log spans too little time for a {holdout_days}-day held-out window "
+            f"(history {history.height:,} rows, held-out clicks "
+            f"{holdout.filter(pl.col(C.CLICKED)).height:,}); lower evaluation.holdout_days"
+        )
+    return history, holdout, split
+
+
+def _index(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of ids in the sorted vocabulary, -1 where absent or empty."""
+    ids = np.asarray(ids).astype(str)
+    pos = np.minimum(np.searchsorted(vocab, ids), len(vocab) - 1)
+    return np.where(vocab[pos] == ids, pos, -1)
+
+
+def _item_catalogue(ws: Workspace, events: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame | None]:
+    try:
+        from recsys.data.tables import load_table
+
+        items = load_table(ws, "items")
+        vocab = np.unique(
+            np.concatenate(
+                [items[C.ITEM_ID].to_numpy().astype(str), events[C.ITEM_ID].unique().to_numpy().astype(str)]
+            )
+        )
+        return vocab, items
+    except FileNotFoundError:
+        return np.unique(events[C.ITEM_ID].to_numpy().astype(str)), None
+
+
+def _embeddings(ws: Workspace, vocab: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    from recsys.data.tables import load_table
+
+    try:
+        emb = load_table(ws, "item_embeddings", columns=[C.ITEM_ID, C.EMBEDDING])
+    except FileNotFoundError:
+        return None, None
+    emb = emb.filter(pl.col(C.EMBEDDING).is_not_null())
+    if not emb.height:
+        return None, None
+    mat = np.stack(emb[C.EMBEDDING].to_numpy())
+    idx = _index(vocab, emb[C.ITEM_ID].to_numpy())
+    out = np.zeros((len(vocab), mat.shape[1]), dtype=np.float32)
+    has = np.zeros(len(vocab), dtype=bool)
+    out[idx[idx >= 0]] = mat[idx >= 0]
+    has[idx[idx >= 0]] = True
+    return out, has
+
+
+# ---------------------------------------------------------------------------------------------
+# policies
+
+
+_MODEL_URI = re.compile(r"^models:/[^/@]+(@[\w-]+|/\d+)$")
+
+
+def resolve_policy(settings: Any, spec: str, history: pl.DataFrame) -> tuple[Policy, str]:
+    """(policy, label) for `popular`, `popular:7d` or a model URI (`models:/ranker@champion`, `.../3`)."""
+    if spec == "popular":
+        return PopularPolicy(history), "popular"
+    recent = re.fullmatch(r"popular:(\d+(?:\.\d+)?)d", spec)
+    if recent:
+        return PopularPolicy(history, window_days=float(recent.group(1)), name=spec), spec
+    if not _MODEL_URI.match(spec):
+        raise ValueError(
+            f"unknown policy '{spec}': expected 'popular', 'popular:<N>d' (clicks of the last N "
+            "days) or a registered model URI such as models:/ranker@champion or models:/ranker/3"
+        )
+    from recsys import tracking
+
+    ref = tracking.resolve(settings, spec)
+    try:
+        from recsys.recommender import Recommender  # the two-stage system (retrieval + ranker)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{spec} resolves to {ref.tag}, but the two-stage recommender "
+            "(recsys.recommender) is not available in this installation"
+        ) from exc
+    return _RecommenderPolicy(Recommender.load(settings, spec), ref.tag), ref.tag
+
+
+class _RecommenderPolicy:
+    """Adapter: the two-stage `Recommender` as a `Policy`."""
+
+    def __init__(self, recommender: Any, name: str):
+        self.recommender, self.name = recommender, name
+
+    def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
+        return np.asarray(self.recommender.rank(user_ids, as_of, k)).astype(str)
+
+
+def _rank_all(
+    policy: Policy, users: np.ndarray, as_of: datetime, k: int, label: str, batch: int = 4096
+) -> np.ndarray:
+    out = np.full((len(users), k), "", dtype=object)
+    with bar(f"rank · {label}", total=len(users), unit="users") as b:
+        for lo in range(0, len(users), batch):
+            got = np.asarray(policy.rank(users[lo : lo + batch], as_of, k)).astype(str)
+            if got.shape != (len(users[lo : lo + batch]), k):
+                raise ValueError(
+                    f"policy {label} returned shape {got.shape} for {min(batch, len(users) - lo)} "
+                    f"users and k={k}"
+                )
+            out[lo : lo + batch] = got
+            b.advance(got.shape[0])
+    return out.astype(str)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _segments(
+    users: np.ndarray,
+    history: pl.DataFrame,
+    vocab: np.ndarray,
+    items: pl.DataFrame | None,
+    click_counts: np.ndarray,
+    cold_clicks: int,
+) -> list[ab.Segment]:
+    returning = np.isin(users, history[C.USER_ID].unique().to_numpy().astype(str))
+    cold = click_counts < cold_clicks
+    segs = [
+        ab.Segment("all"),
+        ab.Segment("returning users", users=returning),
+        ab.Segment("new users", users=~returning),
+        ab.Segment("warm items", items=~cold),
+        ab.Segment("cold items", items=cold),
+    ]
+    if items is not None and C.IMAGE_SOURCE in items.columns:
+        idx = _index(vocab, items[C.ITEM_ID].to_numpy())
+        source = np.full(len(vocab), "none", dtype=object)
+        source[idx[idx >= 0]] = items[C.IMAGE_SOURCE].fill_null("none").to_numpy()[idx >= 0]
+        for name in ("original", "generated"):
+            if (source == name).any():
+                segs.append(ab.Segment(f"{name} images", items=source == name))
+    return segs
+
+
+def evaluate_ab(
+    settings: Any, control: str, treatment: str, logs: str | Path | None = None, track: bool = True
+) -> ABRun:
+    """Run the whole offline A/B comparison; writes the report and (optionally) an MLflow run."""
+    cfg = settings.evaluation
+    ws = Workspace.at(settings.home)
+    seed = settings.seed
+    events = load_log(ws, logs)
+    history, holdout, split = split_log(events, cfg.holdout_days)
+    vocab, items = _item_catalogue(ws, events)
+    hist_clicks = history.filter(pl.col(C.CLICKED))
+    click_counts = np.bincount(_index(vocab, hist_clicks[C.ITEM_ID].to_numpy()), minlength=len(vocab))
+    notes: list[str] = []
+
+    policy_c, label_c = resolve_policy(settings, control, history)
+    policy_t, label_t = resolve_policy(settings, treatment, history)
+
+    # relevant: held-out clicks on items the user had not clicked before
+    seen = hist_clicks.select(C.USER_ID, C.ITEM_ID).unique()
+    relevant = (
+        holdout.filter(pl.col(C.CLICKED))
+        .select(C.USER_ID, C.ITEM_ID)
+        .unique()
+        .join(seen, on=[C.USER_ID, C.ITEM_ID], how="anti")
+    )
+    users = np.unique(relevant[C.USER_ID].to_numpy().astype(str))
+    if cfg.max_users is not None and len(users) > cfg.max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, cfg.max_users, replace=False))
+        notes.append(f"ranking metrics on a seeded sample of {cfg.max_users:,} users (evaluation.max_users)")
+    relevant = relevant.filter(pl.col(C.USER_ID).is_in(users.tolist()))
+    k = cfg.k
+    ranked_c = _index(vocab, _rank_all(policy_c, users, split, k, label_c))
+    ranked_t = _index(vocab, _rank_all(policy_t, users, split, k, label_t))
+    emb, has_vec = _embeddings(ws, vocab)
+    if emb is None:
+        notes.append("intra-list diversity skipped: no item_embeddings table (run `recsys backfill`)")
+    data = ab.RankingData(
+        truth_rows=_index(users, relevant[C.USER_ID].to_numpy()),
+        truth_items=_index(vocab, relevant[C.ITEM_ID].to_numpy()),
+        n_users=len(users),
+        n_items=len(vocab),
+        click_counts=click_counts,
+        embeddings=emb,
+        has_vector=has_vec,
+    )
+    segments = _segments(users, history, vocab, items, click_counts, cfg.cold_item_clicks)
+    ranking = ab.compare_rankings(ranked_c, ranked_t, data, segments, k, cfg.bootstrap, cfg.alpha, seed)
+
+    offline, support, ope_note, slates = _offline(
+        policy_c, policy_t, history, holdout, split, vocab, cfg, seed
+    )
+    if offline and min(offline[0].ess_control, offline[0].ess_treatment) < 100:
+        notes.append(
+            f"off-policy estimates rest on an effective sample size of only "
+            f"{min(offline[0].ess_control, offline[0].ess_treatment):,.0f} impressions (the policies "
+            "rarely show what the logging policy showed, where it showed it): treat their "
+            "intervals as unreliable"
+        )
+    truth_rows, truth_ctr, truth_note = _truth_check(
+        ws, policy_c, policy_t, offline, split, cfg, seed, logs, slates, notes
+    )
+    result = ab.ABResult(
+        control=label_c,
+        treatment=label_t,
+        k=k,
+        window=f"{split:%Y-%m-%d %H:%M} .. {holdout[C.EVENT_TIMESTAMP].max():%Y-%m-%d %H:%M} "
+        f"({cfg.holdout_days:g} days; {holdout.height:,} held-out rows)",
+        n_users=len(users),
+        ranking=ranking,
+        verdict=ab.Verdict("inconclusive", "", ""),
+        offline=offline,
+        support=support,
+        ope_note=ope_note,
+        truth=truth_rows,
+        truth_ctr=truth_ctr,
+        truth_note=truth_note,
+        notes=notes,
+        config={**cfg.model_dump(), "seed": seed, "logs": str(logs or ws.table("impressions"))},
+    )
+    result.verdict = ab.decide(result.deltas(), cfg)
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    folder = ws.reports_dir / f"ab-{stamp}-{_slug(label_t)}-vs-{_slug(label_c)}"
+    paths = write_report(result, folder)
+    run_id = None
+    if track:
+        from recsys import tracking
+
+        with tracking.start_run(settings, "evaluation", run_name=f"{label_t} vs {label_c}") as run:
+            import mlflow
+
+            mlflow.log_params(
+                {
+                    "control": label_c,
+                    "treatment": label_t,
+                    "k": k,
+                    "bootstrap": cfg.bootstrap,
+                    "holdout_days": cfg.holdout_days,
+                    "primary_metric": cfg.primary_metric,
+                    "min_lift": cfg.min_lift,
+                }
+            )
+            tracking.log_lineage({"impressions": Path(logs) if logs else ws.table("impressions")})
+            log_report(result, paths)
+            run_id = run.info.run_id
+    return ABRun(result, paths, run_id)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def _offline(
+    policy_c: Policy,
+    policy_t: Policy,
+    history: pl.DataFrame,
+    holdout: pl.DataFrame,
+    split: datetime,
+    vocab: np.ndarray,
+    cfg: Any,
+    seed: int,
+):
+    """Off-policy CTR of both policies on the held-out impressions, or the reason it cannot run."""
+    prop = holdout[C.PROPENSITY] if C.PROPENSITY in holdout.columns else None
+    if (
+        prop is None
+        or prop.null_count() == holdout.height
+        or holdout[C.POSITION].null_count() == holdout.height
+    ):
+        return (
+            None,
+            {},
+            (
+                "the log has no logging propensities/positions (e.g. MovieLens ratings or a click-only "
+                "log): IPS, SNIPS and DR need the probability with which the logging policy showed each "
+                "item at each position, and DM needs impressions with non-clicks"
+            ),
+            None,
+        )
+    logged = holdout.filter(pl.col(C.POSITION).is_not_null())
+    width = int(logged[C.POSITION].max()) + 1
+    users = np.unique(logged[C.USER_ID].to_numpy().astype(str))
+    slates = {}
+    for label, pol in (("control", policy_c), ("treatment", policy_t)):
+        slates[label] = _rank_all(pol, users, split, width, f"{label} slates")
+    hist_imp = history.filter(pl.col(C.POSITION).is_not_null())
+    fit_on = hist_imp if hist_imp.height else logged
+    model = fit_position_based_model(
+        _index(vocab, fit_on[C.ITEM_ID].to_numpy()),
+        fit_on[C.POSITION].to_numpy(),
+        fit_on[C.CLICKED].to_numpy(),
+        len(vocab),
+    )
+    inputs, support = {}, {}
+    try:
+        for label, slate in slates.items():
+            inputs[label], support[label] = build_slate_input(
+                logged[C.USER_ID].to_numpy(),
+                logged[C.ITEM_ID].to_numpy(),
+                logged[C.POSITION].to_numpy(),
+                logged[C.CLICKED].to_numpy(),
+                logged[C.PROPENSITY].to_numpy(),
+                users,
+                slate,
+                reward_model=model,
+                item_vocab=vocab,
+                source="held-out impressions",
+            )
+    except OPEInputError as exc:
+        return None, {}, f"the held-out impressions cannot be used for off-policy estimation: {exc}", None
+    offline = ab.compare_offline(
+        inputs["control"], inputs["treatment"], default_estimators(cfg.clip), cfg.bootstrap, cfg.alpha, seed
+    )
+    return offline, support, None, (users, slates)
+
+
+def _truth_check(
+    ws: Workspace,
+    policy_c: Policy,
+    policy_t: Policy,
+    offline,
+    split: datetime,
+    cfg: Any,
+    seed: int,
+    logs,
+    slates,
+    notes: list[str],
+):
+    """The simulator's online A/B of both policies (embedded world only)."""
+    if not (ws.truth_dir / "truth.json").exists():
+        return None, {}, "no simulator ground truth in this workspace (only the embedded world has one)"
+    if logs is not None and Path(logs).resolve() != ws.table("impressions").resolve():
+        return None, {}, "the log is not the embedded world's own impressions table"
+    from recsys.data.truth import WorldTruth
+
+    truth = WorldTruth.load(ws)
+    width = truth.slate_size
+    ctr = {}
+    for label, pol in (("control", policy_c), ("treatment", policy_t)):
+        res = truth.simulate_online(
+            as_simulator_policy(pol, width), cfg.online_requests, seed, slate_size=width, as_of=split
+        )
+        ctr[label] = res.expected_ctr
+    if slates is not None:  # exact overlap: the simulator knows the logging policy's propensities
+        users, by_arm = slates
+        for label, slate in by_arm.items():
+            slots = np.broadcast_to(np.arange(slate.shape[1]), slate.shape)
+            ok = slate != ""
+            mu = truth.logging_propensity(
+                np.broadcast_to(users[:, None], slate.shape)[ok], slate[ok], slots[ok], split
+            )
+            notes.append(
+                f"simulator: {(mu == 0).mean():.1%} of the {label} policy's slots have zero logging "
+                "probability (e.g. a logged item moved to another position); no estimator can "
+                "reweight them, so IPS/SNIPS/DR see only the rest"
+            )
+    rows = (
+        ab.truth_rows(offline, ctr["control"], ctr["treatment"], ("control", "treatment"))
+        if offline
+        else None
+    )
+    return rows, ctr, None
