@@ -448,7 +448,10 @@ def materialize(
     track: bool = True,
 ) -> MaterializeResult:
     """Load the latest row per entity with timestamp <= `end` (default: the newest) into the
-    online store, then stamp a new materialization version (serving's item cache follows it)."""
+    online store, then stamp a new materialization version (serving's item cache follows it).
+
+    `item_content` always gets each item's latest vectors whatever `end` is: content is static,
+    and its rows are stamped when the backfill ran (usually after the logged events)."""
     from features.store import apply, describe_online_store, feature_store
 
     ws = ws or Workspace.at(settings.home)
@@ -466,7 +469,16 @@ def materialize(
     if not (ws.feast_dir / "registry.db").exists():
         apply(settings, store)
     try:
-        store.materialize(start_date=start, end_date=stop, feature_views=list(ranges))
+        behaviour = [v for v in ranges if v != ITEM_CONTENT]
+        if behaviour:
+            store.materialize(start_date=start, end_date=stop, feature_views=behaviour)
+        if ITEM_CONTENT in ranges:  # content is static: always its latest rows, whatever `end`
+            lo, hi = ranges[ITEM_CONTENT]
+            store.materialize(
+                start_date=lo - timedelta(seconds=1),
+                end_date=hi + timedelta(seconds=1),
+                feature_views=[ITEM_CONTENT],
+            )
     except Exception as exc:
         from features.online import wrap_store_error
 

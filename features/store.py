@@ -29,7 +29,10 @@ class FeatureStoreError(ValueError):
 def online_store_config(settings: Any, ws: Workspace) -> dict[str, Any]:
     fs = settings.features
     if fs.online_store == "redis":
-        return {"type": "redis", "connection_string": fs.redis_url}
+        url = fs.redis_url
+        if "socket_timeout" not in url:  # a hung server must not hang serving
+            url += ",socket_connect_timeout=1,socket_timeout=5"
+        return {"type": "redis", "connection_string": url}
     return {"type": "sqlite", "path": str(ws.feast_dir / "online.db")}
 
 
@@ -37,7 +40,9 @@ def describe_online_store(settings: Any, ws: Workspace | None = None) -> str:
     """A human name of the online store for errors and summaries."""
     ws = ws or Workspace.at(settings.home)
     cfg = online_store_config(settings, ws)
-    return f"redis at {cfg['connection_string']}" if cfg["type"] == "redis" else f"sqlite at {cfg['path']}"
+    if cfg["type"] == "redis":
+        return f"redis at {cfg['connection_string'].split(',')[0]}"
+    return f"sqlite at {cfg['path']}"
 
 
 def repo_config(settings: Any, ws: Workspace | None = None) -> Any:
@@ -63,7 +68,23 @@ def feature_store(settings: Any) -> Any:
     os.environ.setdefault("FEAST_USAGE", "False")
     from feast import FeatureStore
 
-    return FeatureStore(config=repo_config(settings))
+    store = FeatureStore(config=repo_config(settings))
+    if settings.features.online_store == "redis":
+        _fail_fast(store)
+    return store
+
+
+def _fail_fast(store: Any) -> None:
+    """Retry a refused Redis connection once, at once (redis-py's default backs off for ~5 s,
+    which turns a dead store into a 5 s request instead of a quick fallback)."""
+    import contextlib
+
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    with contextlib.suppress(Exception):  # Feast internals: keep the default when they change
+        client = store._get_provider().online_store._get_client(store.config.online_store)
+        client.set_retry(Retry(ConstantBackoff(0.05), 1))
 
 
 def apply(settings: Any, store: Any = None) -> list[str]:

@@ -90,6 +90,18 @@ def make_world(
     return {"items": items, "users": users, "impressions": impressions, "item_embeddings": item_embeddings}
 
 
+@pytest.fixture(scope="session")
+def world_factory():
+    """`make_world(...)`: build a small world with other sizes."""
+    return make_world
+
+
+@pytest.fixture(scope="session")
+def start() -> datetime:
+    """Midnight of the first simulated day."""
+    return START
+
+
 @pytest.fixture
 def world() -> dict[str, pl.DataFrame]:
     return make_world()
