@@ -1,4 +1,5 @@
-"""MovieLens import: ml-100k (from ../shared, skipped when absent) and ml-latest-small."""
+"""MovieLens import: ml-100k (the `ml100k` fixture of tests/conftest.py reads ../shared and skips when
+absent) and a tiny ml-latest-small layout written here."""
 
 from __future__ import annotations
 
@@ -12,15 +13,6 @@ from recsys.data.contracts import ContractError
 from recsys.data.movielens import import_movielens
 from recsys.data.tables import load_table
 from recsys.workspace import Workspace
-
-ML100K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ml-100k"
-
-
-@pytest.fixture
-def ml100k() -> Path:
-    if not (ML100K / "u.data").exists():
-        pytest.skip(f"MovieLens 100K not found at {ML100K} (it is never copied into the repo)")
-    return ML100K
 
 
 def test_ml100k_counts_and_contents(ml100k: Path, ws: Workspace) -> None:
