@@ -14,6 +14,7 @@ groups) the new version becomes `champion`, otherwise `challenger`.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -103,43 +104,39 @@ def load_retrieval(settings: Any, items: ItemTable, uri: str = "models:/retrieva
         return None
 
 
-def behaviour_features(settings: Any, cands: Candidates) -> tuple[pl.DataFrame | None, pl.DataFrame | None,
-                                                                  dict[str, Any]]:
-    """Point-in-time user and item behaviour from Feast for the unique (entity, day) pairs."""
+def _feast_rows(settings: Any, view: str, rows: pl.DataFrame) -> tuple[pl.DataFrame | None, dict[str, Any]]:
+    """Point-in-time rows of one behaviour view for unique (entity, feature_timestamp) pairs."""
+    ws = Workspace.at(settings.home)
+    src = ws.feature_sources_dir / f"{view}.parquet"
+    if not src.exists():
+        log.warning("feature view %s has no source (%s): run `recsys features` first; training without it",
+                    view, src)
+        return None, {}
     try:
         from features.training_set import build_training_set
-    except ImportError as exc:  # pragma: no cover - the features package ships with recsys
-        log.warning("feature store code unavailable (%s): no behaviour features", exc)
-        return None, None, {}
-    ws = Workspace.at(settings.home)
-    out: list[pl.DataFrame | None] = []
-    views: dict[str, Any] = {}
-    q = cands.queries.select("q", C.USER_ID, FEATURE_TS)
-    ent = {
-        USER_VIEW: q.select(C.USER_ID, FEATURE_TS).unique(),
-        ITEM_VIEW: cands.rows.select("q", C.ITEM_ID).join(q, on="q").select(C.ITEM_ID, FEATURE_TS).unique(),
-    }
-    for view, rows in ent.items():
-        src = ws.feature_sources_dir / f"{view}.parquet"
-        if not src.exists():
-            log.warning("feature view %s has no source (%s): run `recsys features` first; training "
-                        "without it", view, src)
-            out.append(None)
-            continue
-        try:
-            df = build_training_set(settings, rows.rename({FEATURE_TS: C.EVENT_TIMESTAMP}), [view],
-                                    output="polars")
-        except Exception as exc:
-            log.warning("point-in-time join of %s failed (%s: %s): training without it", view,
-                        type(exc).__name__, exc)
-            out.append(None)
-            continue
-        prefix = f"{view}__"
-        df = df.rename({c: c[len(prefix):] for c in df.columns if c.startswith(prefix)})
-        df = df.rename({C.EVENT_TIMESTAMP: FEATURE_TS})
-        out.append(df)
-        views[view] = {"source": str(src), "rows": df.height}
-    return out[0], out[1], views
+
+        entity = rows.rename({FEATURE_TS: C.EVENT_TIMESTAMP})
+        df = build_training_set(settings, entity, [view], output="polars")
+    except Exception as exc:  # store not applied, or a broken source: say so, train without it
+        log.warning("point-in-time join of %s failed (%s: %s): training without it", view,
+                    type(exc).__name__, exc)
+        return None, {}
+    prefix = f"{view}__"
+    df = df.rename({c: c[len(prefix):] for c in df.columns if c.startswith(prefix)})
+    return df.rename({C.EVENT_TIMESTAMP: FEATURE_TS}), {"source": str(src), "rows": df.height}
+
+
+def user_behaviour_rows(settings: Any, log_df: pl.DataFrame) -> tuple[pl.DataFrame | None, dict[str, Any]]:
+    """User behaviour as of each (user, day) of the log (query groups are cut at midnight)."""
+    keys = log_df.select(C.USER_ID, pl.col(C.EVENT_TIMESTAMP).dt.truncate("1d").alias(FEATURE_TS)).unique()
+    return _feast_rows(settings, USER_VIEW, keys)
+
+
+def item_behaviour_rows(settings: Any, cands: Candidates) -> tuple[pl.DataFrame | None, dict[str, Any]]:
+    """Item behaviour as of each candidate's query day."""
+    q = cands.queries.select("q", FEATURE_TS)
+    keys = cands.rows.select("q", C.ITEM_ID).join(q, on="q").select(C.ITEM_ID, FEATURE_TS).unique()
+    return _feast_rows(settings, ITEM_VIEW, keys)
 
 
 def _split(cands: Candidates, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -208,13 +205,19 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
     log_df, counts, notes = read_log(ws, path)
     items, _ = load_items(ws)
     source = load_retrieval(settings, items, retrieval_uri)
-    cands = build_candidates(log_df, items, history=cfg.history, negatives=cfg.candidates, source=source,
-                             rank_cap=settings.retrieval.candidates, seed=settings.seed, debias=cfg.debias)
-    counts.update(cands.counts)
-    seconds["candidates"] = time.perf_counter() - t0
     t = time.perf_counter()
-    user_f, item_f, views = behaviour_features(settings, cands)
+    user_f, user_view = user_behaviour_rows(settings, log_df)
     seconds["features_join"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cands = build_candidates(log_df, items, history=cfg.history, negatives=cfg.candidates, source=source,
+                             rank_cap=settings.retrieval.candidates, seed=settings.seed, debias=cfg.debias,
+                             user_features=user_f)
+    counts.update(cands.counts)
+    seconds["candidates"] = time.perf_counter() - t
+    t = time.perf_counter()
+    item_f, item_view = item_behaviour_rows(settings, cands)
+    views = {k: v for k, v in ((USER_VIEW, user_view), (ITEM_VIEW, item_view)) if v}
+    seconds["features_join"] += time.perf_counter() - t
     t = time.perf_counter()
     spec = FeatureSpec(user_behaviour=numeric_columns(user_f, (FEATURE_TS,)),
                        item_behaviour=numeric_columns(item_f, (FEATURE_TS,)), categories=items.categories)
@@ -256,7 +259,8 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
             train_ndcg = ndcg_at(booster.predict(train.x, num_iteration=best), train.y, train.group)
             mlflow.log_metrics({"valid_ndcg_at_10": valid_ndcg, "train_ndcg_at_10": train_ndcg,
                                 "best_iteration": best})
-            mlflow.log_metrics({k.replace(":", "").replace(" ", "_"): float(v) for k, v in counts.items()})
+            mlflow.log_metrics({"count." + re.sub(r"[^\w\-. /]", "_", k): float(v)
+                                for k, v in counts.items()})
             gain = booster.feature_importance("gain", iteration=best)
             split = booster.feature_importance("split", iteration=best)
             table = {"feature": spec.names, "gain": [float(g) for g in gain],

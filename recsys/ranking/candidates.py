@@ -61,7 +61,12 @@ class TwoTowerSource:
         ids = self._items.ids
         # most recent first, as the two-tower was trained
         hist = [[str(ids[r]) for r in row[::-1] if r >= 0] for row in np.asarray(history)]
-        return np.asarray(self.model.user_vectors(list(user_ids), hist, user_features), np.float32)
+        feats = None
+        if user_features is not None and user_features.height == len(user_ids):
+            # the scaler may know the features with or without the view prefix: offer both
+            feats = [{**row, **{f"user_behaviour__{k}": v for k, v in row.items()}}
+                     for row in user_features.iter_rows(named=True)]
+        return np.asarray(self.model.user_vectors(list(user_ids), hist, feats), np.float32)
 
 
 def load_candidate_source(settings: Any, uri: str, items: ItemTable) -> ClipProfileSource | TwoTowerSource:
@@ -69,7 +74,7 @@ def load_candidate_source(settings: Any, uri: str, items: ItemTable) -> ClipProf
     if uri == CLIP_PROFILE:
         return ClipProfileSource(items)
     from recsys import tracking
-    from recsys.retrieval.model import RetrievalModel  # type: ignore[attr-defined]
+    from recsys.retrieval.artifact import RetrievalModel
 
     folder, ref = tracking.download_model(settings, uri)
     return TwoTowerSource(RetrievalModel.load(folder), items, ref.tag)

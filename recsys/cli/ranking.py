@@ -1,0 +1,74 @@
+"""`recsys train ranker` and `recsys recommend`: the ranker, and batch recommendations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from recsys.cli.common import console, fail, settings_from, step, workspace
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    groups["train"].command("ranker")(train_ranker)
+    app.command("recommend")(recommend)
+
+
+def train_ranker(
+    ctx: typer.Context,
+    logs: Path = typer.Option(None, "--logs", help="Click log (parquet/CSV; impressions contract or "
+                              "click-only) [default: the workspace's impressions table]"),
+    promote: bool = typer.Option(False, "--promote", help="Make it @champion if it beats the champion "
+                                 "on validation NDCG@10 (else @challenger)"),
+    retrieval: str = typer.Option("models:/retrieval@champion", "--retrieval",
+                                  help="Two-tower model for hard negatives and features, or 'clip-profile'"),
+    rounds: int = typer.Option(None, help="Boosting rounds [ranker.rounds]"),
+) -> None:
+    """Train the LightGBM lambdarank ranker from a click log and register it in MLflow."""
+    from recsys.data.contracts import ContractError
+    from recsys.ranking.dataset import TrainingDataError
+    from training.ranker import train_ranker as run
+
+    settings = settings_from(ctx, **{"ranker.rounds": rounds})
+    ws = workspace(settings)
+    with step("train ranker") as info:
+        try:
+            result = run(settings, ws, logs, promote, retrieval_uri=retrieval)
+        except (ContractError, TrainingDataError, FileNotFoundError) as exc:
+            raise fail(str(exc)) from exc
+        counts = {k: v for k, v in result.counts.items() if v and k != "log_rows"}
+        console.print(f"counts: {counts}")
+        info["summary"] = result.summary()
+
+
+def recommend(
+    ctx: typer.Context,
+    users: Path = typer.Option(None, "--users",
+                               help="Users file: parquet/CSV with user_id, or one id a line"),
+    all_users: bool = typer.Option(False, "--all", help="Every user of the workspace"),
+    k: int = typer.Option(10, "--k", help="Items per user"),
+    out: Path = typer.Option(..., "--out", help="Output parquet (user_id, item_id, rank, score)"),
+    as_of: str = typer.Option(None, "--as-of", help="ISO time; default: the last logged event"),
+) -> None:
+    """Top-K recommendations per user from the two-stage system (the serving code path)."""
+    from training.recommend import read_users, recommend_batch
+
+    if (users is None) == (not all_users):
+        raise fail("give exactly one of --users PATH or --all")
+    when = None
+    if as_of:
+        try:
+            when = datetime.fromisoformat(as_of)
+        except ValueError as exc:
+            raise fail(f"--as-of '{as_of}' is not an ISO time (e.g. 2024-03-01T00:00:00Z)") from exc
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    settings = settings_from(ctx)
+    ws = workspace(settings)
+    with step("recommend") as info:
+        try:
+            ids = read_users(users) if users is not None else None
+            result = recommend_batch(settings, ws, ids, k, when, out)
+        except (FileNotFoundError, LookupError, ValueError) as exc:
+            raise fail(str(exc)) from exc
+        info["summary"] = result.summary()

@@ -1,0 +1,117 @@
+"""`recsys recommend`: top-K per user from the two-stage system as of a time, as parquet.
+
+For e-mail campaigns, caches and offline metrics. Every user goes through
+`Recommender.recommend`, the serving code path. As of `as_of`: item features are each item's
+latest snapshot at or before it; a user's profile is their last clicks strictly before it;
+every item the user clicked before it is excluded ("seen").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys.data import columns as C
+from recsys.data.tables import load_table
+from recsys.io import write_parquet
+from recsys.progress import bar
+from recsys.recommender import Recommender, latest_item_behaviour
+from recsys.runtime import configure_threads
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+OUT_SCHEMA = {C.USER_ID: pl.String, C.ITEM_ID: pl.String, "rank": pl.Int32, "score": pl.Float64}
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    users: int
+    rows: int
+    fallback_users: int
+    versions: dict[str, str | None]
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"{self.rows:,} rows for {self.users:,} users ({self.fallback_users:,} popularity fallback) "
+                f"-> {self.out} [{self.versions.get('ranker')}, {self.versions.get('retrieval')}]")
+
+
+def read_users(path: Path) -> list[str]:
+    """User ids from parquet/CSV with a `user_id` column, or a text file with one id per line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: users file not found")
+    if path.suffix.lower() in (".parquet", ".csv"):
+        parquet = path.suffix.lower() == ".parquet"
+        df = pl.read_parquet(path) if parquet else pl.read_csv(path, infer_schema=False)
+        if C.USER_ID not in df.columns:
+            raise ValueError(f"{path}: expected a '{C.USER_ID}' column, found {df.columns}")
+        return df[C.USER_ID].cast(pl.String).drop_nulls().unique(maintain_order=True).to_list()
+    return list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+
+
+def user_state(log_df: pl.DataFrame, as_of: datetime, history: int) -> dict[str, tuple[list[str], set[str]]]:
+    """Per user: last `history` clicks before `as_of` (oldest first) and every item clicked before it."""
+    clicks = (log_df.filter(pl.col(C.CLICKED) & (pl.col(C.EVENT_TIMESTAMP) < as_of))
+              .sort([C.USER_ID, C.EVENT_TIMESTAMP])
+              .group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID)))
+    return {u: (items[-history:], set(items)) for u, items in
+            zip(clicks[C.USER_ID].to_list(), clicks[C.ITEM_ID].to_list(), strict=True)}
+
+
+def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, Any]]:
+    """Each user's latest `user_behaviour` snapshot at or before `as_of` (empty without Feast sources)."""
+    path = ws.feature_sources_dir / "user_behaviour.parquet"
+    if not path.exists():
+        return {}
+    df = (pl.scan_parquet(path).filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).sort(C.EVENT_TIMESTAMP)
+          .group_by(C.USER_ID).last().collect())
+    return {r[C.USER_ID]: r for r in df.iter_rows(named=True)}
+
+
+def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: int, as_of: datetime | None,
+                    out: Path, recommender: Recommender | None = None) -> BatchResult:
+    """Write (user_id, item_id, rank, score) parquet for `users` (None: every user)."""
+    configure_threads(settings.threads)
+    t0 = time.perf_counter()
+    log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
+    if as_of is None:
+        as_of = log_df[C.EVENT_TIMESTAMP].max() or datetime.now(UTC)
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    if recommender is None:
+        item_f = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
+        recommender = Recommender.load(settings, item_features=item_f)
+    rec = recommender
+    if users is None:
+        if ws.table("users").exists():
+            users = load_table(ws, "users", columns=[C.USER_ID])[C.USER_ID].to_list()
+        else:
+            users = log_df[C.USER_ID].unique(maintain_order=True).to_list()
+    state = user_state(log_df, as_of, rec.history)
+    feats = user_features_as_of(ws, as_of)
+    rows_u, rows_i, rows_r, rows_s = [], [], [], []
+    fallback = 0
+    with bar("recommend", len(users), unit="users") as b:
+        for u in users:
+            hist, seen = state.get(u, ([], set()))
+            r = rec.recommend(u, k, user_features=feats.get(u), exclude=seen, as_of=as_of, history=hist)
+            fallback += r.fallback is not None
+            for item, score, rank in r.items:
+                rows_u.append(u)
+                rows_i.append(item)
+                rows_r.append(rank)
+                rows_s.append(score)
+            b.advance(1)
+    df = pl.DataFrame({C.USER_ID: rows_u, C.ITEM_ID: rows_i, "rank": rows_r, "score": rows_s},
+                      schema=OUT_SCHEMA)
+    write_parquet(df, out)
+    seconds = time.perf_counter() - t0
+    return BatchResult(Path(out), len(users), df.height, fallback, dict(rec.versions), seconds)
