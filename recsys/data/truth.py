@@ -211,7 +211,8 @@ class WorldTruth:
         slates at `as_of` (default: the end of the log), draw clicks from the true click model.
 
         The same `seed` gives the same users and the same uniform draws, so two policies run with
-        one seed are compared on common random numbers (a paired test).
+        one seed are compared on common random numbers (a paired test). An empty slot ("" or
+        None, a policy with too few candidates) is never clicked; CTR still counts it as shown.
         """
         if slate_size > len(self.position_bias):
             raise ValueError(
@@ -229,8 +230,10 @@ class WorldTruth:
             slates = np.asarray(policy(self.user_ids[u], as_of))
             if slates.shape != (len(u), slate_size):
                 raise ValueError(f"policy returned shape {slates.shape}; expected ({len(u)}, {slate_size})")
-            items = self.item_index(slates.ravel()).reshape(slates.shape)
-            prob = self.position_bias[:slate_size][None, :] * self.relevance_idx(u[:, None], items)
+            filled = (slates != "") & (slates != None)  # noqa: E711 - elementwise
+            items = np.zeros(slates.shape, dtype=np.int64)
+            items[filled] = self.item_index(slates[filled])
+            prob = self.position_bias[:slate_size][None, :] * self.relevance_idx(u[:, None], items) * filled
             clicks += float((draws[lo : lo + batch_size] < prob).sum())
             expected += float(prob.sum())
         shown = n_requests * slate_size

@@ -180,5 +180,12 @@ def test_online_simulation_orders_policies(small_world) -> None:
     assert res["oracle"].n == 2000 and abs(res["oracle"].ctr - ev["oracle"]) < 0.02
     again = truth.simulate_online(oracle, 2000, seed=1)
     assert again == res["oracle"]
+    def padded(user_ids, as_of):
+        slates = oracle(user_ids, as_of).astype(object)
+        slates[:, 5:] = ""
+        return slates
+
+    half = truth.simulate_online(padded, 2000, seed=1)
+    assert 0 < half.expected_ctr < ev["oracle"]
     with pytest.raises(ValueError, match="shape"):
         truth.simulate_online(lambda u, t: truth.item_ids[:3][None, :].repeat(len(u), 0), 10, seed=0)
