@@ -144,26 +144,49 @@ def resolve_policy(settings: Any, spec: str, history: pl.DataFrame) -> tuple[Pol
             "days) or a registered model URI such as models:/ranker@champion or models:/ranker/3"
         )
     from recsys import tracking
+    from recsys.recommender import Recommender  # the two-stage system (retrieval + ranker)
 
     ref = tracking.resolve(settings, spec)
-    try:
-        from recsys.recommender import Recommender  # the two-stage system (retrieval + ranker)
-    except ImportError as exc:
-        raise RuntimeError(
-            f"{spec} resolves to {ref.tag}, but the two-stage recommender "
-            "(recsys.recommender) is not available in this installation"
-        ) from exc
-    return _RecommenderPolicy(Recommender.load(settings, spec), ref.tag), ref.tag
+    as_of = history[C.EVENT_TIMESTAMP].max() if history.height else None
+    recommender = Recommender.load(settings, ranker_uri=spec, as_of=as_of)
+    return RecommenderPolicy(recommender, ref.tag, history, settings.ranker.history), ref.tag
 
 
-class _RecommenderPolicy:
-    """Adapter: the two-stage `Recommender` as a `Policy`."""
+class RecommenderPolicy:
+    """The two-stage `Recommender` as a `Policy`: each user's recent clicks before `as_of` are
+    their history, and every item they clicked before `as_of` is excluded (full ranking).
 
-    def __init__(self, recommender: Any, name: str):
-        self.recommender, self.name = recommender, name
+    Offline, user behaviour features come only from the click history (no online-store row).
+    """
+
+    def __init__(self, recommender: Any, name: str, events: pl.DataFrame, history: int = 20):
+        self.recommender, self.name, self.history = recommender, name, history
+        self.clicks = events.filter(pl.col(C.CLICKED)) if C.CLICKED in events.columns else events
+        self._cache: tuple[datetime, dict[str, list[str]]] | None = None
+
+    def _histories(self, as_of: datetime) -> dict[str, list[str]]:
+        if self._cache is None or self._cache[0] != as_of:
+            past = (
+                self.clicks.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
+                .sort(C.EVENT_TIMESTAMP)
+                .group_by(C.USER_ID, maintain_order=True)
+                .agg(pl.col(C.ITEM_ID))
+            )
+            users, items = past[C.USER_ID].to_list(), past[C.ITEM_ID].to_list()
+            self._cache = (as_of, dict(zip(users, items, strict=True)))
+        return self._cache[1]
 
     def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
-        return np.asarray(self.recommender.rank(user_ids, as_of, k)).astype(str)
+        hist = self._histories(as_of)
+        out = np.full((len(user_ids), k), "", dtype=object)
+        for row, user in enumerate(np.asarray(user_ids).astype(str)):
+            seen = hist.get(user, [])
+            rec = self.recommender.recommend(
+                user, k=k, exclude=set(seen), as_of=as_of, history=seen[-self.history :] or None
+            )
+            for j, (item, _, _) in enumerate(rec.items[:k]):
+                out[row, j] = item
+        return out.astype(str)
 
 
 def _rank_all(
@@ -412,9 +435,12 @@ def _truth_check(
     width = truth.slate_size
     ctr = {}
     for label, pol in (("control", policy_c), ("treatment", policy_t)):
-        res = truth.simulate_online(
-            as_simulator_policy(pol, width), cfg.online_requests, seed, slate_size=width, as_of=split
-        )
+        try:
+            res = truth.simulate_online(
+                as_simulator_policy(pol, width), cfg.online_requests, seed, slate_size=width, as_of=split
+            )
+        except ValueError as exc:  # e.g. a policy with fewer than slate_size items for some users
+            return None, {}, f"the simulator could not serve the {label} policy ({exc})"
         ctr[label] = res.expected_ctr
     if slates is not None:  # exact overlap: the simulator knows the logging policy's propensities
         users, by_arm = slates

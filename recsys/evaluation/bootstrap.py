@@ -176,14 +176,15 @@ def paired_bootstrap(
         trt = np.stack([np.asarray(per_user[m][1], dtype=np.float64) for m in names], axis=1)
         valid = ~(np.isnan(ctrl) | np.isnan(trt))
         ctrl, trt, den = np.where(valid, ctrl, 0.0), np.where(valid, trt, 0.0), valid.astype(np.float64)
-        # one product for both arms: columns [control | treatment], denominators repeated
-        num_all, den_all = np.concatenate([ctrl, trt], axis=1), np.concatenate([den, den], axis=1)
+        # one product for both arms: columns [control | treatment - control], so the (small)
+        # paired difference is summed directly rather than as a difference of two large sums
+        num_all, den_all = np.concatenate([ctrl, trt - ctrl], axis=1), np.concatenate([den, den], axis=1)
     reps_c, reps_t, reps_sc, reps_st = [], [], [], []
     for w in weight_blocks(n, n_boot, seed):
         if names:
             r = ratio_replicates(w, num_all, den_all)
             reps_c.append(r[:, : len(names)])
-            reps_t.append(r[:, len(names) :])
+            reps_t.append(r[:, : len(names)] + r[:, len(names) :])
         if statistics:
             pairs = [fn(w) for _, _, fn in statistics.values()]
             reps_sc.append(np.stack([p[0] for p in pairs], axis=1))
