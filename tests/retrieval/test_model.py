@@ -1,0 +1,102 @@
+"""Two-tower shapes, cold items scored from content, the logQ-corrected loss, determinism."""
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys.data import columns as C
+from recsys.retrieval.config import RetrievalConfig
+from recsys.retrieval.model import ItemContent, TowerSpec, TwoTower, sampled_softmax_loss, user_bucket
+from recsys.retrieval.train import build_examples, item_log_q, train_two_tower
+
+
+def _tiny(n_items=20, clip_dim=8, feats=3, warm_upto=10):
+    rng = np.random.default_rng(0)
+    clip = rng.normal(size=(n_items + 1, clip_dim)).astype(np.float32)
+    warm = np.arange(n_items + 1) <= warm_upto
+    warm[0] = False
+    content = ItemContent(clip, rng.integers(0, 3, n_items + 1), rng.integers(0, 4, n_items + 1),
+                          rng.integers(0, 2, n_items + 1), warm)
+    spec = TowerSpec(n_items=n_items, clip_dim=clip_dim, n_user_features=feats, user_buckets=97,
+                     n_categories=3, n_price_buckets=4, n_image_sources=2, dim=16, hidden=32)
+    torch.manual_seed(0)
+    return TwoTower(spec, content)
+
+
+def test_shapes_and_normalisation():
+    m = _tiny().eval()
+    u = m.user_tower(torch.tensor([1, 5]), torch.tensor([[3, 2, 0], [0, 0, 0]]), torch.randn(2, 3))
+    v = m.item_tower(torch.tensor([1, 2, 3]))
+    assert u.shape == (2, 16) and v.shape == (3, 16)
+    assert torch.allclose(u.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert m.all_item_vectors().shape == (20, 16)
+    assert 0 <= user_bucket("someone-new", 97) < 97
+    assert user_bucket("u1", 97) == user_bucket("u1", 97)
+
+
+def test_cold_items_ignore_their_id_vector():
+    m = _tiny().eval()
+    cold, warm = torch.tensor([15]), torch.tensor([5])
+    before_cold, before_warm = m.item_tower(cold), m.item_tower(warm)
+    with torch.no_grad():
+        m.item_id.weight[15] += 10.0
+        m.item_id.weight[5] += 10.0
+    assert torch.allclose(m.item_tower(cold), before_cold)
+    assert not torch.allclose(m.item_tower(warm), before_warm)
+
+
+def test_sampled_softmax_applies_logq_and_masks_duplicates():
+    torch.manual_seed(0)
+    u, v = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+    items = torch.tensor([7, 3, 7, 9])
+    log_q = torch.log(torch.tensor([0.5, 0.1, 0.5, 0.2]) * 4)
+    loss = sampled_softmax_loss(u, v, items, log_q, 0.1)
+    logits = u @ v.T / 0.1 - log_q[None, :]
+    logits[0, 2] = logits[2, 0] = float("-inf")  # rows 0 and 2 share item 7: not negatives
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.arange(4)).item(), rel=1e-6)
+    # the correction lowers popular negatives: with equal scores, a row whose negatives are
+    # popular has a smaller loss than without correction
+    same = torch.ones(2, 8) / np.sqrt(8)
+    flat = sampled_softmax_loss(same, same, torch.tensor([1, 2]), torch.zeros(2), 1.0)
+    corrected = sampled_softmax_loss(same, same, torch.tensor([1, 2]), torch.tensor([0.0, 2.0]), 1.0)
+    assert flat.item() == pytest.approx(np.log(2), rel=1e-5)
+    assert corrected.item() != pytest.approx(flat.item())
+    # uniform negatives join the softmax with their own correction
+    neg = F.normalize(torch.randn(3, 8), dim=1)
+    with_neg = sampled_softmax_loss(u, v, items, log_q, 0.1, neg, torch.full((3,), np.log(3 / 100)))
+    assert with_neg.item() > loss.item()
+
+
+def test_item_log_q_is_a_smoothed_log_share():
+    lq = item_log_q(np.array([1, 1, 1, 2]), n_items=3, smoothing=1.0)
+    p = np.exp(lq)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[1] > p[2] > p[3]
+
+
+def test_histories_are_point_in_time():
+    ts = pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 4), "1d", eager=True,
+                           time_zone="UTC").dt.cast_time_unit("us")
+    clicks = pl.DataFrame({C.USER_ID: ["a", "a", "b", "a"], C.ITEM_ID: ["x", "y", "x", "z"],
+                           C.EVENT_TIMESTAMP: ts})
+    ex = build_examples(clicks, {"x": 1, "y": 2, "z": 3}, history=3, buckets=11)
+    assert len(ex) == 4
+    rows = sorted(zip(ex.item.tolist(), ex.history.tolist(), strict=True))
+    assert rows.count((1, [0, 0, 0])) == 2                  # first clicks see nothing
+    assert (3, [2, 1, 0]) in rows                           # a's 3rd click: y then x, newest first
+    assert (2, [1, 0, 0]) in rows
+    with pytest.raises(ValueError, match="outside the catalogue"):
+        build_examples(clicks, {"x": 1}, history=3, buckets=11)
+
+
+def test_training_is_deterministic_on_cpu(shop, shop_split):
+    cfg = RetrievalConfig(epochs=2, batch_size=256, dim=16, hidden=32, clip_dim=16, user_buckets=1009)
+    a = train_two_tower(shop.items, shop.embeddings, shop_split.train, shop_split.valid, cfg, seed=3)
+    b = train_two_tower(shop.items, shop.embeddings, shop_split.train, shop_split.valid, cfg, seed=3)
+    assert a.model.model_version == b.model.model_version
+    sa, sb = a.model.net.state_dict(), b.model.net.state_dict()
+    for name, x in sa.items():
+        assert torch.equal(x, sb[name]), name
+    assert len(a.fit.epochs) == 2 and "val_score" in a.fit.epochs[0]
