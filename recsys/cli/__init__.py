@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from recsys.cli import common, data, evaluate, models, ranking, serve
+from recsys.cli import common, data, demo, evaluate, models, ranking, serve
 
 app = typer.Typer(
     name="recsys",
@@ -31,5 +31,5 @@ for _noun, _help in {
     GROUPS[_noun] = typer.Typer(help=_help, no_args_is_help=True)
     app.add_typer(GROUPS[_noun], name=_noun)
 
-for _module in (data, models, ranking, evaluate, serve):
+for _module in (data, models, ranking, evaluate, serve, demo):
     _module.register(app, GROUPS)
