@@ -55,6 +55,8 @@ def _experiment_id(settings: Any, pipeline: str) -> str:
     name = f"recsys/{pipeline}"
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.lifecycle_stage == "deleted":  # deleted in the UI: bring it back rather than fail
+            client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=f"{artifact_root(settings)}/{pipeline}")
@@ -73,6 +75,52 @@ def start_run(settings: Any, pipeline: str, run_name: str | None = None) -> Iter
         mlflow.set_tag("recsys.pipeline", pipeline)
         mlflow.set_tag("recsys.home", str(Path(settings.home).resolve()))
         yield run
+
+
+def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params (dicts, pydantic models such as `settings.ranker`) as `a.b.c` keys."""
+    if hasattr(params, "model_dump"):
+        params = params.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key, value in dict(params).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) or hasattr(value, "model_dump"):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def log_params(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """Log (nested) params in the active run, e.g. `log_params(settings.ranker, "ranker.")`.
+
+    Values longer than MLflow's limit are cut (with a note in the value) instead of failing."""
+    import mlflow
+
+    flat = {
+        k: (str(v) if len(str(v)) <= 6000 else str(v)[:5980] + "...(truncated)")
+        for k, v in flatten(params, prefix).items()
+    }
+    mlflow.log_params(flat)
+    return flat
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics in the active run; None and non-finite values are skipped."""
+    import math
+
+    import mlflow
+
+    clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    mlflow.log_metrics(clean, step=step)
+
+
+def load_lineage(settings: Any, run_id: str) -> dict[str, Any]:
+    """The `lineage.json` a run recorded (tables, feature views, extra)."""
+    setup_tracking(settings)
+    import mlflow
+
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
 
 
 def table_lineage(paths: Mapping[str, str | Path]) -> dict[str, dict[str, Any]]:
