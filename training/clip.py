@@ -242,7 +242,7 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
                     b.advance(1, status=f"epoch {epoch} loss {losses[-1]:.3f}")
                 metrics = _evaluate(model, val_pixels, val_tokens, 256)
                 record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                          "temperature": float(1 / model.logit_scale.exp()), **metrics}
+                          "temperature": float(1 / model.logit_scale.detach().exp()), **metrics}
                 history.append(record)
                 mlflow.log_metrics({"train_loss": record["train_loss"], "temperature": record["temperature"],
                                     **{f"val_{k}": v for k, v in metrics.items()}}, step=epoch)

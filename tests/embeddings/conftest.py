@@ -78,17 +78,32 @@ def make_catalogue(ws: Workspace, n: int, seed: int = 0, image_size: int = 64,
     return items
 
 
+@pytest.fixture(scope="session")
+def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One MLflow store for the session: creating a sqlite store costs seconds each time."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return {"tracking.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            "tracking.artifact_root": (root / "artifacts").as_uri()}
+
+
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_store: dict[str, str]):
     monkeypatch.setenv("RECSYS_CONFIG", str(tmp_path / "none.toml"))
-    return load_settings(**{"home": str(tmp_path / "home"), "device": "cpu", "clip.epochs": 2,
-                            "clip.train_batch_size": 16, "clip.batch_size": 16, "clip.workers": 0,
-                            "clip.shard_rows": 8})
+    return load_settings(**tracking_store, **{
+        "home": str(tmp_path / "home"), "device": "cpu", "clip.epochs": 2, "clip.train_batch_size": 16,
+        "clip.batch_size": 16, "clip.workers": 0, "clip.shard_rows": 8,
+    })
 
 
 @pytest.fixture
 def ws(settings) -> Workspace:
     return Workspace.at(settings.home)
+
+
+@pytest.fixture
+def catalogue_factory():
+    """`make_catalogue` as a fixture (test modules must not import conftest by name)."""
+    return make_catalogue
 
 
 @pytest.fixture
