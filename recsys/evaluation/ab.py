@@ -153,8 +153,8 @@ def compare_offline(
         out.append(
             OfflineEstimate(
                 estimator=est.name,
-                control=est.interval(control, n_boot, alpha, seed),
-                treatment=est.interval(treatment, n_boot, alpha, seed),
+                control=Interval(delta.control, *delta.control_interval),
+                treatment=Interval(delta.treatment, *delta.treatment_interval),
                 delta=delta,
                 ess_control=control.effective_sample_size,
                 ess_treatment=treatment.effective_sample_size,

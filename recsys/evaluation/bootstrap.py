@@ -75,7 +75,8 @@ class Delta:
 
     `lift` is relative (treatment / control - 1); `p_value` is two-sided for H0: delta = 0,
     `2 * min(P*(delta <= 0), P*(delta >= 0))` over the bootstrap replicates (with +1 smoothing,
-    so it is never exactly 0 with a finite number of replicates).
+    so it is never exactly 0 with a finite number of replicates). `control_interval` and
+    `treatment_interval` are each arm's own percentile interval from the same replicates.
     """
 
     metric: str
@@ -89,6 +90,8 @@ class Delta:
     lift_high: float
     p_value: float
     n: int
+    control_interval: tuple[float, float] = (float("nan"), float("nan"))
+    treatment_interval: tuple[float, float] = (float("nan"), float("nan"))
 
     @property
     def significant(self) -> bool:
@@ -234,6 +237,8 @@ def _deltas(
     lo, hi = _percentile(d, alpha)
     llo, lhi = _percentile(lift_reps, alpha)
     p = _p_value(d)
+    clo, chi = _percentile(reps_c, alpha)
+    tlo, thi = _percentile(reps_t, alpha)
     return [
         Delta(
             metric=m,
@@ -247,6 +252,8 @@ def _deltas(
             lift_high=float(lhi[j]),
             p_value=float(p[j]),
             n=int(counts[j]),
+            control_interval=(float(clo[j]), float(chi[j])),
+            treatment_interval=(float(tlo[j]), float(thi[j])),
         )
         for j, m in enumerate(names)
     ]
