@@ -1,0 +1,78 @@
+"""`recsys features build|materialize|apply`: behaviour features into Feast's stores."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+
+from recsys.cli.common import fail, settings_from, step, workspace
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    group = groups.get("features")
+    if group is None:
+        group = typer.Typer(
+            help="Feast feature store: behaviour features, apply, materialize.", no_args_is_help=True
+        )
+        groups["features"] = group
+        app.add_typer(group, name="features")
+    group.command("build")(features_build)
+    group.command("materialize")(features_materialize)
+    group.command("apply")(features_apply)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(f"'{value}' is not an ISO timestamp (e.g. 2024-03-01 or 2024-03-01T12:00:00Z)") from exc
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def features_build(
+    ctx: typer.Context,
+    until: str = typer.Option(None, help="Last snapshot at this time (ISO; default: after the last event)"),
+    online_store: str = typer.Option(None, help="sqlite or redis [features.online_store]"),
+) -> None:
+    """Compute user and item behaviour features from the click log (polars, point-in-time),
+    write the offline sources and `feast apply`. Records an MLflow run with lineage."""
+    from features.jobs import build_features
+
+    settings = settings_from(ctx, **{"features.online_store": online_store})
+    with step("features build") as info:
+        try:
+            result = build_features(settings, workspace(settings), until=_parse_time(until))
+        except FileNotFoundError as exc:
+            raise fail(str(exc)) from exc
+        info["summary"] = result.summary()
+
+
+def features_materialize(
+    ctx: typer.Context,
+    end: str = typer.Option(None, help="Materialize rows up to this time (ISO; default: the newest)"),
+    online_store: str = typer.Option(None, help="sqlite or redis [features.online_store]"),
+    redis_url: str = typer.Option(None, help="host:port of Redis [features.redis_url]"),
+) -> None:
+    """Load the newest feature rows into the online store (sqlite, or Redis by config)."""
+    from features.jobs import materialize
+    from features.store import FeatureStoreUnavailable
+
+    settings = settings_from(ctx, **{"features.online_store": online_store, "features.redis_url": redis_url})
+    with step("features materialize") as info:
+        try:
+            result = materialize(settings, workspace(settings), end=_parse_time(end))
+        except (FileNotFoundError, FeatureStoreUnavailable) as exc:
+            raise fail(str(exc)) from exc
+        info["summary"] = result.summary()
+
+
+def features_apply(ctx: typer.Context) -> None:
+    """Register the entities and feature views (`feast apply`) without computing anything."""
+    from features.store import apply
+
+    settings = settings_from(ctx)
+    with step("features apply") as info:
+        info["summary"] = f"registered {', '.join(apply(settings))}"
