@@ -30,3 +30,28 @@ def ml100k() -> Path:
     if not (ML100K / "u.data").exists():
         pytest.skip(f"MovieLens 100K not found at {ML100K}")
     return ML100K
+
+
+E2E_CONFIG = Path(__file__).resolve().parent / "e2e_config.toml"
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace that went through the whole demo pipeline (tiny sizes: tests/e2e_config.toml).
+
+    Built once per session and shared by the end-to-end, notebook and UI tests; they must not
+    change it. RECSYS_CONFIG/RECSYS_HOME are exported so subprocesses (notebook kernels, uvicorn)
+    see the same settings.
+    """
+    from recsys.config import load_settings
+    from training.demo import run_demo
+
+    home = tmp_path_factory.mktemp("demo") / "ws"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECSYS_CONFIG", str(E2E_CONFIG))
+    mp.setenv("RECSYS_HOME", str(home))
+    settings = load_settings()
+    reports = run_demo(settings)
+    assert all(not r.skipped for r in reports)
+    yield home
+    mp.undo()
