@@ -21,6 +21,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty workspace, also exported as RECSYS_HOME for code that reads the environment."""
     ws = tmp_path / "ws"
     monkeypatch.setenv("RECSYS_HOME", str(ws))
+    monkeypatch.delenv("RECSYS_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     return ws
 
@@ -40,18 +41,23 @@ def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace that went through the whole demo pipeline (tiny sizes: tests/e2e_config.toml).
 
     Built once per session and shared by the end-to-end, notebook and UI tests; they must not
-    change it. RECSYS_CONFIG/RECSYS_HOME are exported so subprocesses (notebook kernels, uvicorn)
-    see the same settings.
+    change it. Use `demo_env` to point a test (and its subprocesses) at it.
     """
     from recsys.config import load_settings
     from training.demo import run_demo
 
     home = tmp_path_factory.mktemp("demo") / "ws"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RECSYS_CONFIG", str(E2E_CONFIG))
-    mp.setenv("RECSYS_HOME", str(home))
-    settings = load_settings()
-    reports = run_demo(settings)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECSYS_CONFIG", str(E2E_CONFIG))
+        mp.setenv("RECSYS_HOME", str(home))
+        reports = run_demo(load_settings())
     assert all(not r.skipped for r in reports)
-    yield home
-    mp.undo()
+    return home
+
+
+@pytest.fixture
+def demo_env(demo_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Export RECSYS_CONFIG/RECSYS_HOME of the demo workspace for this test and its subprocesses."""
+    monkeypatch.setenv("RECSYS_CONFIG", str(E2E_CONFIG))
+    monkeypatch.setenv("RECSYS_HOME", str(demo_home))
+    return demo_home

@@ -14,9 +14,9 @@ from recsys.workspace import Workspace
 from training.demo import run_demo
 
 
-def test_demo_fills_every_store_and_registry(demo_home: Path) -> None:
+def test_demo_fills_every_store_and_registry(demo_env: Path) -> None:
     settings = load_settings()
-    ws = Workspace.at(demo_home)
+    ws = Workspace.at(demo_env)
     items = load_table(ws, "items")
     emb = load_table(ws, "item_embeddings")
     assert set(emb[C.ITEM_ID]) == set(items[C.ITEM_ID])  # one vector per item
@@ -28,17 +28,17 @@ def test_demo_fills_every_store_and_registry(demo_home: Path) -> None:
     assert list(ws.reports_dir.glob("**/*.html")), "the A/B report was written"
 
 
-def test_rerun_reuses_up_to_date_stages(demo_home: Path) -> None:
+def test_rerun_reuses_up_to_date_stages(demo_env: Path) -> None:
     reports = run_demo(load_settings())
     assert [r.skipped for r in reports] == [True] * len(reports)
 
 
-def test_changed_settings_rerun_that_stage_and_after(demo_home: Path, tmp_path: Path) -> None:
+def test_changed_settings_rerun_that_stage_and_after(demo_env: Path, tmp_path: Path) -> None:
     # a copy of the workspace, so the shared one stays as it was
     import shutil
 
     home = tmp_path / "copy"
-    shutil.copytree(demo_home, home)
+    shutil.copytree(demo_env, home)
     settings = load_settings(home=str(home), **{"evaluation.bootstrap": 60})
     reports = run_demo(settings)
     skipped = {r.name: r.skipped for r in reports}
