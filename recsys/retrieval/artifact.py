@@ -30,6 +30,15 @@ from recsys.retrieval.index import ItemIndex
 from recsys.retrieval.model import TowerSpec, TwoTower, user_buckets
 
 
+def _feature_column(columns: Sequence[str], name: str) -> pl.Expr:
+    """A feature by its full name (`user_behaviour__clicks_7d`) or its bare one; null if absent."""
+    bare = name.split("__", 1)[-1]
+    for candidate in (name, bare):
+        if candidate in columns:
+            return pl.col(candidate).cast(pl.Float64).alias(name)
+    return pl.lit(None, pl.Float64).alias(name)
+
+
 def weights_version(model: torch.nn.Module) -> str:
     """Content hash of a state dict: the model version stamped on vectors and index."""
     h = hashlib.sha256()
@@ -105,8 +114,7 @@ class RetrievalModel:
         elif isinstance(features, pl.DataFrame):
             if features.height != n:
                 raise ValueError(f"{n} users but {features.height} feature rows")
-            cols = [pl.col(c).cast(pl.Float64) if c in features.columns else pl.lit(None, pl.Float64).alias(c)
-                    for c in self.scaler.names]
+            cols = [_feature_column(features.columns, c) for c in self.scaler.names]
             feats = self.scaler._scale(features.select(cols).to_numpy()) if cols else \
                 np.zeros((n, 0), dtype=np.float32)
         elif isinstance(features, np.ndarray):

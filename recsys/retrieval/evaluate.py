@@ -92,8 +92,14 @@ class EvalResult:
         cols = [c for c in cols if c in self.table.columns]
         lines = ["  ".join(f"{c:>12}" for c in cols)]
         for row in self.table.select(cols).iter_rows():
-            lines.append("  ".join(f"{v:>12.4f}" if isinstance(v, float) else f"{v!s:>12}" for v in row))
+            lines.append("  ".join(_cell(v) for v in row))
         return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:>12.4f}"
+    return f"{'-' if value is None else value!s:>12}"
 
 
 def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.DataFrame,
@@ -124,7 +130,8 @@ def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.D
             raise ValueError(f"unknown segment '{segment}'; expected one of {SEGMENTS}")
         users = sorted(set(truth[C.USER_ID].to_list()))
         result.users[segment] = users
-        if not users:
+        if not users:  # keep the row so tables have the same shape every run
+            rows.extend({"method": name, "segment": segment, "users": 0} for name in methods)
             continue
         uidx = {u: i for i, u in enumerate(users)}
         t_rows = np.fromiter((uidx[u] for u in truth[C.USER_ID].to_list()), dtype=np.int64,
@@ -145,5 +152,5 @@ def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.D
             result.per_user[(name, segment)] = per_user
             rows.append({"method": name, "segment": segment, "users": len(users), **summarize(per_user)})
     empty = {"method": pl.String, "segment": pl.String, "users": pl.Int64}
-    result.table = pl.DataFrame(rows) if rows else pl.DataFrame(schema=empty)
+    result.table = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame(schema=empty)
     return result

@@ -1,0 +1,41 @@
+"""`recsys train retrieval`: the two-tower model, its item index and its evaluation table."""
+
+from __future__ import annotations
+
+import typer
+
+from recsys.cli.common import console, fail, settings_from, step, workspace
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    groups["train"].command("retrieval")(train_retrieval)
+
+
+def train_retrieval(
+    ctx: typer.Context,
+    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs [retrieval.epochs]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="Clicks per batch [retrieval.batch_size]"),
+    split: str = typer.Option(None, "--split", help="temporal, random (RecBole 80/10/10) or auto "
+                              "(random for MovieLens) [retrieval.split]"),
+    index: str = typer.Option(None, "--index", help="auto, exact, hnsw or ivf [retrieval.index]"),
+    precision: str = typer.Option(None, "--precision", help="float32 or bfloat16 [retrieval.precision]"),
+    challenger: bool = typer.Option(False, "--challenger", help="Register as @challenger, not @champion"),
+) -> None:
+    """Train the two-tower retrieval model on clicks, evaluate it against most-popular and
+    CLIP-only, and register it (with its item vectors and index) in MLflow."""
+    from training.retrieval import train_retrieval as run
+
+    settings = settings_from(ctx, **{"retrieval.epochs": epochs, "retrieval.batch_size": batch_size,
+                                     "retrieval.split": split, "retrieval.index": index,
+                                     "retrieval.precision": precision})
+    ws = workspace(settings)
+    with step("train retrieval") as info:
+        try:
+            result = run(settings, ws, promote=not challenger)
+        except (FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc)) from exc
+        console.print(f"[bold]test evaluation[/] ({result.protocol}; seen items excluded; cold items "
+                      "ranked among cold items)")
+        console.print(result.evaluation.format(sorted({10, settings.retrieval.eval_k})), markup=False,
+                      highlight=False)
+        info["summary"] = result.summary()

@@ -1,0 +1,234 @@
+"""`recsys train retrieval`: clicks -> two-tower -> item vectors + index -> MLflow registry.
+
+Steps: read items, item_embeddings (the CLIP backfill) and the click log; split it (temporal
+for logged shops; RecBole's per-user random 80/10/10 for MovieLens, where every rating is a
+click); join the users' behaviour features point-in-time from Feast (temporal split only);
+train with early stopping on validation Recall@K; evaluate on the test part with the same
+code for the model and the baselines (most-popular, CLIP-only), overall, on warm and cold
+items, and on cold users; log params, curves, the evaluation table and lineage; register the
+model folder (weights, item vectors, index, all stamped with one model version) as
+`retrieval`, alias `champion`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys import tracking
+from recsys.data import columns as C
+from recsys.data.splits import Split, random_ratio_split, temporal_split
+from recsys.data.tables import load_table
+from recsys.retrieval.artifact import RetrievalModel
+from recsys.retrieval.data import stack_vectors
+from recsys.retrieval.evaluate import (
+    EvalResult,
+    clip_scorer,
+    evaluate_methods,
+    popularity_scorer,
+    recent_histories,
+)
+from recsys.retrieval.train import FitResult, train_two_tower
+from recsys.runtime import configure_threads, resolve_device
+from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+USER_VIEW = "user_behaviour"
+COUNT_FEATURES = [f"{USER_VIEW}__{kind}_{d}d" for d in (1, 7, 30) for kind in ("impressions", "clicks")]
+USER_FEATURES = COUNT_FEATURES + [f"{USER_VIEW}__ctr_{d}d" for d in (1, 7, 30)] + \
+    [f"{USER_VIEW}__days_since_last_click"]
+MOVIELENS_POLICY = "movielens"
+
+
+@dataclass
+class RetrievalResult:
+    version: str | None
+    tag: str | None
+    run_id: str | None
+    model_version: str
+    protocol: str
+    evaluation: EvalResult
+    fit: FitResult
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        v = self.evaluation.value
+        k = 10
+        return (f"{self.tag} ({self.model_version}): test NDCG@{k} {v('two_tower', 'all', f'ndcg@{k}'):.4f} "
+                f"vs popularity {v('popularity', 'all', f'ndcg@{k}'):.4f}, CLIP-only "
+                f"{v('clip_only', 'all', f'ndcg@{k}'):.4f}; "
+                f"{self.counts.get('train_clicks', 0):,} train clicks, "
+                f"{self.fit.samples_per_s:,.0f} samples/s, best epoch {self.fit.best_epoch + 1}")
+
+
+def read_clicks(ws: Workspace) -> tuple[pl.DataFrame, str]:
+    """Click events (user_id, item_id, event_timestamp) and the name of the logging policy."""
+    imp = load_table(ws, "impressions")
+    clicks = imp.filter(pl.col(C.CLICKED)) if C.CLICKED in imp.columns else imp
+    policies = imp[C.POLICY].unique().to_list() if C.POLICY in imp.columns else []
+    policy = policies[0] if len(policies) == 1 else "mixed"
+    return clicks.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP), policy
+
+
+def split_clicks(clicks: pl.DataFrame, protocol: str, seed: int) -> Split:
+    if protocol == "random":
+        return random_ratio_split(clicks, (0.8, 0.1, 0.1), seed=seed)
+    return temporal_split(clicks, valid_frac=0.1, test_frac=0.1)
+
+
+def user_features_at(settings: Any, rows: pl.DataFrame) -> pl.DataFrame | None:
+    """Feast's point-in-time user_behaviour for (user_id, event_timestamp) rows, or None (with a
+    warning) when the features were not built (`recsys features`)."""
+    ws = Workspace.at(settings.home)
+    src = ws.feature_sources_dir / f"{USER_VIEW}.parquet"
+    if not src.exists():
+        log.warning("no %s feature source (%s): run `recsys features` first; training without user "
+                    "features", USER_VIEW, src)
+        return None
+    try:
+        from features.training_set import build_training_set
+
+        df = build_training_set(settings, rows.select(C.USER_ID, C.EVENT_TIMESTAMP), [USER_VIEW])
+    except Exception as exc:  # the store is not applied or a source is broken: say so, go on
+        log.warning("point-in-time join of %s failed (%s: %s): training without user features",
+                    USER_VIEW, type(exc).__name__, exc)
+        return None
+    missing = [c for c in USER_FEATURES if c not in df.columns]
+    if missing:
+        log.warning("user features %s missing from %s: training without user features", missing, USER_VIEW)
+        return None
+    return df
+
+
+def _metric_key(*parts: str) -> str:
+    return re.sub(r"[^\w\-. /]", "_", ".".join(parts).replace("@", "_at_"))
+
+
+def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> RetrievalResult:
+    """Train, evaluate, log and register the two-tower retrieval model."""
+    configure_threads(settings.threads)
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    cfg = settings.retrieval
+    device = resolve_device(settings.device)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    items = load_table(ws, "items")
+    embeddings = load_table(ws, "item_embeddings")
+    clicks, policy = read_clicks(ws)
+    known_items = set(items[C.ITEM_ID].to_list())
+    counts = {"clicks": clicks.height}
+    clicks = clicks.filter(pl.col(C.ITEM_ID).is_in(list(known_items)))
+    counts["clicks_unknown_item"] = counts["clicks"] - clicks.height
+    if clicks.height == 0:
+        raise ValueError(f"{ws.table('impressions')}: no clicks on catalogue items to train on")
+    protocol = cfg.split if cfg.split != "auto" else ("random" if policy == MOVIELENS_POLICY else "temporal")
+    split = split_clicks(clicks, protocol, settings.seed)
+    counts.update({f"{k}_clicks": v for k, v in split.sizes().items()})
+    seconds["read"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    train_feats = test_feats = None
+    feature_names: list[str] = []
+    if protocol == "temporal" and cfg.user_features:
+        train_feats = user_features_at(settings, split.train)
+        if train_feats is not None:
+            feature_names = USER_FEATURES
+            test_start: datetime = split.test[C.EVENT_TIMESTAMP].min()
+            test_users = split.test.select(C.USER_ID).unique().with_columns(
+                pl.lit(test_start).cast(pl.Datetime("us", "UTC")).alias(C.EVENT_TIMESTAMP))
+            test_feats = user_features_at(settings, test_users)
+    seconds["features"] = time.perf_counter() - t
+
+    work = tempfile.mkdtemp(dir=ws.models_dir, prefix=".retrieval-")
+    try:
+        with tracking.start_run(settings, "retrieval") as run:
+            import mlflow
+
+            mlflow.log_params({**{f"retrieval.{k}": v for k, v in cfg.model_dump().items()},
+                               "seed": settings.seed, "device": device, "protocol": split.protocol,
+                               "user_features": ",".join(feature_names) or "none"})
+            t = time.perf_counter()
+            trained = train_two_tower(items, embeddings, split.train, split.valid, cfg, seed=settings.seed,
+                                      device=device, user_features=train_feats, feature_names=feature_names,
+                                      log_features=COUNT_FEATURES)
+            seconds["fit"] = time.perf_counter() - t
+            model = trained.model
+            for row in trained.fit.epochs:
+                mlflow.log_metric("train_loss", row["loss"], step=row["epoch"])
+                if "val_score" in row:
+                    mlflow.log_metric(f"valid_recall_at_{cfg.eval_k}", row["val_score"], step=row["epoch"])
+            mlflow.log_metrics({"samples_per_s": trained.fit.samples_per_s,
+                                "best_epoch": trained.fit.best_epoch})
+
+            t = time.perf_counter()
+            evaluation = evaluate_model(model, split, embeddings, test_feats, cfg.eval_k)
+            seconds["evaluate"] = time.perf_counter() - t
+            table = evaluation.table
+            for row in table.iter_rows(named=True):
+                mlflow.log_metrics({_metric_key("test", row["segment"], row["method"], m): float(v)
+                                    for m, v in row.items() if "@" in m and v is not None and v == v})
+            mlflow.log_text(evaluation.format((10, cfg.eval_k)), "evaluation.txt")
+            mlflow.log_dict({"protocol": split.protocol, "rows": table.to_dicts()}, "evaluation.json")
+            lineage = tracking.log_lineage(
+                tables={"impressions": ws.table("impressions"), "items": ws.table("items"),
+                        "item_embeddings": ws.table("item_embeddings")},
+                feature_views={USER_VIEW: feature_names} if feature_names else {},
+                extra={"protocol": split.protocol, "counts": counts,
+                       "clip_model_version": _clip_version(embeddings)})
+            model.save(work)
+            meta = {"model_version": model.model_version, "protocol": split.protocol,
+                    "index": model.index.kind, "items": len(model.item_ids), "dim": model.dim,
+                    "user_features": feature_names, "lineage": lineage["tables"], "run_id": run.info.run_id,
+                    "valid_recall": trained.fit.best_score, "evaluation": table.to_dicts()}
+            ref = tracking.log_and_register(settings, work, "retrieval", meta,
+                                            alias="champion" if promote else "challenger")
+            mlflow.set_tag("retrieval.model_version", model.model_version)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds["total"] = time.perf_counter() - t0
+    return RetrievalResult(version=ref.version, tag=ref.tag, run_id=run.info.run_id,
+                           model_version=model.model_version, protocol=split.protocol, evaluation=evaluation,
+                           fit=trained.fit, counts=counts, seconds=seconds, features=feature_names)
+
+
+def _clip_version(embeddings: pl.DataFrame) -> str | None:
+    if C.MODEL_VERSION not in embeddings.columns or embeddings.height == 0:
+        return None
+    versions = embeddings[C.MODEL_VERSION].unique().to_list()
+    return versions[0] if len(versions) == 1 else ",".join(sorted(map(str, versions)))
+
+
+def evaluate_model(model: RetrievalModel, split: Split, embeddings: pl.DataFrame,
+                   test_features: pl.DataFrame | None, k: int) -> EvalResult:
+    """Model vs most-popular vs CLIP-only on the test part; what each may use is the train and
+    validation clicks (`known`), which are also the seen items excluded from the ranking."""
+    known = split.train.vstack(split.valid.select(split.train.columns))
+    emb = embeddings.select(C.ITEM_ID, C.EMBEDDING).unique(C.ITEM_ID, keep="last")
+    aligned = pl.DataFrame({C.ITEM_ID: model.item_ids}).join(emb, on=C.ITEM_ID, how="left",
+                                                             maintain_order="left")
+    clip = stack_vectors(aligned[C.EMBEDDING].to_list())
+    feats_by_user: dict[str, dict[str, Any]] = {}
+    if test_features is not None:
+        feats_by_user = {row[C.USER_ID]: row for row in test_features.iter_rows(named=True)}
+
+    def two_tower(users: list[str]) -> np.ndarray:
+        feats = [feats_by_user.get(u) for u in users] if feats_by_user else None
+        vecs = model.user_vectors(users, recent_histories(known, users, model.history), feats)
+        return vecs @ model.item_vectors.T
+
+    methods = {"two_tower": two_tower, "popularity": popularity_scorer(known, model.item_ids),
+               "clip_only": clip_scorer(known, model.item_ids, clip)}
+    return evaluate_methods(methods, known, split.test, model.item_ids, ks=sorted({10, k}))
