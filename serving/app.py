@@ -48,7 +48,7 @@ from serving.schemas import (
     RecommendedItem,
     SimilarItems,
 )
-from serving.state import Ranked, ServingState, load_state, registry_versions
+from serving.state import Ranked, ServingState, current_materialization, load_state, registry_versions
 
 log = logging.getLogger("serving")
 Loader = Callable[..., ServingState]
@@ -128,9 +128,13 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             await asyncio.sleep(cfg.poll_seconds)
             try:
                 seen = await asyncio.to_thread(registry_versions, settings)
-                current = app.state.holder.current.versions
-                if any(seen.values()) and seen != current:
-                    log.info("alias @%s moved %s -> %s; reloading", cfg.alias, current, seen)
+                state: ServingState = app.state.holder.current
+                materialized = await asyncio.to_thread(current_materialization, ws)
+                if any(seen.values()) and seen != state.versions:
+                    log.info("alias @%s moved %s -> %s; reloading", cfg.alias, state.versions, seen)
+                    await reload()
+                elif materialized != state.materialization:
+                    log.info("new materialization %s; reloading item features", materialized)
                     await reload()
             except Exception:
                 log.exception("alias poll failed; trying again in %.0f s", cfg.poll_seconds)
@@ -193,6 +197,9 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             except unavailable as exc:
                 degraded = "feature_store"
                 log.warning("feature store unavailable (%s); serving degraded", exc)
+            except Exception:  # a broken store must not fail the request: degrade, loudly
+                degraded = "feature_error"
+                log.exception("reading user features failed; serving degraded")
             timings["features"] = time.perf_counter() - t
         if state.recommender is None:
             degraded = degraded or "models"
@@ -212,7 +219,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             explore = "none"
         if ranked.fallback:
             explore = "none"
-            metrics.fallbacks.labels(ranked.fallback).inc()
+            metrics.fallbacks.labels(ranked.fallback_reason or ranked.fallback).inc()
         t = time.perf_counter()
         slate = choose_slate(ranked.items, req.k, explore, cfg.epsilon, cfg.temperature,
                              np.random.default_rng(seed_from(request_id)))

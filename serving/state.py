@@ -137,10 +137,11 @@ class Ranked:
     """A ranker's answer, normalised from whatever the recommender returns."""
 
     items: list[tuple[str, float]]  # best first
-    fallback: str | None
+    fallback: str | None  # "popular" or None
     ranker_version: str | None
     retrieval_version: str | None
     timings: dict[str, float]  # stage -> seconds
+    fallback_reason: str | None = None  # why, as the recommender said it (e.g. unknown user)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class ServingState:
     features: Any | None
     versions: dict[str, str | None]
     problems: tuple[str, ...]
+    materialization: str | None = None  # online-store materialization the item features come from
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -183,9 +185,11 @@ def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
             items.append((str(_get(row, "item_id")), float(_get(row, "score"))))
     timings = dict(_get(result, "timings", "stage_seconds", default={}) or {})
     model_versions = _get(result, "versions", "model_versions", default={}) or {}
+    reason = _get(result, "fallback", default=None)
     return Ranked(
         items=items,
-        fallback=_get(result, "fallback", default=None) or None,
+        fallback="popular" if reason else None,  # the recommender's answer for users it cannot rank
+        fallback_reason=str(reason) if reason else None,
         ranker_version=_get(result, "ranker_version", default=None) or model_versions.get("ranker")
         or versions.get("ranker"),
         retrieval_version=_get(result, "retrieval_version", default=None) or model_versions.get("retrieval")
@@ -209,6 +213,7 @@ def load_state(settings: Any, previous: ServingState | None = None) -> ServingSt
             from features.online import OnlineFeatures
 
             features = OnlineFeatures(settings)
+            features.user("__readiness_probe__")  # the repo is applied and the store answers
         except Exception as exc:  # not materialized yet, or the store is unreachable
             problems.append(f"feature store: {type(exc).__name__}: {exc}")
             features = None
@@ -222,7 +227,8 @@ def load_state(settings: Any, previous: ServingState | None = None) -> ServingSt
     except Exception as exc:  # no registered model yet, or it cannot be read
         problems.append(f"models (@{settings.serving.alias}): {type(exc).__name__}: {exc}")
     state = ServingState(catalogue=catalogue, recommender=recommender, features=features,
-                         versions=versions, problems=tuple(problems))
+                         versions=versions, problems=tuple(problems),
+                         materialization=current_materialization(ws))
     for p in problems:
         log.warning("not ready: %s", p)
     return state
@@ -247,3 +253,12 @@ def registry_versions(settings: Any) -> dict[str, str | None]:
         except LookupError:
             out[name] = None
     return out
+
+
+def current_materialization(ws: Workspace) -> str | None:
+    """Version of the last materialization into the online store (None: never, or no Feast)."""
+    try:
+        from features.jobs import materialization_version
+    except ImportError:
+        return None
+    return materialization_version(ws)
