@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,10 @@ def load_items(ws: Workspace, categories: tuple[str, ...] | None = None) -> tupl
 
 def load_retrieval(settings: Any, items: ItemTable, uri: str = "models:/retrieval@champion"
                    ) -> CandidateSource | None:
-    """The registered two-tower as a candidate source, or None (with a warning) if there is none."""
+    """The registered two-tower as a candidate source, or None (with a warning) if there is none;
+    `uri="none"` trains without one on purpose."""
+    if uri == "none":
+        return None
     try:
         from recsys.ranking.candidates import load_candidate_source
 
@@ -194,15 +198,30 @@ def _frames_for(settings: Any) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     return load_table(ws, "items"), emb
 
 
+def _prefetch_imports() -> None:
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import mlflow  # noqa: F401
+
+
 def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote: bool = False,
                  retrieval_uri: str = "models:/retrieval@champion") -> RankerResult:
     """Train, log and register a ranker from a click log (default: the workspace's impressions)."""
     configure_threads(settings.threads)
     cfg = settings.ranker
     t0 = time.perf_counter()
+    # MLflow and matplotlib take seconds to import: do it while the training set is built
+    prefetch = threading.Thread(target=_prefetch_imports, daemon=True)
+    prefetch.start()
     seconds: dict[str, float] = {}
     path = Path(logs) if logs is not None else ws.table("impressions")
     log_df, counts, notes = read_log(ws, path)
+    seconds["read"] = time.perf_counter() - t0
     items, _ = load_items(ws)
     source = load_retrieval(settings, items, retrieval_uri)
     t = time.perf_counter()
@@ -230,6 +249,7 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
         raise TrainingDataError("no training groups left after holding out validation groups")
     seconds["matrix"] = time.perf_counter() - t
     params = lgb_params(cfg, settings.seed, settings.threads)
+    prefetch.join()
     work = Path(tempfile.mkdtemp(dir=ws.models_dir, prefix=".ranker-"))
     try:
         with tracking.start_run(settings, "ranker") as run:

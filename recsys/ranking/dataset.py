@@ -156,10 +156,11 @@ def ips_weights(rows: pl.DataFrame, examination: list[float], clip: float) -> np
 
 def _retrieve(source: CandidateSource, queries: pl.DataFrame, history: np.ndarray,
               logged: pl.DataFrame, n_items: int, n_neg: int, cap: int,
-              user_features: pl.DataFrame | None, chunk: int = 2048
+              user_features: pl.DataFrame | None, avoid: pl.DataFrame | None = None, chunk: int = 2048
               ) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
     """Two-tower score and rank (capped at `cap`) of every logged row, plus `n_neg` hard
-    negatives per query (best-scored items neither logged in the query nor in its history)."""
+    negatives per query (best-scored items neither logged in the query, nor in its history, nor
+    among the (q, item_row) pairs of `avoid`)."""
     m = queries.height
     qv = np.asarray(source.user_vectors(queries[C.USER_ID].to_list(), history, user_features), np.float32)
     # a full (n_items,) view of the retrieval vectors; items the model lacks score -inf
@@ -170,6 +171,10 @@ def _retrieve(source: CandidateSource, queries: pl.DataFrame, history: np.ndarra
     present[source.item_rows] = True
     lq = logged["q"].to_numpy()
     li = logged["item_row"].to_numpy()
+    if avoid is not None:
+        aq, ai = avoid["q"].to_numpy(), avoid["item_row"].to_numpy()
+        avoid_order = np.argsort(aq, kind="stable")
+        avoid_bounds = np.searchsorted(aq[avoid_order], np.arange(0, m + chunk, chunk))
     score = np.full(len(lq), np.nan, np.float32)
     rank = np.full(len(lq), float(cap), np.float32)
     neg_q, neg_i, neg_s, neg_r = [], [], [], []
@@ -196,6 +201,9 @@ def _retrieve(source: CandidateSource, queries: pl.DataFrame, history: np.ndarra
         if n_neg:
             shown = np.zeros(scores.shape, bool)
             shown[ql, il] = True
+            if avoid is not None:
+                a = avoid_order[avoid_bounds[c]:avoid_bounds[c + 1]]
+                shown[aq[a] - s, ai[a]] = True
             cand = top[:, : min(width, n_neg + 64)]
             free = ~np.take_along_axis(shown, cand, 1) & np.isfinite(np.take_along_axis(scores, cand, 1))
             keep = free & (np.cumsum(free, axis=1) <= n_neg)
@@ -215,11 +223,13 @@ def _retrieve(source: CandidateSource, queries: pl.DataFrame, history: np.ndarra
 
 
 def _random_negatives(queries: pl.DataFrame, history: np.ndarray, logged: pl.DataFrame,
-                      n_items: int, n_neg: int, seed: int) -> pl.DataFrame:
+                      n_items: int, n_neg: int, seed: int, avoid: pl.DataFrame | None = None) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     m = queries.height
     draw = rng.integers(0, n_items, size=(m, n_neg + 8))
     shown = set(zip(logged["q"].to_list(), logged["item_row"].to_list(), strict=True))
+    if avoid is not None:
+        shown |= set(zip(avoid["q"].to_list(), avoid["item_row"].to_list(), strict=True))
     q_out, i_out = [], []
     for q in range(m):
         seen = set(history[q][history[q] >= 0].tolist())
@@ -237,7 +247,8 @@ def _random_negatives(queries: pl.DataFrame, history: np.ndarray, logged: pl.Dat
 
 def build_candidates(log_df: pl.DataFrame, items: ItemTable, *, history: int, negatives: int,
                      source: CandidateSource | None = None, rank_cap: int = 300, seed: int = 0,
-                     user_features: pl.DataFrame | None = None, debias: str = "ips") -> Candidates:
+                     user_features: pl.DataFrame | None = None, debias: str = "ips",
+                     exclude_user_clicks: bool = True) -> Candidates:
     """Query groups with their candidates and labels from a validated click log.
 
     `user_features` (keyed by user_id, feature_timestamp) feeds the two-tower's user tower.
@@ -265,17 +276,22 @@ def build_candidates(log_df: pl.DataFrame, items: ItemTable, *, history: int, ne
     counts["duplicate_impressions"] = int(log_df.height - logged.height)
     n_items = len(items)
     extra = None
+    avoid = None
+    if exclude_user_clicks:  # an item the user clicks on another day is no negative for them
+        clicked = log_df.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID).unique()
+        clicked = clicked.with_columns(pl.Series("item_row", items.rows(clicked[C.ITEM_ID].to_list())))
+        avoid = queries.select("q", C.USER_ID).join(clicked, on=C.USER_ID).select("q", "item_row")
     if source is not None:
         uf = None
         if user_features is not None:
             uf = queries.select(C.USER_ID, FEATURE_TS).join(user_features, on=[C.USER_ID, FEATURE_TS],
                                                              how="left", maintain_order="left")
-        score, rank, negs = _retrieve(source, queries, hist, logged, n_items, negatives, rank_cap, uf)
+        score, rank, negs = _retrieve(source, queries, hist, logged, n_items, negatives, rank_cap, uf, avoid)
         logged = logged.with_columns(pl.Series("tt_score", score), pl.Series("tt_rank", rank))
         extra = negs.with_columns(pl.lit(0, dtype=pl.Int32).alias("label"),
                                   pl.lit("retrieved").alias("source"))
     elif bool(log_df[C.CLICKED].all()) and negatives:
-        extra = _random_negatives(queries, hist, logged, n_items, negatives, seed).with_columns(
+        extra = _random_negatives(queries, hist, logged, n_items, negatives, seed, avoid).with_columns(
             pl.lit(0, dtype=pl.Int32).alias("label"), pl.lit("random").alias("source"))
     if "tt_score" not in logged.columns:
         logged = logged.with_columns(pl.lit(None, dtype=pl.Float32).alias("tt_score"),
@@ -305,8 +321,11 @@ def build_candidates(log_df: pl.DataFrame, items: ItemTable, *, history: int, ne
     queries = queries.filter(pl.col("q").is_in(good.implode()))
     hist = hist[queries["q"].to_numpy()]
     remap = pl.DataFrame({"q": queries["q"], "_new": np.arange(queries.height, dtype=np.int64)})
-    rows = (rows.join(remap, on="q").drop("q").rename({"_new": "q"})
-            .with_row_index("_r").sort(["q", "_r"]).drop("_r"))
+    # rows of a group in random (seeded) order: in logged order, score ties would be broken by
+    # slate position and the validation NDCG would reward the logging policy, not the model
+    rows = rows.join(remap, on="q").drop("q").rename({"_new": "q"})
+    shuffle = np.random.default_rng(seed).permutation(rows.height)
+    rows = rows.with_columns(pl.Series("_r", shuffle)).sort(["q", "_r"]).drop("_r")
     queries = queries.with_columns(pl.Series("q", np.arange(queries.height, dtype=np.int64)))
     rows = rows.with_columns(pl.Series(C.ITEM_ID, items.ids[rows["item_row"].to_numpy()].tolist(),
                                        dtype=pl.String))

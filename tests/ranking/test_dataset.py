@@ -114,3 +114,11 @@ def test_only_single_candidate_groups_is_an_error(world, items) -> None:
     log = world["impressions"].filter(pl.col(C.CLICKED))
     with pytest.raises(TrainingDataError, match="nothing to rank"):
         build_candidates(log, items, history=5, negatives=0)
+
+
+def test_hard_negatives_skip_items_the_user_clicks_on_other_days(world, items) -> None:
+    c = build_candidates(world["impressions"], items, history=5, negatives=6, source=ClipProfileSource(items))
+    clicked = world["impressions"].filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID).unique()
+    neg = (c.rows.filter(pl.col("source") == "retrieved").join(c.queries.select("q", C.USER_ID), on="q")
+           .select(C.USER_ID, C.ITEM_ID))
+    assert neg.join(clicked, on=[C.USER_ID, C.ITEM_ID]).height == 0
