@@ -149,13 +149,14 @@ def _evaluate(model: Any, pixels: Any, tokens: Any, batch: int) -> dict[str, flo
     import torch.nn.functional as F
 
     model.eval()
+    device = next(model.parameters()).device
     img, txt = [], []
     with torch.inference_mode():
         for s in range(0, len(pixels), batch):
-            img.append(F.normalize(model.encode_image(pixels[s:s + batch].float()), dim=-1))
-            txt.append(F.normalize(encode_text(model, tokens[s:s + batch]), dim=-1))
+            img.append(F.normalize(model.encode_image(pixels[s:s + batch].to(device).float()), dim=-1))
+            txt.append(F.normalize(encode_text(model, tokens[s:s + batch].to(device)), dim=-1))
     model.train()
-    return retrieval_metrics(torch.cat(img).numpy(), torch.cat(txt).numpy())
+    return retrieval_metrics(torch.cat(img).cpu().numpy(), torch.cat(txt).cpu().numpy())
 
 
 def _optimizer(model: Any, lr: float, weight_decay: float) -> Any:
