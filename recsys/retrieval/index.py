@@ -65,7 +65,8 @@ class ItemIndex:
               ef_construction: int = 80, ef_search: int = 256, nlist: int | None = None,
               nprobe: int = 32, seed: int = 0) -> ItemIndex:
         """Index `vectors` (n, dim) of `item_ids`. `kind="auto"`: exact below `exact_below`
-        items, HNSW above."""
+        items, IVF above (it built in 0.4 s vs 17 s for HNSW at 100k and was faster at equal
+        recall, see benchmarks/README.md)."""
         ids = np.asarray(list(item_ids), dtype=object)
         vecs = _normalise(vectors)
         if len(ids) != len(vecs):
@@ -73,7 +74,7 @@ class ItemIndex:
         if len(set(ids.tolist())) != len(ids):
             raise ValueError("item ids must be unique")
         if kind == "auto":
-            kind = "exact" if len(ids) < exact_below else "hnsw"
+            kind = "exact" if len(ids) < exact_below else "ivf"
         if kind not in KINDS:
             raise ValueError(f"unknown index kind '{kind}'; expected auto or one of {KINDS}")
         index = cls(ids, str(model_version), kind, vecs.shape[1])
@@ -89,13 +90,15 @@ class ItemIndex:
             f.add(vecs)
             index.params = {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
         else:
-            nlist = nlist or max(1, min(int(4 * np.sqrt(len(vecs))), len(vecs) // 39 or 1))
+            # ~sqrt(n) cells trained on 64 points each: 1M items build in seconds
+            nlist = nlist or max(1, min(int(np.sqrt(len(vecs))), len(vecs) // 39 or 1))
             quantizer = faiss.IndexFlatIP(index.dim)
             f = faiss.IndexIVFFlat(quantizer, index.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             f.cp.seed = seed
+            f.cp.niter = 10
             rng = np.random.default_rng(seed)
-            sample = vecs if len(vecs) <= 256 * nlist else vecs[rng.choice(len(vecs), 256 * nlist,
-                                                                            replace=False)]
+            sample = vecs if len(vecs) <= 64 * nlist else vecs[np.sort(rng.choice(len(vecs), 64 * nlist,
+                                                                                  replace=False))]
             f.train(sample)
             f.add(vecs)
             f.nprobe = min(nprobe, nlist)

@@ -123,7 +123,8 @@ def fit(model: TwoTower, examples: Examples, log_p: np.ndarray, *, epochs: int, 
     rng = np.random.default_rng(seed)
     model.to(device).train()
     dense = torch.optim.AdamW(model.dense_parameters(), lr=learning_rate, weight_decay=weight_decay)
-    sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=learning_rate)
+    sparse_params = model.sparse_parameters()
+    sparse = torch.optim.SparseAdam(sparse_params, lr=learning_rate) if sparse_params else None
     t = {name: torch.as_tensor(getattr(examples, name)).to(device)
          for name in ("bucket", "item", "history", "features")}
     log_p_t = torch.as_tensor(log_p, dtype=torch.float32, device=device)
@@ -159,10 +160,12 @@ def fit(model: TwoTower, examples: Examples, log_p: np.ndarray, *, epochs: int, 
                     log_q = log_p_t[items] + math.log(len(idx))
                     loss = sampled_softmax_loss(u, v, items, log_q, model.spec.temperature, neg, neg_log_q)
                 dense.zero_grad(set_to_none=True)
-                sparse.zero_grad(set_to_none=True)
+                if sparse is not None:
+                    sparse.zero_grad(set_to_none=True)
                 loss.backward()
                 dense.step()
-                sparse.step()
+                if sparse is not None:
+                    sparse.step()
                 total_loss += float(loss.detach())
                 progress.advance(len(idx), status=f"epoch {epoch + 1} loss {total_loss / (step + 1):.3f}")
             elapsed += time.perf_counter() - start
