@@ -91,6 +91,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         state = loader(settings, previous=previous)
         if "torch" in sys.modules:  # one torch thread per process; scale by workers
             sys.modules["torch"].set_num_threads(1)
+        gc.unfreeze()  # let a previous state's objects be collected once no request holds them
         gc.collect()
         gc.freeze()  # keep the loaded models out of every later GC pass (p99)
         return state
@@ -465,6 +466,10 @@ def app_from_env() -> FastAPI:
     from recsys.config import Settings, load_settings
     from serving.process import SETTINGS_ENV
 
+    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for noisy in ("alembic", "mlflow", "feast", "urllib3", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else load_settings()
     return create_app(settings)

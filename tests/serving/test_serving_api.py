@@ -122,3 +122,18 @@ def test_exploration_records_propensities(world: Workspace, loader) -> None:
     assert all(b["policy"].endswith(":epsilon") for b in bodies)
     assert len({tuple(it["item_id"] for it in b["items"]) for b in bodies}) > 1
     assert N_ITEMS > 5
+
+
+def test_the_recommenders_answer_is_normalised() -> None:
+    """`recsys.recommender.Recommendation` (item, score, rank) maps onto the response fields."""
+    from recsys.recommender import Recommendation
+    from serving.state import _normalise
+
+    versions = {"ranker": "ranker/v3", "retrieval": "retrieval/v2"}
+    rec = Recommendation([("i1", 0.9, 1), ("i2", 0.5, 2)], versions, {"retrieval": 0.001, "ranking": 0.002},
+                         "popularity", 300)
+    ranked = _normalise(rec, {"ranker": None, "retrieval": None})
+    assert ranked.items == [("i1", 0.9), ("i2", 0.5)]
+    assert ranked.fallback == "popular" and ranked.fallback_reason == "popularity"
+    assert (ranked.ranker_version, ranked.retrieval_version) == ("ranker/v3", "retrieval/v2")
+    assert ranked.timings == {"retrieval": 0.001, "ranking": 0.002}

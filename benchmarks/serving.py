@@ -1,0 +1,176 @@
+"""Serving throughput and latency: the recommendation endpoint against a no-op endpoint (the
+ceiling of FastAPI + uvicorn on this machine), in the same run, at 1, 8 and 32 connections.
+
+    OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/serving.py --items 20000 --seconds 8
+
+Builds (or reuses, by `--home`) a world with real models: the embedded world without pictures,
+behaviour features built and materialized into the Feast online store, the two-tower and the
+LightGBM ranker trained and promoted. Item vectors stand in for the CLIP backfill (seeded
+per-category directions plus noise, contract-shaped), because CLIP on 100k items does not fit the
+minutes this benchmark may take on 2 shared cores; serving reads them exactly as it would
+CLIP's. The server runs as its own uvicorn process (1 worker, 1 torch thread) on 127.0.0.1; the
+load generator is a bounded async httpx client (one coroutine per connection, closed loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("RECSYS_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_world(home: Path, items: int, users: int, impressions: int, seed: int = 7) -> None:
+    """World + stand-in item vectors + features + two-tower + ranker, all promoted to champion."""
+    import polars as pl
+
+    from features.jobs import build_features, materialize
+    from recsys.data import columns as C
+    from recsys.data.tables import load_table, save_table
+    from recsys.data.world import generate_world
+    from recsys.workspace import Workspace
+    from training.ranker import train_ranker
+    from training.retrieval import train_retrieval
+
+    settings = bench_settings(home, items, users, impressions)
+    ws = Workspace.at(home)
+    steps = [("world", lambda: generate_world(settings.world, settings.seed, ws))]
+
+    def vectors() -> str:
+        df = load_table(ws, "items", columns=[C.ITEM_ID, C.CATEGORY])
+        rng = np.random.default_rng(seed)
+        cats = {c: rng.normal(size=64) for c in df[C.CATEGORY].unique().to_list()}
+        v = np.stack([cats[c] for c in df[C.CATEGORY].to_list()]) + rng.normal(size=(df.height, 64))
+        v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+        emb = pl.DataFrame({
+            C.ITEM_ID: df[C.ITEM_ID], C.IMAGE_EMBEDDING: [None] * df.height, C.TEXT_EMBEDDING: v.tolist(),
+            C.EMBEDDING: v.tolist(), C.IMAGE_SOURCE: ["none"] * df.height,
+            C.MODEL_VERSION: ["bench-vectors"] * df.height, C.CONTENT_HASH: [""] * df.height,
+            C.EVENT_TIMESTAMP: [datetime(2024, 1, 1, tzinfo=UTC)] * df.height,
+        }, schema_overrides={C.IMAGE_EMBEDDING: pl.List(pl.Float32), C.TEXT_EMBEDDING: pl.List(pl.Float32),
+                             C.EMBEDDING: pl.List(pl.Float32), C.EVENT_TIMESTAMP: pl.Datetime("us", "UTC")})
+        save_table(ws, "item_embeddings", emb)
+        return f"{df.height} stand-in item vectors"
+
+    steps += [("item vectors", vectors),
+              ("features", lambda: [build_features(settings, ws), materialize(settings, ws)]),
+              ("two-tower", lambda: train_retrieval(settings, ws)),
+              ("ranker", lambda: train_ranker(settings, ws, promote=True))]
+    for name, run in steps:
+        t = time.perf_counter()
+        result = run()
+        text = "; ".join(r.summary() if hasattr(r, "summary") else str(r)
+                         for r in (result if isinstance(result, list) else [result]))
+        print(f"  {name}: {text[:160]} ({time.perf_counter() - t:.1f} s)", flush=True)
+
+
+def bench_settings(home: Path, items: int, users: int, impressions: int):  # noqa: ANN201
+    from recsys.config import load_settings
+
+    return load_settings(**{"home": str(home), "world.items": items, "world.users": users,
+                            "world.impressions": impressions, "world.images": False,
+                            "retrieval.epochs": 2, "serving.event_flush_seconds": 5.0})
+
+
+async def load(url_of, connections: int, seconds: float) -> dict[str, float]:  # noqa: ANN001
+    """Closed loop: `connections` clients, each sending its next request when the last answered."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = {"5xx": 0, "other": 0}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
+        stop = time.perf_counter() + seconds
+
+        async def worker(n: int) -> None:
+            rng = random.Random(n)
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                try:
+                    r = await client.get(url_of(rng))
+                    if r.status_code >= 500:
+                        errors["5xx"] += 1
+                    elif r.status_code != 200:
+                        errors["other"] += 1
+                except httpx.HTTPError:
+                    errors["other"] += 1
+                latencies.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(connections)))
+        wall = time.perf_counter() - t0
+    lat = np.asarray(latencies) * 1000
+    return {"rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)), "n": len(lat), **errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, default=Path(".recsys-bench-serving"))
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--impressions", type=int, default=300_000)
+    ap.add_argument("--seconds", type=float, default=8.0, help="per endpoint and concurrency level")
+    ap.add_argument("--connections", default="1,8,32")
+    args = ap.parse_args()
+
+    import polars as pl
+
+    from recsys.data import columns as C
+    from serving.process import start_server
+
+    home = args.home.resolve()
+    if not (home / "demo-bench.done").exists():
+        print(f"building the world in {home} ({args.items:,} items, {args.users:,} users, "
+              f"{args.impressions:,} impressions)", flush=True)
+        build_world(home, args.items, args.users, args.impressions)
+        (home / "demo-bench.done").write_text("ok")
+    settings = bench_settings(home, args.items, args.users, args.impressions)
+    users = (pl.read_parquet(home / "data" / "impressions.parquet", columns=[C.USER_ID])[C.USER_ID]
+             .unique().sort().to_list())
+    n_items = pl.read_parquet(home / "data" / "items.parquet", columns=[C.ITEM_ID]).height
+    t = time.perf_counter()
+    server = start_server(settings, log_path=home / "bench-server.log", wait=300, ready=True)
+    print(f"server ready in {time.perf_counter() - t:.1f} s at {server.url}: {n_items:,} items, "
+          f"{len(users):,} users with clicks; k=10 from {settings.retrieval.candidates} ranked candidates",
+          flush=True)
+    try:
+        import httpx
+
+        probe = httpx.get(f"{server.url}/v1/users/{users[0]}/recommendations", params={"k": 10}).json()
+        assert probe["fallback"] is None and not probe["degraded"], probe
+        print(f"models: ranker {probe['ranker_version']}, retrieval {probe['retrieval_version']}; "
+              f"stages (ms) {probe['timings_ms']}", flush=True)
+        endpoints = {
+            "no-op": lambda rng: f"{server.url}/v1/noop",
+            "recommendations": lambda rng: f"{server.url}/v1/users/{rng.choice(users)}/recommendations?k=10",
+        }
+        rows = []
+        for conns in [int(c) for c in args.connections.split(",")]:
+            for name, url_of in endpoints.items():
+                r = asyncio.run(load(url_of, conns, args.seconds))
+                rows.append((name, conns, r))
+                print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
+                      f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}", flush=True)
+    finally:
+        server.stop()
+    print("\n| endpoint | connections | req/s | p50 ms | p99 ms | 5xx | vs no-op (req/s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    ceiling = {c: r["rps"] for n, c, r in rows if n == "no-op"}
+    for name, conns, r in rows:
+        print(f"| {name} | {conns} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['5xx']} | "
+              f"{r['rps'] / ceiling[conns]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
