@@ -55,3 +55,21 @@ def test_no_request_fails_during_reloads(world: Workspace) -> None:
             t.join()
     assert statuses and set(statuses) == {200}
     assert len(versions) >= 2, versions
+
+
+def test_poll_reloads_when_a_new_materialization_lands(world: Workspace) -> None:
+    import json
+    import time
+
+    from features.jobs import MATERIALIZED_FILE
+
+    loader = Loader(world)
+    settings = make_settings(world.root, **{"serving.poll_seconds": 0.05})
+    with TestClient(create_app(settings, loader=loader)) as c:
+        wait_ready(c)
+        assert c.get("/readyz").json()["versions"]["ranker"] == "ranker/v1"
+        (world.feast_dir / MATERIALIZED_FILE).write_text(json.dumps({"version": "m2"}))
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").json()["versions"]["ranker"] == "ranker/v1" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.get("/v1/users/u1/recommendations").json()["ranker_version"] == "ranker/v2"
