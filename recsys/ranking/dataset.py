@@ -248,12 +248,18 @@ def _random_negatives(queries: pl.DataFrame, history: np.ndarray, logged: pl.Dat
 def build_candidates(log_df: pl.DataFrame, items: ItemTable, *, history: int, negatives: int,
                      source: CandidateSource | None = None, rank_cap: int = 300, seed: int = 0,
                      user_features: pl.DataFrame | None = None, debias: str = "ips",
-                     exclude_user_clicks: bool = True) -> Candidates:
+                     exclude_user_clicks: bool = True, history_log: pl.DataFrame | None = None) -> Candidates:
     """Query groups with their candidates and labels from a validated click log.
 
     `user_features` (keyed by user_id, feature_timestamp) feeds the two-tower's user tower.
+    `history_log`: earlier clicks that form the users' histories besides the log's own (e.g. the
+    clicks a two-tower was trained on when the ranker learns from held-out ones).
     """
     log_df, counts = prepare_log(log_df, items)
+    past = log_df if history_log is None else pl.concat(
+        [log_df.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED),
+         history_log.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED)])
+    past = past.filter(pl.col(C.ITEM_ID).is_in(pl.Series(list(items.ids), dtype=pl.String).implode()))
     queries = (log_df.group_by(C.REQUEST_ID)
                .agg(pl.col(C.USER_ID).first(), pl.col(C.EVENT_TIMESTAMP).min(),
                     pl.col(C.USER_ID).n_unique().alias("_users"))
@@ -266,7 +272,7 @@ def build_candidates(log_df: pl.DataFrame, items: ItemTable, *, history: int, ne
         pl.int_range(pl.len(), dtype=pl.Int64).alias("q"),
         pl.col(C.EVENT_TIMESTAMP).dt.truncate("1d").alias(FEATURE_TS),
     )
-    hist = click_history(log_df, queries, items, history)
+    hist = click_history(past, queries, items, history)
     logged = (log_df.join(queries.select(C.REQUEST_ID, "q"), on=C.REQUEST_ID)
               .with_columns(pl.col(C.CLICKED).cast(pl.Int32).alias("label"))
               .group_by(["q", C.ITEM_ID], maintain_order=True)  # an item twice in a slate: once
@@ -278,7 +284,7 @@ def build_candidates(log_df: pl.DataFrame, items: ItemTable, *, history: int, ne
     extra = None
     avoid = None
     if exclude_user_clicks:  # an item the user clicks on another day is no negative for them
-        clicked = log_df.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID).unique()
+        clicked = past.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID).unique()
         clicked = clicked.with_columns(pl.Series("item_row", items.rows(clicked[C.ITEM_ID].to_list())))
         avoid = queries.select("q", C.USER_ID).join(clicked, on=C.USER_ID).select("q", "item_row")
     if source is not None:
