@@ -100,3 +100,19 @@ def test_training_is_deterministic_on_cpu(shop, shop_split):
     for name, x in sa.items():
         assert torch.equal(x, sb[name]), name
     assert len(a.fit.epochs) == 2 and "val_score" in a.fit.epochs[0]
+
+
+def test_user_features_train_and_serve_by_name(shop, shop_split):
+    train = shop_split.train
+    feats = train.select(pl.int_range(pl.len()).over(C.USER_ID).alias("user_behaviour__clicks_30d"),
+                         pl.lit(0.1).alias("user_behaviour__ctr_30d"))
+    cfg = RetrievalConfig(epochs=1, batch_size=256, dim=16, hidden=32, clip_dim=16, user_buckets=1009)
+    model = train_two_tower(shop.items, shop.embeddings, train, shop_split.valid, cfg, seed=0,
+                            user_features=feats, feature_names=list(feats.columns),
+                            log_features=["user_behaviour__clicks_30d"]).model
+    assert model.scaler.names == list(feats.columns) and model.scaler.log1p == ["user_behaviour__clicks_30d"]
+    by_dict = model.user_vectors(["u1"], [["i0001"]], [{"user_behaviour__clicks_30d": 5, "other": "x"}])
+    by_frame = model.user_vectors(["u1"], [["i0001"]], pl.DataFrame({"clicks_30d": [5]}))  # bare name
+    missing = model.user_vectors(["u1"], [["i0001"]], [None])
+    assert np.allclose(by_dict, by_frame, atol=1e-6)
+    assert not np.allclose(by_dict, missing, atol=1e-4)
