@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from recsys.cli import common, data, demo, evaluate, models, ranking, serve
+from recsys.cli import common, data, demo, embeddings, evaluate, features, models, ranking, retrieval, serve
 
 app = typer.Typer(
     name="recsys",
@@ -31,5 +31,6 @@ for _noun, _help in {
     GROUPS[_noun] = typer.Typer(help=_help, no_args_is_help=True)
     app.add_typer(GROUPS[_noun], name=_noun)
 
-for _module in (data, models, ranking, evaluate, serve, demo):
+# in pipeline order, which is the order `recsys --help` lists them in
+for _module in (data, embeddings, features, retrieval, ranking, evaluate, serve, demo, models):
     _module.register(app, GROUPS)
