@@ -205,11 +205,16 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         if state.recommender is None:
             degraded = degraded or "models"
         explore = cfg.exploration
+        ranked = None
         if degraded is None:
             pool = req.k if explore == "none" else min(max(3 * req.k, 20), 300)
-            ranked = state.rank(req.user_id, pool, user_features, exclude, req.category, as_of)
-            timings.update(ranked.timings)
-        else:
+            try:
+                ranked = state.rank(req.user_id, pool, user_features, exclude, req.category, as_of)
+                timings.update(ranked.timings)
+            except Exception:  # one bad request must not take the endpoint down: degrade, loudly
+                log.exception("ranking failed for user %s; serving popularity", req.user_id)
+                degraded = "ranker_error"
+        if ranked is None:
             t = time.perf_counter()
             seen = exclude | set(state.catalogue.recent.get(req.user_id, ()) if state.catalogue else ())
             items = state.catalogue.popular_for(req.k, seen, req.category) if state.catalogue else []

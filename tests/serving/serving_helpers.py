@@ -76,6 +76,8 @@ class VectorRecommender:
 
     def recommend(self, user_id: str, k: int, user_features: dict | None, exclude: set[str],
                   category: str | None, as_of: datetime) -> dict[str, Any]:
+        if user_id == "explode":
+            raise RuntimeError("a bug in the ranker")
         cat = self.catalogue
         clicked = (user_features or {}).get("last_clicked") or []
         rows = [cat.vector_row[i] for i in clicked if i in cat.vector_row]
