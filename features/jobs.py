@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from features.definitions import (
@@ -127,43 +128,58 @@ def _windowed_counts(
     Counts per (key, day) are laid on a dense daily grid; a window sum is a difference of
     cumulative sums, so each snapshot costs O(1) whatever the window.
     """
-    last_day = last_stamp - DAY
+    last_day = int((last_stamp - DAY).timestamp() // 86_400)  # days since the epoch
     daily = (
         events.lazy()
         .filter(pl.col(TS) < last_stamp)
-        .group_by(key, pl.col(TS).dt.truncate("1d").alias("day"))
+        .group_by(key, pl.col(TS).dt.epoch("d").cast(pl.Int32).alias("day"))
         .agg(impressions=pl.len().cast(pl.Int64), clicks=pl.col(C.CLICKED).sum().cast(pl.Int64))
-    )
-    grid = (
-        daily.group_by(key)
-        .agg(first=pl.col("day").min())
-        .select(
-            key, day=pl.datetime_ranges(pl.col("first"), pl.lit(last_day, dtype=TIMESTAMP), interval="1d")
-        )
-        .explode("day")
-    )
-    frame = (
-        grid.join(daily, on=[key, "day"], how="left")
-        .with_columns(pl.col("impressions", "clicks").fill_null(0))
         .sort(key, "day")
-        .with_columns(pl.col("impressions", "clicks").cum_sum().over(key).name.prefix("cum_"))
     )
+    # the dense grid: every day from a key's first event day to the last day, laid out in key
+    # order; each daily row lands at offset(key) + day - first(key), so no join is needed
+    per_key = (
+        daily.group_by(key, maintain_order=True)
+        .agg(pl.col("day"), pl.col("impressions"), pl.col("clicks"), first=pl.col("day").first())
+        .with_columns(length=pl.lit(last_day + 1, dtype=pl.Int64) - pl.col("first"))
+        .with_columns(offset=pl.col("length").cum_sum() - pl.col("length"))
+        .collect()
+    )
+    total = int(per_key["length"].sum() or 0)
+    sparse = per_key.select(
+        (pl.col("day") - pl.col("first") + pl.col("offset")).alias("pos"), "impressions", "clicks"
+    ).explode("pos", "impressions", "clicks")
+    pos = sparse["pos"].to_numpy()
+    frame = per_key.select(
+        pl.col(key).repeat_by("length").explode(),
+        pl.int_ranges(pl.col("first"), pl.col("first") + pl.col("length")).explode().alias("day"),
+        pl.col("offset").repeat_by("length").explode().alias("start"),
+    ).with_row_index("row")
+    counts = {}
+    for kind in ("impressions", "clicks"):
+        dense = np.zeros(total, dtype=np.int64)
+        dense[pos] = sparse[kind].to_numpy()
+        counts[f"cum_{kind}"] = np.cumsum(dense)
+    frame = frame.with_columns(pl.Series(k, v) for k, v in counts.items())
+    # window sum over d days = cum(t) - cum(t - d), or cum(t) - cum(before the key's first row)
     a, b = params.prior_clicks, params.prior_impressions
     cols = []
+    row, start = pl.col("row").cast(pl.Int64), pl.col("start").cast(pl.Int64)
     for d in WINDOWS:
         for kind in ("impressions", "clicks"):
             cum = pl.col(f"cum_{kind}")
-            cols.append((cum - cum.shift(d).over(key).fill_null(0)).alias(f"{kind}_{d}d"))
+            before_key = cum.shift(1).gather(start).fill_null(0)
+            window = pl.when(row - d >= start).then(cum - cum.shift(d)).otherwise(cum - before_key)
+            cols.append(window.alias(f"{kind}_{d}d"))
     frame = frame.with_columns(cols).with_columns(
         [
             ((pl.col(f"clicks_{d}d") + a) / (pl.col(f"impressions_{d}d") + b)).alias(f"ctr_{d}d")
             for d in WINDOWS
         ]
     )
-    return (
-        frame.with_columns((pl.col("day") + DAY).alias(TS))
-        .drop("impressions", "clicks", "cum_impressions", "cum_clicks")
-        .collect()
+    stamp = (pl.col("day").cast(pl.Int64) * 86_400_000_000).cast(TIMESTAMP)
+    return frame.with_columns(stamp.alias("day"), (stamp + pl.duration(days=1)).alias(TS)).drop(
+        "row", "start", "cum_impressions", "cum_clicks"
     )
 
 

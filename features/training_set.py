@@ -58,6 +58,7 @@ def build_training_set(
     views: Sequence[str],
     output: Literal["polars", "pandas"] = "polars",
     vectors: Literal["join", "feast"] = "join",
+    engine: Literal["feast", "polars"] = "feast",
     store: Any = None,
 ) -> pl.DataFrame | pd.DataFrame:
     """Entity rows (user_id and/or item_id, event_timestamp, label, ...) with the requested
@@ -72,7 +73,9 @@ def build_training_set(
     df = _entity_frame(entity_rows, keys)
 
     own = {ITEM_CONTENT: by_view.pop(ITEM_CONTENT)} if vectors == "join" and ITEM_CONTENT in by_view else {}
-    if by_view:
+    if by_view and engine == "polars":
+        df = _as_of_join(settings, df, by_view)
+    elif by_view:
         df = _historical(settings, df, [f"{v}:{f}" for v, fs in by_view.items() for f in fs], store)
     if own:
         df = _join_item_content(settings, df, own[ITEM_CONTENT])
@@ -92,6 +95,29 @@ def _historical(settings: Any, df: pl.DataFrame, refs: list[str], store: Any) ->
     # Feast may reorder and recast the input columns: restore them from the input by row id
     features = [c for c in out.columns if "__" in c and c != ROW and c not in df.columns]
     return df.join(out.select(ROW, *features), on=ROW, how="left")
+
+
+def _as_of_join(settings: Any, df: pl.DataFrame, by_view: dict[str, list[str]]) -> pl.DataFrame:
+    ws = Workspace.at(settings.home)
+    ts = C.EVENT_TIMESTAMP
+    out = df.sort(ts)
+    for view, features in by_view.items():
+        path = source_path(ws.feature_sources_dir, view)
+        if not path.exists():
+            raise FeatureStoreError(
+                f"feature view '{view}' has no source yet ({path}): run `recsys features build`"
+            )
+        key = JOIN_KEYS[ENTITY_OF_VIEW[view]]
+        right = (
+            pl.scan_parquet(path)
+            .select(key, pl.col(ts).alias("__ts__"), *[pl.col(f).alias(f"{view}__{f}") for f in features])
+            .sort("__ts__")
+            .collect()
+        )
+        out = out.join_asof(
+            right, left_on=ts, right_on="__ts__", by=key, strategy="backward", check_sortedness=False
+        ).drop("__ts__")
+    return out
 
 
 def _join_item_content(settings: Any, df: pl.DataFrame, features: list[str]) -> pl.DataFrame:

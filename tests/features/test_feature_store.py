@@ -152,3 +152,14 @@ def test_failed_build_leaves_previous_sources_whole(built):
         save_table(ws, "impressions", world["impressions"])
     assert file_sha256(path) == before
     assert not [p for p in ws.feature_sources_dir.iterdir() if p.name.startswith(".")], "no temp files left"
+
+
+def test_polars_engine_matches_feast(built):
+    settings, _, world, _ = built
+    rows = world["impressions"].sample(300, seed=7).select("user_id", "item_id", "event_timestamp", "clicked")
+    views = ["user_behaviour", "item_behaviour", "item_content:model_version"]
+    by_feast = build_training_set(settings, rows, views)
+    by_polars = build_training_set(settings, rows, views, engine="polars")
+    assert by_polars.columns == by_feast.columns
+    assert by_polars.equals(by_feast)
+    assert by_feast["user_behaviour__clicks_30d"].null_count() < rows.height
