@@ -43,3 +43,19 @@ def test_finetune_registers_champion_and_backfill_uses_it(settings, ws: Workspac
     out = backfill(settings, ws, push_to_feast=False)
     table = load_table(ws, "item_embeddings")
     assert out.embedded == catalogue.height and set(table["model_version"]) == {result.model_tag}
+
+
+def test_finetune_starts_from_a_local_checkpoint(settings, ws: Workspace, catalogue: pl.DataFrame, tmp_path):
+    import torch
+
+    from recsys.embeddings.config import ClipConfig
+    from recsys.embeddings.encoder import ClipEncoder
+
+    torch.manual_seed(5)
+    ckpt = ClipEncoder(ClipConfig()).save_checkpoint(tmp_path / "start.pt")
+    clip = settings.clip.model_copy(update={"pretrained": str(ckpt), "epochs": 1})
+    result = finetune_clip(settings.model_copy(update={"clip": clip}), ws)
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(tracking.resolve(settings, "models:/clip@champion").run_id)
+    assert run.data.params["pretrained"] == str(ckpt) and len(result.history) == 1
