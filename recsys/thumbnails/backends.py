@@ -88,6 +88,14 @@ def load_pipeline(source: str, device: str = "cpu", precision: str = "float32",
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+    from recsys.progress import enabled
+
+    if not enabled():  # diffusers/transformers draw their own loading bars
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
     local = Path(source).expanduser()
     is_local = local.exists()
     if not is_local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
@@ -97,7 +105,7 @@ def load_pipeline(source: str, device: str = "cpu", precision: str = "float32",
         raise CheckpointError(f"{local} is not a diffusers pipeline folder (no model_index.json)")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(local) if is_local else source, torch_dtype=DTYPES[precision],
+            str(local) if is_local else source, dtype=DTYPES[precision],
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             local_files_only=is_local,
         )
