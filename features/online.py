@@ -138,6 +138,10 @@ class OnlineFeatures:
             resp = self.store.get_online_features(features=refs, entity_rows=rows, full_feature_names=True)
             return resp.to_dict()
         except Exception as exc:
+            if type(exc).__name__ in ("FeatureViewNotFoundException", "EntityNotFoundException"):
+                raise FeatureStoreError(
+                    f"{exc} (registry {self.ws.feast_dir / 'registry.db'}): run `recsys features build` first"
+                ) from exc
             wrapped = wrap_store_error(exc, self.store_name)
             if wrapped is exc:
                 raise

@@ -163,3 +163,8 @@ def test_polars_engine_matches_feast(built):
     assert by_polars.columns == by_feast.columns
     assert by_polars.equals(by_feast)
     assert by_feast["user_behaviour__clicks_30d"].null_count() < rows.height
+
+
+def test_online_read_before_apply_says_what_to_run(settings):
+    with pytest.raises(FeatureStoreError, match="recsys features build"):
+        OnlineFeatures(settings).user("u01")
