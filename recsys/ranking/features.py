@@ -126,6 +126,7 @@ class ItemTable:
     created_at: np.ndarray  # (N,) float64 unix seconds, NaN where unknown
     behaviour: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, B)
     behaviour_names: tuple[str, ...] = ()
+    _frame: pl.DataFrame | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -183,8 +184,15 @@ class ItemTable:
         out.behaviour, out.behaviour_names = mat, tuple(names)
         return out
 
-    def rows(self, ids: Sequence[str]) -> np.ndarray:
-        """Row of each id, -1 where the id is not in the table."""
+    def rows(self, ids: Sequence[str] | pl.Series) -> np.ndarray:
+        """Row of each id, -1 where the id is not in the table (a join for long inputs)."""
+        if len(ids) > 4096:
+            if self._frame is None:
+                self._frame = pl.DataFrame({"_id": list(self.ids), "_row": np.arange(len(self.ids))},
+                                           schema={"_id": pl.String, "_row": pl.Int64})
+            q = pl.DataFrame({"_id": pl.Series(ids, dtype=pl.String)})
+            got = q.join(self._frame, on="_id", how="left", maintain_order="left")["_row"]
+            return got.fill_null(-1).to_numpy()
         get = self.index.get
         return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
 
