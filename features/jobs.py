@@ -447,6 +447,14 @@ def _source_range(ws: Workspace, view: str) -> tuple[datetime, datetime] | None:
     return None if lo is None else (lo, hi)
 
 
+def materialization_info(ws: Workspace) -> dict[str, Any]:
+    """The record of the last materialization ({} when none): version, views, per-view `ends`."""
+    try:
+        return json.loads((ws.feast_dir / MATERIALIZED_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
 def materialization_version(ws: Workspace) -> str | None:
     """The version of the last materialization into the online store (None: never)."""
     path = ws.feast_dir / MATERIALIZED_FILE
@@ -500,12 +508,15 @@ def materialize(
 
         raise wrap_store_error(exc, describe_online_store(settings, ws)) from exc
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+    ends = dict(materialization_info(ws).get("ends", {}))  # what each view holds online, up to when
+    ends.update({v: (stop if v != ITEM_CONTENT else r[1] + timedelta(seconds=1)) for v, r in ranges.items()})
     write_json(
         {
             "version": version,
             "views": list(ranges),
             "start": start,
             "end": stop,
+            "ends": ends,
             "online_store": describe_online_store(settings, ws),
         },
         ws.feast_dir / MATERIALIZED_FILE,

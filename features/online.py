@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
 from features.definitions import ITEM_BEHAVIOUR, ITEM_CONTENT, SCHEMAS, USER_BEHAVIOUR, source_path
+from features.jobs import source_schema
 from features.store import FeatureStoreError, FeatureStoreUnavailable, describe_online_store
 from recsys.data import columns as C
 from recsys.workspace import Workspace
@@ -63,7 +64,16 @@ def check_key(name: str, value: Any) -> str:
 class OnlineFeatures:
     """Reads the online store of one workspace; safe to share between threads."""
 
-    def __init__(self, settings: Any, item_views: Sequence[str] = ITEM_VIEWS):
+    def __init__(
+        self,
+        settings: Any,
+        item_views: Sequence[str] = ITEM_VIEWS,
+        item_cache: Literal["online", "offline"] = "online",
+    ):
+        """`item_cache="offline"` fills the item cache from the offline sources (each item's
+        latest row up to what the last materialization loaded: the same values, tested) in
+        milliseconds instead of one online read per item (~1.5 ms an item here), for large
+        catalogues; the cache still follows the materialization version."""
         from features.store import feature_store
 
         self.settings = settings
@@ -71,6 +81,8 @@ class OnlineFeatures:
         self.store_name = describe_online_store(settings, self.ws)
         self.store = feature_store(settings)
         self.item_refs = feature_refs(item_views)
+        self.item_views = list(dict.fromkeys(ref.split(":")[0] for ref in self.item_refs))
+        self.item_cache_source = item_cache
         self.user_refs = feature_refs([USER_BEHAVIOUR])
         self._lock = threading.Lock()
         self._items: pl.DataFrame | None = None
@@ -124,6 +136,44 @@ class OnlineFeatures:
         return pl.concat(ids).unique().sort(C.ITEM_ID)[C.ITEM_ID].to_list()
 
     def _read_all_items(self) -> pl.DataFrame:
+        frame = (
+            self._read_items_offline() if self.item_cache_source == "offline" else self._read_items_online()
+        )
+        casts = {}
+        for ref in self.item_refs:  # Feast hands back float64 lists: keep the sources' float32
+            view, feature = ref.split(":")
+            name = f"{view}__{feature}"
+            if name in frame.columns:
+                casts[name] = source_schema(view)[feature]
+        return frame.with_columns(pl.col(c).cast(t) for c, t in casts.items())
+
+    def _read_items_offline(self) -> pl.DataFrame:
+        from datetime import datetime
+
+        from features.jobs import materialization_info
+
+        ends = materialization_info(self.ws).get("ends", {})
+        frame = pl.DataFrame({C.ITEM_ID: self._item_ids()}, schema={C.ITEM_ID: pl.String})
+        for view in self.item_views:
+            features = [ref.split(":")[1] for ref in self.item_refs if ref.startswith(f"{view}:")]
+            names = [pl.col(f).alias(f"{view}__{f}") for f in features]
+            path = source_path(self.ws.feature_sources_dir, view)
+            if view not in ends or not path.exists():  # not in the online store either
+                frame = frame.with_columns(pl.lit(None).alias(f"{view}__{f}") for f in features)
+                continue
+            latest = (
+                pl.scan_parquet(path)
+                .filter(pl.col(C.EVENT_TIMESTAMP) <= datetime.fromisoformat(ends[view]))
+                .sort(C.EVENT_TIMESTAMP)
+                .group_by(C.ITEM_ID)
+                .agg(pl.all().last())
+                .select(C.ITEM_ID, *names)
+                .collect()
+            )
+            frame = frame.join(latest, on=C.ITEM_ID, how="left")
+        return frame
+
+    def _read_items_online(self) -> pl.DataFrame:
         ids = self._item_ids()
         parts = []
         for i in range(0, len(ids), _BATCH):

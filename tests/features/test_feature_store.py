@@ -122,6 +122,11 @@ def test_item_cache_follows_materialization_version(built, world_factory):
     publish_item_content(settings, ws)
     assert online.items(["i002"])["item_content__model_version"].to_list() == ["clip/v2"]
     assert online.version != first
+    # the cache filled from the offline sources holds the same values as the online store
+    by_online = online.item_cache().sort("item_id")
+    by_offline = OnlineFeatures(settings, item_cache="offline").item_cache().sort("item_id")
+    assert by_offline.select(by_online.columns).equals(by_online)
+    assert by_online["item_content__embedding"].dtype == pl.List(pl.Float32)
 
 
 def test_errors_name_the_view_feature_or_key(built):
