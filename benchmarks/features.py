@@ -237,6 +237,12 @@ def bench_online(root: Path, reads: int, n_items: int) -> None:
             t = time.perf_counter()
             online.items(["0"])
             print(f"[{name}] item cache fill {time.perf_counter() - t:.2f} s")
+            t = time.perf_counter()
+            OnlineFeatures(settings, item_cache="offline").items(["0"])
+            print(
+                f"[{name}] item cache fill from the offline sources (item_cache='offline') "
+                f"{time.perf_counter() - t:.2f} s"
+            )
             refs = feature_refs(["item_behaviour", "item_content"])
             gc.collect()
             gc.freeze()
