@@ -220,7 +220,14 @@ def user_profiles(history: np.ndarray, items: ItemTable) -> Profiles:
     dim = items.emb.shape[1]
     if dim:
         w = (valid & items.has_emb[safe]).astype(np.float32)
-        clip = np.einsum("mh,mhd->md", w, items.emb[safe]) if m * history.shape[1] else np.zeros((m, dim))
+        if m > 64:  # training: a sparse (M, N) click matrix times the (N, D) vectors, no (M, H, D) copy
+            from scipy.sparse import csr_matrix
+
+            rr, cc = np.nonzero(w)
+            mat = csr_matrix((np.ones(len(rr), np.float32), (rr, safe[rr, cc])), shape=(m, len(items.ids)))
+            clip = np.asarray(mat @ items.emb)
+        else:
+            clip = np.einsum("mh,mhd->md", w, items.emb[safe]) if m * history.shape[1] else np.zeros((m, dim))
         clip = clip / np.maximum(np.linalg.norm(clip, axis=1, keepdims=True), 1e-12)
     else:
         clip = np.zeros((m, 0), np.float32)

@@ -81,3 +81,14 @@ def test_serving_needs_the_models_item_features(items: ItemTable) -> None:
     it = items.with_behaviour(beh, ("ctr_7d",))
     x = assemble(spec, it, np.array([0, 1]), np.zeros(2, int), prof, np.zeros((1, 0)), np.array([1.7e9]))
     assert x[0, 0] == 0.25 and np.isnan(x[1, 0])  # an item without features stays NaN
+
+
+def test_profiles_of_many_queries_equal_one_at_a_time(items: ItemTable) -> None:
+    """Training takes the sparse path (M > 64), serving the dense one: same profiles."""
+    rng = np.random.default_rng(1)
+    hist = rng.integers(-1, len(items), size=(100, 6))
+    many = user_profiles(hist, items)
+    for q in (0, 17, 99):
+        one = user_profiles(hist[q:q + 1], items)
+        np.testing.assert_allclose(one.clip[0], many.clip[q], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(one.category_share[0], many.category_share[q])
