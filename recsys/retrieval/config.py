@@ -14,7 +14,7 @@ class RetrievalConfig(ConfigModel):
     price_buckets: int = Field(8, ge=1)
     user_buckets: int = Field(100_003, ge=1, description="hash buckets of the user-id embedding")
     history: int = Field(20, ge=1, description="recent clicks pooled by the user tower")
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(20, ge=1, description="maximum epochs (early stopping usually ends sooner)")
     batch_size: int = Field(1024, ge=2)
     learning_rate: float = 3e-3
     temperature: float = 0.05
