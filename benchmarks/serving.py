@@ -1,15 +1,18 @@
 """Serving throughput and latency: the recommendation endpoint against a no-op endpoint (the
 ceiling of FastAPI + uvicorn on this machine), in the same run, at 1, 8 and 32 connections.
 
-    OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/serving.py --items 20000 --seconds 8
+    OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/serving.py --items 100000 --users 50000 \
+        --impressions 500000 --seconds 5 --connections 1,8,32,64 --workers 1
 
 Builds (or reuses, by `--home`) a world with real models: the embedded world without pictures,
 behaviour features built and materialized into the Feast online store, the two-tower and the
 LightGBM ranker trained and promoted. Item vectors stand in for the CLIP backfill (seeded
 per-category directions plus noise, contract-shaped), because CLIP on 100k items does not fit the
 minutes this benchmark may take on 2 shared cores; serving reads them exactly as it would
-CLIP's. The server runs as its own uvicorn process (1 worker, 1 torch thread) on 127.0.0.1; the
-load generator is a bounded async httpx client (one coroutine per connection, closed loop).
+CLIP's. The server runs as its own uvicorn process (`--workers`, 1 torch thread each) on 127.0.0.1; the
+load generator is wrk (one thread, `--client wrk`, apt's `wrk`) or, without it, a bounded async httpx
+client (one coroutine per connection); both are closed loops: each connection sends its next request
+when the last one answered. Errors: non-2xx answers plus socket errors.
 """
 
 from __future__ import annotations
@@ -114,14 +117,52 @@ async def load(url_of, connections: int, seconds: float) -> dict[str, float]:  #
             "p99": float(np.percentile(lat, 99)), "n": len(lat), **errors}
 
 
+WRK_SCRIPT = """
+local users = {}
+for line in io.lines(os.getenv("BENCH_USERS")) do users[#users + 1] = line end
+local path = os.getenv("BENCH_PATH")
+math.randomseed(os.time())
+request = function()
+  if path == "rec" then
+    return wrk.format("GET", "/v1/users/" .. users[math.random(#users)] .. "/recommendations?k=10")
+  end
+  return wrk.format("GET", "/v1/noop")
+end
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH %d %d %d %d %f %f\\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def load_wrk(base: str, which: str, connections: int, seconds: float, users_file: Path,
+             script: Path) -> dict[str, float]:
+    """wrk (C, one thread) as the client: far lighter than any Python client on 2 shared cores."""
+    import subprocess
+
+    env = {**os.environ, "BENCH_USERS": str(users_file), "BENCH_PATH": which}
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+           "-s", str(script), base]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH "))
+    n, micros, status_errors, socket_errors, p50, p99 = line.split()[1:]
+    return {"rps": int(n) / (int(micros) / 1e6), "p50": float(p50), "p99": float(p99), "n": int(n),
+            "5xx": int(status_errors), "other": int(socket_errors)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--home", type=Path, default=Path(".recsys-bench-serving"))
+    ap.add_argument("--home", type=Path, default=Path("benchmarks/out/serving-world"),
+                    help="workspace of the benchmark world (built once, reused)")
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--impressions", type=int, default=300_000)
     ap.add_argument("--seconds", type=float, default=8.0, help="per endpoint and concurrency level")
-    ap.add_argument("--connections", default="1,8,32")
+    ap.add_argument("--connections", default="1,8,32", help="e.g. 1,8,32,64 (64: twice the target load)")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto",
+                    help="load generator: wrk (apt install wrk) when present, else async httpx")
     args = ap.parse_args()
 
     import polars as pl
@@ -130,18 +171,20 @@ def main() -> None:
     from serving.process import start_server
 
     home = args.home.resolve()
-    if not (home / "demo-bench.done").exists():
+    if not (home / "bench-world.built").exists():
         print(f"building the world in {home} ({args.items:,} items, {args.users:,} users, "
               f"{args.impressions:,} impressions)", flush=True)
         build_world(home, args.items, args.users, args.impressions)
-        (home / "demo-bench.done").write_text("ok")
+        (home / "bench-world.built").write_text("ok")
     settings = bench_settings(home, args.items, args.users, args.impressions)
     users = (pl.read_parquet(home / "data" / "impressions.parquet", columns=[C.USER_ID])[C.USER_ID]
              .unique().sort().to_list())
     n_items = pl.read_parquet(home / "data" / "items.parquet", columns=[C.ITEM_ID]).height
     t = time.perf_counter()
-    server = start_server(settings, log_path=home / "bench-server.log", wait=300, ready=True)
-    print(f"server ready in {time.perf_counter() - t:.1f} s at {server.url}: {n_items:,} items, "
+    server = start_server(settings, workers=args.workers, log_path=home / "bench-server.log", wait=300,
+                          ready=True)
+    print(f"server ({args.workers} worker) ready in {time.perf_counter() - t:.1f} s at {server.url}: "
+          f"{n_items:,} items, "
           f"{len(users):,} users with clicks; k=10 from {settings.retrieval.candidates} ranked candidates",
           flush=True)
     try:
@@ -155,16 +198,29 @@ def main() -> None:
             "no-op": lambda rng: f"{server.url}/v1/noop",
             "recommendations": lambda rng: f"{server.url}/v1/users/{rng.choice(users)}/recommendations?k=10",
         }
+        client = args.client
+        if client == "auto":
+            import shutil
+
+            client = "wrk" if shutil.which("wrk") else "httpx"
+        users_file, script = home / "bench-users.txt", home / "bench.lua"
+        users_file.write_text("\n".join(users) + "\n")
+        script.write_text(WRK_SCRIPT)
+        print(f"client: {client}", flush=True)
         rows = []
         for conns in [int(c) for c in args.connections.split(",")]:
             for name, url_of in endpoints.items():
-                r = asyncio.run(load(url_of, conns, args.seconds))
+                if client == "wrk":
+                    which = "rec" if name == "recommendations" else "noop"
+                    r = load_wrk(server.url, which, conns, args.seconds, users_file, script)
+                else:
+                    r = asyncio.run(load(url_of, conns, args.seconds))
                 rows.append((name, conns, r))
                 print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
                       f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}", flush=True)
     finally:
         server.stop()
-    print("\n| endpoint | connections | req/s | p50 ms | p99 ms | 5xx | vs no-op (req/s) |")
+    print("\n| endpoint | connections | req/s | p50 ms | p99 ms | errors | vs no-op (req/s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ceiling = {c: r["rps"] for n, c, r in rows if n == "no-op"}
     for name, conns, r in rows:
