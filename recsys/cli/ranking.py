@@ -22,7 +22,7 @@ def train_ranker(
     promote: bool = typer.Option(False, "--promote", help="Make it @champion if it beats the champion "
                                  "on validation NDCG@10 (else @challenger)"),
     retrieval: str = typer.Option("models:/retrieval@champion", "--retrieval",
-                                  help="Two-tower model for hard negatives and features, 'clip-profile' or 'none'"),
+                                  help="Two-tower for hard negatives and features, 'clip-profile' or 'none'"),
     rounds: int = typer.Option(None, help="Boosting rounds [ranker.rounds]"),
 ) -> None:
     """Train the LightGBM lambdarank ranker from a click log and register it in MLflow."""
