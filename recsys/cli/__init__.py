@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import typer
 
-from recsys.cli import common, data, demo, embeddings, evaluate, features, models, ranking, retrieval, serve
+from recsys.cli import (
+    common,
+    data,
+    demo,
+    embeddings,
+    evaluate,
+    features,
+    models,
+    ranking,
+    retrieval,
+    serve,
+    thumbnails,
+)
 
 app = typer.Typer(
     name="recsys",
@@ -32,5 +44,5 @@ for _noun, _help in {
     app.add_typer(GROUPS[_noun], name=_noun)
 
 # in pipeline order, which is the order `recsys --help` lists them in
-for _module in (data, embeddings, features, retrieval, ranking, evaluate, serve, demo, models):
+for _module in (data, embeddings, thumbnails, features, retrieval, ranking, evaluate, serve, demo, models):
     _module.register(app, GROUPS)
