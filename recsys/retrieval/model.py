@@ -152,27 +152,28 @@ class TwoTower(nn.Module):
         return [p for p in self.parameters() if id(p) not in sparse]
 
 
-def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, items: torch.Tensor,
+def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, target: torch.Tensor,
                          log_q: torch.Tensor, temperature: float,
                          neg_item: torch.Tensor | None = None,
                          neg_log_q: torch.Tensor | None = None) -> torch.Tensor:
     """In-batch sampled softmax with logQ correction (Yi et al., RecSys 2019).
 
-    logits[i, j] = <u_i, v_j> / T - log q_j, where q_j is the expected number of times item j
-    appears among the sampled candidates (B * p_j for in-batch, M / n for M uniform
-    negatives). Without the correction popular items, sampled as negatives more often than
-    their share, get pushed down too hard. Other rows of the batch holding the same item as
-    row i are not negatives for row i (masked).
+    The candidates are the batch's distinct items (each once, so a row's positive never shows
+    up again as its negative) plus optional uniform negatives:
+    logits[i, j] = <u_i, v_j> / T - log q_j, with q_j the expected number of times item j is
+    sampled as a candidate (B * p_j in-batch, M / n for M uniform negatives). Without the
+    correction popular items, sampled more often than their share, are pushed down too hard.
 
-    user, item: (B, d); items: (B,) item indices; log_q: (B,); neg_item: (M, d), neg_log_q: (M,).
+    user: (B, d); item: (U, d) vectors of the distinct batch items; target: (B,) index of each
+    row's item among them; log_q: (U,); neg_item: (M, d); neg_log_q: (M,).
+    The correction rides in the matrix product as one extra column (one float32 pass over the
+    B x U logits instead of three).
     """
-    logits = user @ item.T / temperature - log_q[None, :]
-    same = items[None, :] == items[:, None]
-    same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, float("-inf"))
+    cand, lq = item.float(), log_q.float()
     if neg_item is not None:
         assert neg_log_q is not None
-        neg = user @ neg_item.T / temperature - neg_log_q[None, :]
-        logits = torch.cat([logits, neg], dim=1)
-    target = torch.arange(len(user), device=user.device)
-    return F.cross_entropy(logits, target)
+        cand = torch.cat([cand, neg_item.float()])
+        lq = torch.cat([lq, neg_log_q.float()])
+    u = F.pad(user.float() / temperature, (0, 1), value=1.0)
+    v = torch.cat([cand, -lq[:, None]], dim=1)
+    return F.cross_entropy(u @ v.T, target)

@@ -96,6 +96,39 @@ def item_log_q(items: np.ndarray, n_items: int, smoothing: float = 1.0) -> np.nd
     return np.log(counts / counts.sum())
 
 
+class RowAdam:
+    """Adam for sparse embedding gradients that touches only the rows of the batch ("lazy"
+    Adam, as SparseAdam) with less bookkeeping: one coalesce, index_select / index_copy of the
+    moments, and an index_add of the update (torch's SparseAdam measured ~1.5x slower here)."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = list(params)
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad.coalesce()
+            rows, val = g.indices()[0], g.values()
+            mr = m.index_select(0, rows).mul_(self.b1).add_(val, alpha=1 - self.b1)
+            vr = v.index_select(0, rows).mul_(self.b2).addcmul_(val, val, value=1 - self.b2)
+            m.index_copy_(0, rows, mr)
+            v.index_copy_(0, rows, vr)
+            p.index_add_(0, rows, (mr / c1).div_((vr / c2).sqrt_().add_(self.eps)), alpha=-self.lr)
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -121,7 +154,7 @@ def fit(model: TwoTower, examples: Examples, log_p: np.ndarray, *, epochs: int, 
     model.to(device).train()
     dense = torch.optim.AdamW(model.dense_parameters(), lr=learning_rate, weight_decay=weight_decay)
     sparse_params = model.sparse_parameters()
-    sparse = torch.optim.SparseAdam(sparse_params, lr=learning_rate) if sparse_params else None
+    sparse = RowAdam(sparse_params, lr=learning_rate) if sparse_params else None
     t = {name: torch.as_tensor(getattr(examples, name)).to(device)
          for name in ("bucket", "item", "history", "features")}
     log_p_t = torch.as_tensor(log_p, dtype=torch.float32, device=device)
@@ -145,20 +178,21 @@ def fit(model: TwoTower, examples: Examples, log_p: np.ndarray, *, epochs: int, 
             for step in range(steps):
                 idx = perm[step * batch_size:(step + 1) * batch_size]
                 items = t["item"][idx]
+                uniq, target = torch.unique(items, return_inverse=True)
                 with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=autocast):
                     u = model.user_tower(t["bucket"][idx], t["history"][idx], t["features"][idx])
-                    v = model.item_tower(items)
+                    v = model.item_tower(uniq)
                     neg = neg_log_q = None
                     if uniform_negatives:
                         neg_items = torch.randint(1, n_items + 1, (uniform_negatives,), device=device)
                         neg = model.item_tower(neg_items)
                         neg_log_q = torch.full((uniform_negatives,),
                                                math.log(uniform_negatives / n_items), device=device)
-                    log_q = log_p_t[items] + math.log(len(idx))
-                    loss = sampled_softmax_loss(u, v, items, log_q, model.spec.temperature, neg, neg_log_q)
+                log_q = log_p_t[uniq] + math.log(len(idx))
+                loss = sampled_softmax_loss(u, v, target, log_q, model.spec.temperature, neg, neg_log_q)
                 dense.zero_grad(set_to_none=True)
                 if sparse is not None:
-                    sparse.zero_grad(set_to_none=True)
+                    sparse.zero_grad()
                 loss.backward()
                 dense.step()
                 if sparse is not None:

@@ -47,25 +47,27 @@ def test_cold_items_ignore_their_id_vector():
     assert not torch.allclose(m.item_tower(warm), before_warm)
 
 
-def test_sampled_softmax_applies_logq_and_masks_duplicates():
+def test_sampled_softmax_applies_logq_over_distinct_items():
     torch.manual_seed(0)
-    u, v = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
-    items = torch.tensor([7, 3, 7, 9])
-    log_q = torch.log(torch.tensor([0.5, 0.1, 0.5, 0.2]) * 4)
-    loss = sampled_softmax_loss(u, v, items, log_q, 0.1)
+    u = F.normalize(torch.randn(4, 8), dim=1)
+    v = F.normalize(torch.randn(3, 8), dim=1)        # distinct items 7, 3, 9
+    target = torch.tensor([0, 1, 0, 2])               # rows 0 and 2 both clicked item 7
+    log_q = torch.log(torch.tensor([0.5, 0.1, 0.2]) * 4)
+    loss = sampled_softmax_loss(u, v, target, log_q, 0.1)
     logits = u @ v.T / 0.1 - log_q[None, :]
-    logits[0, 2] = logits[2, 0] = float("-inf")  # rows 0 and 2 share item 7: not negatives
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.arange(4)).item(), rel=1e-6)
-    # the correction lowers popular negatives: with equal scores, a row whose negatives are
-    # popular has a smaller loss than without correction
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-5)
+    # with equal scores the correction is what separates the candidates: a popular positive
+    # (large q) is discounted, so its loss is higher than an unpopular one's
     same = torch.ones(2, 8) / np.sqrt(8)
-    flat = sampled_softmax_loss(same, same, torch.tensor([1, 2]), torch.zeros(2), 1.0)
-    corrected = sampled_softmax_loss(same, same, torch.tensor([1, 2]), torch.tensor([0.0, 2.0]), 1.0)
+    flat = sampled_softmax_loss(same, same, torch.tensor([0, 1]), torch.zeros(2), 1.0)
+    corrected = sampled_softmax_loss(same[:1], same, torch.tensor([0]), torch.tensor([2.0, 0.0]), 1.0)
     assert flat.item() == pytest.approx(np.log(2), rel=1e-5)
-    assert corrected.item() != pytest.approx(flat.item())
+    assert corrected.item() == pytest.approx(np.log(1 + np.exp(2.0)), rel=1e-5)
     # uniform negatives join the softmax with their own correction
     neg = F.normalize(torch.randn(3, 8), dim=1)
-    with_neg = sampled_softmax_loss(u, v, items, log_q, 0.1, neg, torch.full((3,), np.log(3 / 100)))
+    with_neg = sampled_softmax_loss(u, v, target, log_q, 0.1, neg, torch.full((3,), np.log(3 / 100)))
+    ref = torch.cat([logits, u @ neg.T / 0.1 - np.log(3 / 100)], dim=1)
+    assert with_neg.item() == pytest.approx(F.cross_entropy(ref, target).item(), rel=1e-5)
     assert with_neg.item() > loss.item()
 
 
