@@ -201,7 +201,8 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             except Exception:  # a broken store must not fail the request: degrade, loudly
                 degraded = "feature_error"
                 log.exception("reading user features failed; serving degraded")
-            timings["features"] = time.perf_counter() - t
+            # the Feast online read; the ranker reports its own feature assembly as "features"
+            timings["user_features"] = time.perf_counter() - t
         if state.recommender is None:
             degraded = degraded or "models"
         explore = cfg.exploration

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,7 @@ def load_state(settings: Any, previous: ServingState | None = None) -> ServingSt
 
         recommender = Recommender.load(settings, ranker_uri=f"models:/ranker@{settings.serving.alias}")
         versions = _versions_of(recommender)
+        _warm_up(recommender, catalogue)
     except Exception as exc:  # no registered model yet, or it cannot be read
         problems.append(f"models (@{settings.serving.alias}): {type(exc).__name__}: {exc}")
     state = ServingState(catalogue=catalogue, recommender=recommender, features=features,
@@ -232,6 +233,18 @@ def load_state(settings: Any, previous: ServingState | None = None) -> ServingSt
     for p in problems:
         log.warning("not ready: %s", p)
     return state
+
+
+def _warm_up(recommender: Any, catalogue: Catalogue | None) -> None:
+    """One full request before traffic: the first torch/LightGBM call pays lazy initialisation
+    (~80 ms measured), which would otherwise land on a user's request."""
+    if catalogue is None or not catalogue.popular:
+        return
+    try:
+        recommender.recommend("__warmup__", 10, user_features=None, exclude=set(), category=None,
+                              as_of=datetime.now(UTC), history=list(catalogue.popular[:3]))
+    except Exception as exc:  # warming is an optimisation, never a reason to fail loading
+        log.warning("warm-up request failed: %s: %s", type(exc).__name__, exc)
 
 
 def _versions_of(recommender: Any) -> dict[str, str | None]:

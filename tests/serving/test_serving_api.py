@@ -96,7 +96,7 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
     text = client.get("/metrics").text
     route = "/v1/users/{user_id}/recommendations"
     assert f'recsys_http_requests_total{{method="GET",route="{route}",status="200"}}' in text
-    assert 'recsys_stage_seconds_count{stage="features"}' in text
+    assert 'recsys_stage_seconds_count{stage="user_features"}' in text
     assert 'recsys_model_info{ranker="ranker/v1",retrieval="retrieval/v1"} 1.0' in text
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]

@@ -38,7 +38,7 @@ def test_real_models_serve_ranked_recommendations(tmp_path: Path) -> None:
         body = c.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
         assert body["fallback"] is None and not body["degraded"] and len(body["items"]) == 10
         assert body["ranker_version"] == "ranker/v1" and body["retrieval_version"] == "retrieval/v1"
-        assert {"features", "retrieval", "ranking"} <= set(body["timings_ms"])
+        assert {"user_features", "features", "retrieval", "ranking"} <= set(body["timings_ms"])
         cold = c.get("/v1/users/never-seen/recommendations", params={"k": 5}).json()
         assert cold["fallback"] == "popular" and len(cold["items"]) == 5
         assert c.post("/v1/admin/reload", headers={"X-API-Key": API_KEY}).status_code == 200
