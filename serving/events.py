@@ -3,7 +3,7 @@
 The queue is bounded: a batch that does not fit is refused whole (the caller gets 503 and may
 retry), so what was accepted is exactly what will be written. The writer drains up to
 `batch` rows, or whatever is there after `flush_seconds`, into a new file
-`<events_dir>/impressions-<UTC time>-<seq>.parquet`, written to a temporary name and renamed
+`<events_dir>/impressions-<UTC time>-<pid>-<seq>.parquet`, written to a temporary name and renamed
 (a reader never sees half a file). `close()` writes everything still queued, so nothing
 accepted is lost on a graceful shutdown.
 """
@@ -11,6 +11,7 @@ accepted is lost on a graceful shutdown.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -118,7 +119,8 @@ class EventWriter:
                 df = events_frame(rows)
                 self._seq += 1
                 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-                path = self.dir / f"impressions-{stamp}-{self._seq:06d}.parquet"
+                # pid: several uvicorn workers write into the same folder
+                path = self.dir / f"impressions-{stamp}-{os.getpid()}-{self._seq:06d}.parquet"
                 write_parquet(df.sort(C.EVENT_TIMESTAMP), path)
                 break
             except OSError as exc:  # disk full, permissions: keep the rows, retry
