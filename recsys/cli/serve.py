@@ -16,10 +16,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
 def serve(
     ctx: typer.Context,
-    host: str = typer.Option(None, help="Interface to bind [serving.host; default 127.0.0.1]"),
-    port: int = typer.Option(None, help="Port [serving.port; default 8000]"),
-    workers: int = typer.Option(None, help="Worker processes, one torch thread each [serving.workers]"),
-    alias: str = typer.Option(None, help="Registry alias of the models [serving.alias; champion]"),
+    host: str = typer.Option(None, help="Interface to bind (serving.host; default 127.0.0.1)"),
+    port: int = typer.Option(None, help="Port (serving.port; default 8000)"),
+    workers: int = typer.Option(None, help="Worker processes, one torch thread each (serving.workers)"),
+    alias: str = typer.Option(None, help="Registry alias of the models (serving.alias; default champion)"),
     poll_seconds: float = typer.Option(None, help="Reload when the alias moves, checked every N s (0: off)"),
 ) -> None:
     """Serve recommendations over HTTP: /v1/..., /docs, /healthz, /readyz, /metrics, /ui/users/{id}."""
