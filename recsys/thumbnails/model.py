@@ -171,6 +171,11 @@ class ThumbnailModel:
                 dlogging.set_verbosity(level)
         return self
 
+    def _scaled(self, cond: torch.Tensor) -> torch.Tensor:
+        """Unit CLIP vectors have entries of ~1/sqrt(d): scale them to ~unit variance, or the
+        projected condition starts tiny beside the timestep embedding and is learnt slowly."""
+        return cond * float(np.sqrt(self.cond_dim))
+
     def training_loss(self, images: torch.Tensor, cond: torch.Tensor, cond_dropout: float,
                       generator: torch.Generator, autocast_bf16: bool = False) -> torch.Tensor:
         """DDPM loss on a batch: noise at random timesteps, predict the configured target (MSE).
@@ -191,7 +196,7 @@ class ThumbnailModel:
         if target is None:
             target = sched.get_velocity(images, noise, t)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            pred = self.unet(noisy, t, encoder_hidden_states=None, class_labels=cond).sample
+            pred = self.unet(noisy, t, encoder_hidden_states=None, class_labels=self._scaled(cond)).sample
         return torch.nn.functional.mse_loss(pred.float(), target)
 
     @torch.no_grad()
@@ -217,7 +222,8 @@ class ThumbnailModel:
             inp = torch.cat([x, x]) if guided else x
             inp = sched.scale_model_input(inp, t)
             tt = torch.full((inp.shape[0],), int(t), device=device, dtype=torch.long)
-            out = self.unet(inp.to(dtype), tt, encoder_hidden_states=None, class_labels=cond_t).sample
+            out = self.unet(inp.to(dtype), tt, encoder_hidden_states=None,
+                            class_labels=self._scaled(cond_t)).sample
             out = out.float()
             if guided:
                 uncond, condd = out.chunk(2)

@@ -100,6 +100,18 @@ def encoder(clip_checkpoint: Path):
     return ClipEncoder(ClipConfig(model="recsys-clip-tiny", pretrained=str(clip_checkpoint)))
 
 
+@pytest.fixture(scope="session")
+def small() -> dict:
+    """Settings overrides that keep every thumbnail stage to seconds (test modules must not
+    import conftest by name: tests/conftest.py shares the module name)."""
+    return dict(SMALL)
+
+
+@pytest.fixture(scope="session")
+def items_factory():
+    return make_items
+
+
 @pytest.fixture
 def unit_vectors():
     def make(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,6 @@ import json
 
 import polars as pl
 import typer
-from conftest import SMALL, make_items  # noqa: I001
 from typer.testing import CliRunner
 
 from recsys.cli import common
@@ -44,10 +43,10 @@ def text(result) -> str:
     return " ".join(result.output.split())  # rich wraps long lines
 
 
-def test_train_generate_evaluate_commands(tmp_path, monkeypatch, clip_checkpoint):
+def test_train_generate_evaluate_commands(tmp_path, monkeypatch, clip_checkpoint, small, items_factory):
     home = tmp_path / "home"
     config = tmp_path / "recsys.toml"
-    config.write_text(toml({**SMALL, "thumbnails.epochs": 1}, clip_checkpoint))
+    config.write_text(toml({**small, "thumbnails.epochs": 1}, clip_checkpoint))
     monkeypatch.setenv("RECSYS_CONFIG", str(config))
     monkeypatch.setenv("RECSYS_HOME", str(home))
     ws = Workspace.at(home)
@@ -56,7 +55,7 @@ def test_train_generate_evaluate_commands(tmp_path, monkeypatch, clip_checkpoint
     missing = runner.invoke(app(), ["thumbnails", "generate"])
     assert missing.exit_code == 1 and "does not exist" in text(missing)  # no items table yet
 
-    make_items(ws)
+    items_factory(ws)
     nomodel = runner.invoke(app(), ["thumbnails", "generate"])
     assert nomodel.exit_code == 1 and "recsys thumbnails train" in text(nomodel)
 

@@ -102,3 +102,26 @@ def test_resolution_must_fit_the_levels():
         ThumbnailModel.create(ThumbnailConfig(resolution=18, channels=(16, 32, 64)), cond_dim=4)
     with pytest.raises(ValueError, match="multiples of 8"):
         ThumbnailConfig(channels=(12, 24))
+
+
+def test_a_short_training_run_learns_to_follow_the_condition(unit_vectors):
+    """Two conditions, two colours: after a short run, red prompts draw redder pictures than blue."""
+    cfg = ThumbnailConfig(resolution=8, channels=(16, 32))
+    model = ThumbnailModel.create(cfg, cond_dim=16, seed=0)
+    red, blue = unit_vectors(2, 16, seed=3)
+    images = torch.zeros(32, 3, 8, 8) - 1
+    images[:16, 0] = 0.8   # red
+    images[16:, 2] = 0.8   # blue
+    cond = torch.from_numpy(np.stack([red] * 16 + [blue] * 16))
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        loss = model.training_loss(images, cond, 0.1, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    drawn = model.sample(np.stack([red] * 4 + [blue] * 4), list(range(8)), steps=8, guidance_scale=2.0)
+    rgb = np.stack([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) for im in drawn])
+    redness = rgb[:, 0] - rgb[:, 2]
+    assert redness[:4].min() > redness[4:].max()
+    assert redness[:4].mean() - redness[4:].mean() > 100

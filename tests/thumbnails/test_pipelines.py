@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import SMALL, make_items  # noqa: I001  (tests/thumbnails/conftest.py)
 
 from recsys.config import load_settings
 from recsys.data import columns as C
@@ -26,12 +25,12 @@ from training.thumbnails import (
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tracking_store, clip_checkpoint, encoder):
+def trained(tmp_path_factory, tracking_store, clip_checkpoint, encoder, small, items_factory):
     home = tmp_path_factory.mktemp("thumbs") / "home"
-    settings = load_settings(**tracking_store, **SMALL, home=str(home),
+    settings = load_settings(**tracking_store, **small, home=str(home),
                              **{"clip.pretrained": str(clip_checkpoint)})
     ws = Workspace.at(home)
-    make_items(ws)
+    items_factory(ws)
     result = train_thumbnails(settings, ws, encoder=encoder)
     return settings, ws, result
 
@@ -95,12 +94,12 @@ class FailsOn:
         return self.inner.generate(prompts, seeds, steps, guidance_scale)
 
 
-def test_one_failing_item_does_not_stop_the_batch(trained, encoder, tmp_path):
+def test_one_failing_item_does_not_stop_the_batch(trained, encoder, tmp_path, items_factory):
     settings, _, _ = trained
     home = tmp_path / "other"
     settings = settings.model_copy(update={"home": home})
     ws = Workspace.at(home)
-    make_items(ws)
+    items_factory(ws)
     thumbs = FailsOn(load_thumbnailer(settings, encoder), "白")
     report = generate_thumbnails(settings, ws, encoder=encoder, thumbnailer=thumbs)
     assert (report.generated, report.failed) == (2, 2)
@@ -120,8 +119,8 @@ def test_evaluate_reports_clip_scores_and_recall(trained, encoder):
     assert 0.0 <= out["recall_no_image"] <= 1.0
 
 
-def test_missing_model_and_foreign_encoder_are_clear_errors(tracking_store, tmp_path, encoder):
-    settings = load_settings(**tracking_store, **SMALL, home=str(tmp_path / "h"),
+def test_missing_model_and_foreign_encoder_are_clear_errors(tracking_store, tmp_path, encoder, small):
+    settings = load_settings(**tracking_store, **small, home=str(tmp_path / "h"),
                              **{"thumbnails.model_uri": "models:/thumbnails@nobody"})
     with pytest.raises(CheckpointError, match="recsys thumbnails train"):
         load_thumbnailer(settings, encoder)
