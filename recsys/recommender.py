@@ -26,6 +26,7 @@ from recsys.data import columns as C
 from recsys.ranking.dataset import CandidateSource
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
+from recsys.retrieval.index import ItemIndex
 
 log = logging.getLogger(__name__)
 USER_PREFIX, ITEM_PREFIX = "user_behaviour__", "item_behaviour__"
@@ -62,7 +63,10 @@ class Recommender:
 
     def __init__(self, ranker: RankerModel, items: ItemTable, retrieval: CandidateSource | None = None,
                  versions: Mapping[str, str | None] | None = None, n_candidates: int = 300,
-                 history: int = 20):
+                 history: int = 20, exact_below: int | None = None):
+        """`exact_below`: catalogues with at least this many retrievable items search an ANN
+        index (the retrieval model's own when it is approximate, else an IVF built here);
+        None keeps exact search at every size."""
         self.ranker = ranker
         self.items = items
         self.retrieval = retrieval
@@ -83,6 +87,11 @@ class Recommender:
             self._vectors[retrieval.item_rows] = retrieval.item_vectors
             self._present[retrieval.item_rows] = True
         self._cat_index = {c: i for i, c in enumerate(items.categories)}
+        self._n_present = int(self._present.sum())
+        self._ann: ItemIndex | None = None
+        self._ann_rows = np.zeros(0, np.int64)  # index position -> ItemTable row (-1: not in the table)
+        if retrieval is not None:
+            self._ann, self._ann_rows = _ann_index(retrieval, items, exact_below)
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
@@ -119,7 +128,7 @@ class Recommender:
             retrieval = load_candidate_source(settings, uri, items)
         versions = {"ranker": ref.tag, "retrieval": retrieval.version if retrieval else None}
         return cls(ranker, items, retrieval, versions, n_candidates=settings.retrieval.candidates,
-                   history=settings.ranker.history)
+                   history=settings.ranker.history, exact_below=settings.retrieval.exact_below)
 
     def refresh_item_features(self, item_features: pl.DataFrame | None) -> None:
         """Swap in new item-behaviour rows (after a materialization); one atomic assignment."""
@@ -153,38 +162,41 @@ class Recommender:
         as_of = as_of or datetime.now(UTC)
         feats = _strip(user_features, USER_PREFIX)
         hist = self.history_rows(feats, history)
-        allowed = np.ones(len(self.items), bool)
-        allowed[hist[hist >= 0]] = False
+        bad = hist[hist >= 0]  # rows never recommended: recent clicks and the caller's exclusions
         if exclude:
             ex = self.items.rows(list(exclude))
-            allowed[ex[ex >= 0]] = False
-        if category is not None:
-            code = self._cat_index.get(category, -2)
-            allowed &= self.items.category == code
+            bad = np.concatenate([bad, ex[ex >= 0]])
         known = bool((hist >= 0).any()) or any(
             v is not None for n, v in feats.items() if n in self.spec.user_behaviour)
         timings: dict[str, float] = {}
         if not known:
-            return self._popular(k, allowed, timings, t0, "popularity")
+            return self._popular(k, self._allowed(bad, category), timings, t0, "popularity")
         # stage 1: retrieval (popularity order when the ranker was trained without a two-tower)
         t = time.perf_counter()
+        top = tt_score = None
         if self.retrieval is not None:
             uf = pl.DataFrame([feats]) if feats and getattr(self.retrieval, "wants_user_features", False) \
                 else None
             q = self.retrieval.user_vectors([user_id], hist, uf)[0]
-            scores = self._vectors @ q
-            scores[~(allowed & self._present)] = -np.inf
-        else:
-            scores = np.full(len(self.items), -1.0)
-            scores[self._pop_rows] = self._pop_scores
-            scores[~allowed] = -np.inf
-        n = int(min(self.n_candidates, int(np.isfinite(scores).sum())))
-        if n == 0:
-            return self._popular(k, allowed, timings, t0, "no-candidates")
-        top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")][:n]
+            if self._ann is not None and category is None:
+                top, tt_score = self._ann_candidates(q, bad)
+        if top is None:
+            allowed = self._allowed(bad, category)
+            if self.retrieval is not None:
+                scores = self._vectors @ q
+                scores[~(allowed & self._present)] = -np.inf
+            else:
+                scores = np.full(len(self.items), -1.0)
+                scores[self._pop_rows] = self._pop_scores
+                scores[~allowed] = -np.inf
+            n = int(min(self.n_candidates, int(np.isfinite(scores).sum())))
+            if n == 0:
+                return self._popular(k, allowed, timings, t0, "no-candidates")
+            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")][:n]
+            tt_score = scores[top] if self.retrieval is not None else None
+        n = len(top)
         timings["retrieval"] = time.perf_counter() - t
-        tt_score = scores[top] if self.retrieval is not None else None
         tt_rank = np.arange(n, dtype=np.float32) if self.retrieval is not None else None
         # stage 2: features + ranker
         t = time.perf_counter()
@@ -203,6 +215,33 @@ class Recommender:
         timings["total"] = time.perf_counter() - t0
         return Recommendation(out, dict(self.versions), timings, None, n)
 
+    def _allowed(self, bad: np.ndarray, category: str | None) -> np.ndarray:
+        """(N,) bool: items that may be recommended (not in `bad`, in `category` if given)."""
+        allowed = np.ones(len(self.items), bool)
+        allowed[bad] = False
+        if category is not None:
+            allowed &= self.items.category == self._cat_index.get(category, -2)
+        return allowed
+
+    def _ann_candidates(self, q: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Top-N rows and scores from the ANN index, best first, `bad` rows left out; (None,
+        None) when the index returned fewer than N allowed items though more exist (then the
+        caller searches exactly)."""
+        assert self._ann is not None
+        want = min(self.n_candidates + len(bad), len(self._ann))
+        pos, sc = self._ann.search_positions(q[None, :], want)
+        pos, sc = pos[0], sc[0]
+        rows = self._ann_rows[np.maximum(pos, 0)]
+        ok = (pos >= 0) & (rows >= 0)
+        if len(bad):
+            ok &= ~np.isin(rows, bad)
+        rows, sc = rows[ok][:self.n_candidates], sc[ok][:self.n_candidates]
+        available = self._n_present - int(self._present[np.unique(bad)].sum()) if len(bad) else \
+            self._n_present
+        if len(rows) < min(self.n_candidates, available) or not len(rows):
+            return None, None
+        return rows, sc
+
     def _popular(self, k: int, allowed: np.ndarray, timings: dict[str, float], t0: float,
                  why: str) -> Recommendation:
         ok = allowed[self._pop_rows]
@@ -211,6 +250,27 @@ class Recommender:
         out = [(str(ids[r]), float(s), i + 1) for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
         timings["total"] = time.perf_counter() - t0
         return Recommendation(out, dict(self.versions), timings, why, len(self._pop_rows))
+
+
+def _ann_index(retrieval: CandidateSource, items: ItemTable,
+               exact_below: int | None) -> tuple[ItemIndex | None, np.ndarray]:
+    """The ANN index for stage 1 and its position -> ItemTable row map; (None, []) for exact search.
+
+    The retrieval model's own index when it is approximate (it was built for this catalogue
+    size); otherwise an IVF index over the candidate source's vectors, built here (0.4 s at
+    100k items), once the catalogue reaches `exact_below` items."""
+    none = (None, np.zeros(0, np.int64))
+    if exact_below is None:
+        return none
+    own = getattr(getattr(retrieval, "model", None), "index", None)
+    if isinstance(own, ItemIndex) and own.kind != "exact":
+        return own, items.rows(own.item_ids.tolist())
+    rows = np.asarray(retrieval.item_rows, np.int64)
+    if len(rows) < max(exact_below, 1):
+        return none
+    index = ItemIndex.build([str(r) for r in rows], retrieval.item_vectors, str(retrieval.version),
+                            kind="ivf")
+    return index, rows
 
 
 def _num(v: Any) -> float:

@@ -99,3 +99,24 @@ def test_batch_cli_writes_topk_without_seen_items(trained, tmp_path) -> None:
     bad = CliRunner().invoke(app, ["--home", str(settings.home), "recommend", "--all", "--users", str(users),
                                    "--out", str(out)])
     assert bad.exit_code != 0
+
+
+def test_ann_stage_one_matches_exact_search(rec) -> None:
+    """An IVF index scanning every cell returns the exact top-N, so recommendations are identical."""
+    fast = Recommender(rec.ranker, rec.items, rec.retrieval, rec.versions, n_candidates=rec.n_candidates,
+                       history=rec.history, exact_below=0)
+    assert fast._ann is not None and rec._ann is None
+    fast._ann.set_search_params(nprobe=fast._ann.params["nlist"])
+    when = datetime(2024, 2, 1, tzinfo=UTC)
+    cases = ((["i1", "i2", "i3"], set()), (["i5"], {"i7", "i9"}), (["i2", "i8", "i4", "i6"], {"i3"}))
+    for hist, excl in cases:
+        slow = rec.recommend("u1", 10, history=hist, exclude=excl, as_of=when)
+        quick = fast.recommend("u1", 10, history=hist, exclude=excl, as_of=when)
+        assert [i for i, _, _ in quick.items] == [i for i, _, _ in slow.items]
+        assert [s for _, s, _ in quick.items] == pytest.approx([s for _, s, _ in slow.items], abs=1e-6)
+        assert quick.candidates == slow.candidates
+        assert not (set(hist) | excl) & {i for i, _, _ in quick.items}
+    # a category filter takes the exact path
+    cat = rec.items.categories[0]
+    assert fast.recommend("u1", 5, history=["i1"], category=cat).items == \
+        rec.recommend("u1", 5, history=["i1"], category=cat).items
