@@ -37,13 +37,16 @@ def main_options(
     if config is not None:
         os.environ["RECSYS_CONFIG"] = str(config)
     ctx.obj = {"home": home, "seed": seed, "device": device, "threads": threads}
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
+    # Libraries log to the root logger (open_clip does, at INFO, for every model it builds): keep
+    # it at WARNING, and let our own packages say what happened and where outputs went.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
-    for noisy in ("alembic", "mlflow", "feast", "urllib3", "httpx", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for ours in ("recsys", "features", "training", "serving"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
