@@ -14,7 +14,8 @@ The logging policy (the legacy system that produced the click log) is epsilon-gr
 
 - its *deterministic slate* for a request is the top `slate_size` items available at the start
   of the request's day by a legacy score `legacy_base[i] + 1.5 [category = user's home category]
-  + 0.8 [colour = user's home colour]`, in that order (`home` is the argmax of the user's taste);
+  + 0.8 [colour = user's home colour] + 1.5 [created in the 7 days before that day]` ("new in"
+  promotion), in that order (`home` is the argmax of the user's taste);
 - each position independently, with probability `epsilon`, is *explored*: it shows an item
   drawn uniformly, without replacement, from the items available at the request time that are
   not in the deterministic slate.

@@ -46,6 +46,11 @@ N_SEGMENTS = 16
 QUALITY_STD = 0.8
 BIAS = -5.0
 CHUNK_REQUESTS = 50_000
+# The legacy policy's score: + W_CATEGORY / W_COLOUR for the user's home category / colour, and
+# + NEW_BOOST for items created in the NEW_DAYS before the day ("new in" promotion), so items that
+# arrive in the test window get impressions (and cold-item clicks) beyond epsilon exploration.
+W_CATEGORY, W_COLOUR = 1.5, 0.8
+NEW_BOOST, NEW_DAYS = 1.5, 7
 
 
 @dataclass
@@ -131,10 +136,12 @@ def build_truth(cfg: WorldConfig, seed: int) -> tuple[WorldTruth, dict[str, np.r
     table = np.zeros((combos, cfg.days, S), dtype=np.int32)
     for d in range(cfg.days):
         avail = int(np.searchsorted(created, start_us + d * DAY_US, side="right"))
+        fresh = created[:avail] > start_us + (d - NEW_DAYS) * DAY_US
         score = (
             legacy[None, :avail]
-            + 1.5 * (attrs[None, :avail, 0] == ks[:, None])
-            + 0.8 * (attrs[None, :avail, 1] == ls[:, None])
+            + NEW_BOOST * fresh[None, :]
+            + W_CATEGORY * (attrs[None, :avail, 0] == ks[:, None])
+            + W_COLOUR * (attrs[None, :avail, 1] == ls[:, None])
         ).astype(np.float32)
         top = np.argpartition(-score, S - 1, axis=1)[:, :S]
         order = np.argsort(-np.take_along_axis(score, top, 1), axis=1, kind="stable")

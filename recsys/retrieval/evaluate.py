@@ -16,6 +16,7 @@ CLIP vectors of the items they clicked).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,11 +48,22 @@ def recent_histories(known: pl.DataFrame, users: Sequence[str], length: int) -> 
 
 
 def popularity_scorer(known: pl.DataFrame, item_ids: Sequence[str]) -> Scorer:
-    """Most-popular: every user gets the items ranked by their clicks in `known`."""
+    """Most-popular: every user gets the items ranked by their clicks in `known`.
+
+    Ties (above all among items with no clicks, i.e. every cold item) break at random, seeded
+    per user id: a fixed order would make the cold-item figure a lottery on where the new items
+    happen to sit in the catalogue, instead of chance level."""
     counts = (known.group_by(C.ITEM_ID).len().join(_positions(item_ids), on=C.ITEM_ID))
     pop = np.zeros(len(item_ids), dtype=np.float64)
     pop[counts["_pos"].to_numpy()] = counts["len"].to_numpy()
-    return lambda users: np.broadcast_to(pop, (len(users), len(pop)))
+
+    def score(users: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(users), len(pop)), dtype=np.float64)
+        for r, u in enumerate(users):  # jitter < 1 click: it only orders equal counts
+            out[r] = pop + 0.5 * np.random.default_rng(zlib.crc32(str(u).encode())).random(len(pop))
+        return out
+
+    return score
 
 
 def clip_scorer(known: pl.DataFrame, item_ids: Sequence[str], clip: np.ndarray) -> Scorer:
