@@ -77,12 +77,16 @@ def build_world(home: Path, items: int, users: int, impressions: int, seed: int 
         print(f"  {name}: {text[:160]} ({time.perf_counter() - t:.1f} s)", flush=True)
 
 
-def bench_settings(home: Path, items: int, users: int, impressions: int):  # noqa: ANN201
+def bench_settings(home: Path, items: int, users: int, impressions: int,  # noqa: ANN201
+                   exact_below: int = 50_000):
     from recsys.config import load_settings
 
     return load_settings(**{"home": str(home), "world.items": items, "world.users": users,
                             "world.impressions": impressions, "world.images": False,
-                            "retrieval.epochs": 2, "serving.event_flush_seconds": 5.0})
+                            "retrieval.epochs": 2, "serving.event_flush_seconds": 5.0,
+                            # IVF stage 1 at 100k items: exact search alone was ~1.8 ms of the ~4 ms a
+                            # request may cost at 500 req/s on 2 cores (see benchmarks/README.md)
+                            "retrieval.exact_below": exact_below})
 
 
 async def load(url_of, connections: int, seconds: float) -> dict[str, float]:  # noqa: ANN001
@@ -151,6 +155,22 @@ def load_wrk(base: str, which: str, connections: int, seconds: float, users_file
             "5xx": int(status_errors), "other": int(socket_errors)}
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server and its worker processes so far: the cost per
+    request, which (unlike req/s) does not depend on how busy the shared cores are."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", type=Path, default=Path("benchmarks/out/serving-world"),
@@ -161,6 +181,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per endpoint and concurrency level")
     ap.add_argument("--connections", default="1,8,32", help="e.g. 1,8,32,64 (64: twice the target load)")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--exact-below", type=int, default=50_000,
+                    help="retrieval.exact_below at serving: catalogues this size or larger use the IVF "
+                         "index in stage 1 (200000, the library default, serves 100k items exactly)")
     ap.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto",
                     help="load generator: wrk (apt install wrk) when present, else async httpx")
     args = ap.parse_args()
@@ -176,7 +199,7 @@ def main() -> None:
               f"{args.impressions:,} impressions)", flush=True)
         build_world(home, args.items, args.users, args.impressions)
         (home / "bench-world.built").write_text("ok")
-    settings = bench_settings(home, args.items, args.users, args.impressions)
+    settings = bench_settings(home, args.items, args.users, args.impressions, args.exact_below)
     users = (pl.read_parquet(home / "data" / "impressions.parquet", columns=[C.USER_ID])[C.USER_ID]
              .unique().sort().to_list())
     n_items = pl.read_parquet(home / "data" / "items.parquet", columns=[C.ITEM_ID]).height
@@ -210,22 +233,27 @@ def main() -> None:
         rows = []
         for conns in [int(c) for c in args.connections.split(",")]:
             for name, url_of in endpoints.items():
+                cpu0, load0 = server_cpu_seconds(server.process.pid), os.getloadavg()[0]
                 if client == "wrk":
                     which = "rec" if name == "recommendations" else "noop"
                     r = load_wrk(server.url, which, conns, args.seconds, users_file, script)
                 else:
                     r = asyncio.run(load(url_of, conns, args.seconds))
+                r["cpu_ms"] = (server_cpu_seconds(server.process.pid) - cpu0) / max(r["n"], 1) * 1000
+                r["load"] = max(load0, os.getloadavg()[0])
                 rows.append((name, conns, r))
                 print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
-                      f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}", flush=True)
+                      f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}  "
+                      f"server CPU {r['cpu_ms']:.2f} ms/req  load {r['load']:.1f}", flush=True)
     finally:
         server.stop()
-    print("\n| endpoint | connections | req/s | p50 ms | p99 ms | errors | vs no-op (req/s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| endpoint | connections | req/s | p50 ms | p99 ms | errors | vs no-op (req/s) "
+          "| server CPU ms/req | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ceiling = {c: r["rps"] for n, c, r in rows if n == "no-op"}
     for name, conns, r in rows:
         print(f"| {name} | {conns} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['5xx']} | "
-              f"{r['rps'] / ceiling[conns]:.2f}x |")
+              f"{r['rps'] / ceiling[conns]:.2f}x | {r['cpu_ms']:.2f} | {r['load']:.1f} |")
 
 
 if __name__ == "__main__":
