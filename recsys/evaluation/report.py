@@ -200,7 +200,8 @@ def figures(result: ABResult) -> dict[str, bytes]:
         y = np.arange(len(deltas))
         lift = np.array([d.lift for d in deltas])
         err = np.array([[d.lift - d.lift_low, d.lift_high - d.lift] for d in deltas]).T
-        ax.errorbar(lift, y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
+        # a percentile interval need not contain the point estimate (skewed ratios): clip the bars
+        ax.errorbar(lift, y, xerr=np.clip(np.nan_to_num(err), 0, None), fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=1)
         ax.set_yticks(y, [d.metric for d in deltas])
         ax.set_xlabel("relative lift, treatment vs control (interval)")
@@ -212,7 +213,7 @@ def figures(result: ABResult) -> dict[str, bytes]:
         y = np.arange(len(rows))
         est = np.array([r.estimate for r in rows])
         err = np.array([[r.estimate - r.low, r.high - r.estimate] for r in rows]).T
-        ax.errorbar(est, y, xerr=err, fmt="o", capsize=3, label="estimate")
+        ax.errorbar(est, y, xerr=np.clip(np.nan_to_num(err), 0, None), fmt="o", capsize=3, label="estimate")
         ax.scatter([r.truth for r in rows], y, marker="x", color="red", zorder=3, label="online truth")
         ax.set_yticks(y, [f"{r.policy} · {r.estimator}" for r in rows])
         ax.set_xlabel("CTR per slot")

@@ -64,3 +64,18 @@ def test_compare_rankings_by_segment() -> None:
     seg = {d.metric: d for d in out["items 0-4"]}
     assert seg["recall@5"].n == int((truth_items < 5).sum())
     assert "exposure@5" in seg and seg["coverage@5"].treatment == pytest.approx(1.0)
+
+
+
+def test_figures_accept_a_point_estimate_outside_its_interval() -> None:
+    """Percentile intervals of a ratio can exclude the point estimate; the plot must not fail."""
+    from recsys.evaluation.ab import ABResult, Verdict
+    from recsys.evaluation.bootstrap import Delta
+    from recsys.evaluation.report import figures
+
+    delta = Delta(metric="ndcg@10", control=0.1, treatment=0.12, delta=0.02, low=0.01, high=0.03,
+                  lift=0.2, lift_low=0.25, lift_high=0.4, p_value=0.01, n=100)
+    result = ABResult(control="popular", treatment="ranker", k=10, window="w", n_users=100,
+                      ranking={"all": [delta]}, verdict=Verdict("ship", "r", "ndcg@10"))
+    pngs = figures(result)
+    assert pngs["metric_lifts"].startswith(b"\x89PNG")
