@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.data.splits import before_holdout
 from recsys.evaluation import ab
 from recsys.evaluation.ope import (
     OPEInputError,
@@ -70,11 +71,9 @@ def load_log(ws: Workspace, logs: str | Path | None) -> pl.DataFrame:
 
 def split_log(events: pl.DataFrame, holdout_days: float) -> tuple[pl.DataFrame, pl.DataFrame, datetime]:
     """(history, held-out window, split time): the last `holdout_days` of the log are held out."""
-    end = events[C.EVENT_TIMESTAMP].max()
-    split = end - timedelta(days=holdout_days)
-    history = events.filter(pl.col(C.EVENT_TIMESTAMP) < split)
-    holdout = events.filter(pl.col(C.EVENT_TIMESTAMP) >= split)
-    if not history.height or not holdout.filter(pl.col(C.CLICKED)).height:
+    history, split = before_holdout(events, holdout_days)
+    holdout = events.filter(pl.col(C.EVENT_TIMESTAMP) >= split) if split else events.clear()
+    if split is None or not history.height or not holdout.filter(pl.col(C.CLICKED)).height:
         raise ValueError(
             f"the log spans too little time for a {holdout_days}-day held-out window "
             f"(history {history.height:,} rows, held-out clicks "

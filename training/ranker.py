@@ -29,6 +29,7 @@ import polars as pl
 from recsys import tracking
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError
+from recsys.data.splits import before_holdout
 from recsys.data.tables import load_table, quarantine, validate_file
 from recsys.ranking.dataset import (
     FEATURE_TS,
@@ -221,6 +222,12 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
     seconds: dict[str, float] = {}
     path = Path(logs) if logs is not None else ws.table("impressions")
     log_df, counts, notes = read_log(ws, path)
+    rows = log_df.height
+    log_df, holdout = before_holdout(log_df, settings.evaluation.holdout_days)
+    if holdout is not None:
+        counts["ab_window_rows_not_trained_on"] = rows - log_df.height
+        notes.append(f"trained on events before {holdout:%Y-%m-%d %H:%M}: the last "
+                     f"{settings.evaluation.holdout_days:g} days are the offline A/B window")
     seconds["read"] = time.perf_counter() - t0
     items, _ = load_items(ws)
     source = load_retrieval(settings, items, retrieval_uri)

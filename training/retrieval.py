@@ -26,7 +26,7 @@ import polars as pl
 
 from recsys import tracking
 from recsys.data import columns as C
-from recsys.data.splits import Split, random_ratio_split, temporal_split
+from recsys.data.splits import Split, before_holdout, random_ratio_split, temporal_split
 from recsys.data.tables import load_table
 from recsys.retrieval.artifact import RetrievalModel
 from recsys.retrieval.data import stack_vectors
@@ -72,9 +72,12 @@ class RetrievalResult:
                 f"{self.fit.samples_per_s:,.0f} samples/s, best epoch {self.fit.best_epoch + 1}")
 
 
-def read_clicks(ws: Workspace) -> tuple[pl.DataFrame, str]:
-    """Click events (user_id, item_id, event_timestamp) and the name of the logging policy."""
-    imp = load_table(ws, "impressions")
+def read_clicks(ws: Workspace, holdout_days: float = 0.0) -> tuple[pl.DataFrame, str]:
+    """Click events (user_id, item_id, event_timestamp) and the name of the logging policy, without
+    the last `holdout_days` of the log (the offline A/B window, which no model may train on)."""
+    imp, start = before_holdout(load_table(ws, "impressions"), holdout_days)
+    if start is not None:
+        log.info("training on events before %s; the last %s days are the A/B window", start, holdout_days)
     clicks = imp.filter(pl.col(C.CLICKED)) if C.CLICKED in imp.columns else imp
     policies = imp[C.POLICY].unique().to_list() if C.POLICY in imp.columns else []
     policy = policies[0] if len(policies) == 1 else "mixed"
@@ -127,7 +130,7 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
     t0 = time.perf_counter()
     items = load_table(ws, "items")
     embeddings = load_table(ws, "item_embeddings")
-    clicks, policy = read_clicks(ws)
+    clicks, policy = read_clicks(ws, settings.evaluation.holdout_days)
     known_items = set(items[C.ITEM_ID].to_list())
     counts = {"clicks": clicks.height}
     clicks = clicks.filter(pl.col(C.ITEM_ID).is_in(list(known_items)))

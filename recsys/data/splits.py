@@ -17,7 +17,7 @@ temporal split never cuts a slate in two.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -125,3 +125,22 @@ def random_ratio_split(
         test=ranked.filter(r >= tr + va).drop(drop),
         protocol=f"random_ratio{tuple(ratios)}(seed={seed})",
     )
+
+
+def holdout_start(events: pl.DataFrame, days: float) -> datetime | None:
+    """Start of the offline-evaluation window: the last `days` of the log (None when days <= 0).
+
+    Every training step drops events from this time on, and `recsys evaluate ab` scores exactly
+    them, so an A/B comparison never rewards a model for remembering its test clicks.
+    """
+    if days <= 0 or events.height == 0:
+        return None
+    return events[C.EVENT_TIMESTAMP].max() - timedelta(days=days)
+
+
+def before_holdout(events: pl.DataFrame, days: float) -> tuple[pl.DataFrame, datetime | None]:
+    """The events a training step may use (those before `holdout_start`), and that start."""
+    start = holdout_start(events, days)
+    if start is None:
+        return events, None
+    return events.filter(pl.col(C.EVENT_TIMESTAMP) < start), start

@@ -109,3 +109,21 @@ def test_random_ratio_split_recbole_rounding_for_tiny_users() -> None:
     assert sizes == {"train": [("a", 1), ("b", 1)], "valid": [("a", 1)], "test": [("a", 1), ("b", 1)]}
     with pytest.raises(ValueError, match="ratios"):
         random_ratio_split(df, (0.5, 0.1, 0.1))
+
+
+def test_before_holdout_keeps_only_events_before_the_ab_window() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from recsys.data import columns as C
+    from recsys.data.splits import before_holdout
+
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    events = pl.DataFrame({C.EVENT_TIMESTAMP: [t0 + timedelta(days=d) for d in range(10)]})
+    train, start = before_holdout(events, 3)
+    assert start == t0 + timedelta(days=6)
+    assert train[C.EVENT_TIMESTAMP].max() < start
+    assert train.height == 6
+    same, none = before_holdout(events, 0)
+    assert none is None and same.height == 10
