@@ -26,7 +26,10 @@ QUICKSTART = [
         "print(ws.root, items.shape)\n"
         "items.head()"
     ),
-    new_markdown_cell("## Where item images come from\n\n`generated` images were drawn by the diffusion model for items that had none."),
+    new_markdown_cell(
+        "## Where item images come from\n\n"
+        "`generated` images were drawn by the diffusion model for items that had none."
+    ),
     new_code_cell("items.group_by('image_source').len().sort('image_source')"),
     new_code_cell(
         "import polars as pl\n"
@@ -39,25 +42,30 @@ QUICKSTART = [
         "    display(Image.open(row['image_uri']))\n"
         "pl.read_parquet(ws.thumbnails_dir / 'provenance.parquet').head()"
     ),
-    new_markdown_cell("## Query the API\n\nStart the server on 127.0.0.1 (as `recsys serve` does) and ask for recommendations."),
+    new_markdown_cell(
+        "## Query the API\n\nStart the server on 127.0.0.1 (as `recsys serve` does) and ask for "
+        "recommendations."
+    ),
     new_code_cell(
-        "import httpx\n"
+        "import httpx\n\n"
         "from serving.process import start_server\n\n"
         "server = start_server(settings, ready=True)\n"
         "user = load_table(ws, 'impressions', columns=['user_id'])['user_id'][0]\n"
         "try:\n"
-        "    response = httpx.get(f'{server.url}/v1/users/{user}/recommendations', params={'k': 5}, timeout=30)\n"
+        "    url = f'{server.url}/v1/users/{user}/recommendations'\n"
+        "    response = httpx.get(url, params={'k': 5}, timeout=30)\n"
         "    response.raise_for_status()\n"
         "    body = response.json()\n"
         "finally:\n"
         "    server.stop()\n"
-        "recs = pl.DataFrame(body['items']).join(items.select('item_id', 'title', 'image_source'), on='item_id')\n"
+        "titles = items.select('item_id', 'title', 'image_source')\n"
+        "recs = pl.DataFrame(body['items']).join(titles, on='item_id')\n"
         "assert recs.height == 5\n"
         "recs"
     ),
     new_markdown_cell("## MLflow: one run per pipeline step, with lineage"),
     new_code_cell(
-        "import mlflow\n"
+        "import mlflow\n\n"
         "from recsys import tracking\n\n"
         "tracking.setup_tracking(settings)\n"
         "runs = mlflow.search_runs(search_all_experiments=True)\n"

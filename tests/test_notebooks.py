@@ -19,6 +19,7 @@ def test_notebook_runs(name: str, demo_env: Path, tmp_path: Path) -> None:
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "outputs in git"
     env_home = os.environ["RECSYS_HOME"]
     assert Path(env_home) == demo_env
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
