@@ -132,6 +132,24 @@ request = function()
   end
   return wrk.format("GET", "/v1/noop")
 end
+-- offered load (--rate): one schedule shared by the connections of wrk's single thread; a slot
+-- missed while every connection is busy is dropped, not caught up (the client cannot queue)
+local rate = tonumber(os.getenv("BENCH_RATE") or "0")
+if rate > 0 then
+  local ffi = require("ffi")
+  ffi.cdef[[ typedef struct { long tv_sec; long tv_usec; } bench_timeval;
+             int gettimeofday(bench_timeval *tv, void *tz); ]]
+  local tv = ffi.new("bench_timeval")
+  local next_t = nil
+  delay = function()
+    ffi.C.gettimeofday(tv, nil)
+    local now = tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000
+    if next_t == nil or next_t < now then next_t = now end
+    local wait = next_t - now
+    next_t = next_t + 1000 / rate
+    return wait
+  end
+end
 done = function(summary, latency, requests)
   io.write(string.format("BENCH %d %d %d %d %f %f\\n", summary.requests, summary.duration,
     summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
@@ -141,11 +159,12 @@ end
 
 
 def load_wrk(base: str, which: str, connections: int, seconds: float, users_file: Path,
-             script: Path) -> dict[str, float]:
-    """wrk (C, one thread) as the client: far lighter than any Python client on 2 shared cores."""
+             script: Path, rate: float = 0.0) -> dict[str, float]:
+    """wrk (C, one thread) as the client: far lighter than any Python client on 2 shared cores.
+    `rate` > 0: offered load in requests/s (paced sends) instead of a closed loop."""
     import subprocess
 
-    env = {**os.environ, "BENCH_USERS": str(users_file), "BENCH_PATH": which}
+    env = {**os.environ, "BENCH_USERS": str(users_file), "BENCH_PATH": which, "BENCH_RATE": str(rate)}
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
            "-s", str(script), base]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
@@ -181,6 +200,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per endpoint and concurrency level")
     ap.add_argument("--connections", default="1,8,32", help="e.g. 1,8,32,64 (64: twice the target load)")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--rates", default="",
+                    help="also offer these loads (req/s, e.g. 500,1000) to the recommendations endpoint "
+                         "at --rate-connections connections (wrk only): the issue's goal is p99 at 500 "
+                         "req/s over 32 connections, which a closed loop cannot show (32 busy "
+                         "connections at 500 req/s wait 64 ms each by Little's law)")
+    ap.add_argument("--rate-connections", type=int, default=32)
     ap.add_argument("--exact-below", type=int, default=50_000,
                     help="retrieval.exact_below at serving: catalogues this size or larger use the IVF "
                          "index in stage 1 (200000, the library default, serves 100k items exactly)")
@@ -245,6 +270,16 @@ def main() -> None:
                 print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
                       f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}  "
                       f"server CPU {r['cpu_ms']:.2f} ms/req  load {r['load']:.1f}", flush=True)
+        for rate in [float(x) for x in args.rates.split(",") if x] if client == "wrk" else []:
+            cpu0, load0 = server_cpu_seconds(server.process.pid), os.getloadavg()[0]
+            r = load_wrk(server.url, "rec", args.rate_connections, args.seconds, users_file, script, rate)
+            r["cpu_ms"] = (server_cpu_seconds(server.process.pid) - cpu0) / max(r["n"], 1) * 1000
+            r["load"] = max(load0, os.getloadavg()[0])
+            rows.append((f"recommendations @ {rate:.0f}/s offered", args.rate_connections, r))
+            print(f"  offered {rate:5.0f}/s conns={args.rate_connections:3d}  {r['rps']:8.0f} req/s  "
+                  f"p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} "
+                  f"other={r['other']}  server CPU {r['cpu_ms']:.2f} ms/req  load {r['load']:.1f}",
+                  flush=True)
     finally:
         server.stop()
     print("\n| endpoint | connections | req/s | p50 ms | p99 ms | errors | vs no-op (req/s) "
@@ -253,7 +288,7 @@ def main() -> None:
     ceiling = {c: r["rps"] for n, c, r in rows if n == "no-op"}
     for name, conns, r in rows:
         print(f"| {name} | {conns} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['5xx']} | "
-              f"{r['rps'] / ceiling[conns]:.2f}x | {r['cpu_ms']:.2f} | {r['load']:.1f} |")
+              f"{r['rps'] / ceiling.get(conns, np.nan):.2f}x | {r['cpu_ms']:.2f} | {r['load']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -175,8 +175,13 @@ class Recommender:
         t = time.perf_counter()
         top = tt_score = None
         if self.retrieval is not None:
-            uf = pl.DataFrame([feats]) if feats and getattr(self.retrieval, "wants_user_features", False) \
-                else None
+            uf = None
+            if getattr(self.retrieval, "wants_user_features", False):
+                # only scalar numbers can be user-tower features (lists, text, None count as missing):
+                # a frame of those alone is 3-5x cheaper to build than one with the click-list column
+                scalars = {n: v for n, v in feats.items()
+                           if isinstance(v, int | float | np.integer | np.floating | np.bool_)}
+                uf = pl.DataFrame([scalars]) if scalars else None
             q = self.retrieval.user_vectors([user_id], hist, uf)[0]
             if self._ann is not None and category is None:
                 top, tt_score = self._ann_candidates(q, bad)
