@@ -1,8 +1,11 @@
 """The two-stage recommender that serving and batch recommendations share.
 
-Stage 1: the two-tower user vector against every item vector (exact inner product; the
-catalogues here are far below the size where ANN pays) gives the top-N candidates, with the
-user's recent clicks, the caller's exclusions and a category filter applied first.
+Stage 1: the two-tower user vector against the item vectors gives the top-N candidates, the
+user's recent clicks and the caller's exclusions left out. Below `retrieval.exact_below` items
+(and with a category filter) the search is exact; from there on an ANN index (the retrieval
+model's own IVF/HNSW, or an IVF built at load) returns the top N + |excluded| and the excluded
+are dropped; if that leaves fewer than N the request falls back to the exact search. At 100k
+items IVF (nprobe 32, recall@100 0.994 in benchmarks/README.md) took stage 1 from 2.3 to 0.7 ms.
 Stage 2: `recsys.ranking.features.assemble` builds the candidates' features (the function
 training used) from arrays prebuilt at load, and the LightGBM ranker orders them.
 Users the system knows nothing about (no recent clicks, no behaviour features) get the
