@@ -229,7 +229,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             metrics.fallbacks.labels(ranked.fallback_reason or ranked.fallback).inc()
         t = time.perf_counter()
         slate = choose_slate(ranked.items, req.k, explore, cfg.epsilon, cfg.temperature,
-                             np.random.default_rng(seed_from(request_id)))
+                             np.random.default_rng(seed_from(request_id)) if explore != "none" else None)
         timings["explore"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         for stage, seconds in timings.items():
