@@ -68,7 +68,7 @@ class RetrievalModel:
 
     @classmethod
     def from_trained(cls, net: TwoTower, encoding: ItemEncoding, scaler: FeatureScaler, history: int,
-                     index_kind: str = "auto", exact_below: int = 200_000) -> RetrievalModel:
+                     index_kind: str = "auto", exact_below: int = 50_000) -> RetrievalModel:
         net = net.to("cpu").eval()
         version = weights_version(net)
         vectors = net.all_item_vectors().numpy().astype(np.float32)

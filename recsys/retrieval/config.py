@@ -29,5 +29,5 @@ class RetrievalConfig(ConfigModel):
         "auto: random for MovieLens logs, temporal otherwise")
     user_features: bool = Field(True, description="use Feast user_behaviour features (temporal split)")
     index: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
-    exact_below: int = Field(200_000, description="catalogues smaller than this use exact search")
+    exact_below: int = Field(50_000, description="catalogues smaller than this use exact search")
     candidates: int = 300

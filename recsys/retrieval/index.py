@@ -1,8 +1,8 @@
 """Nearest-neighbour search over item vectors: exact (numpy) or approximate (faiss).
 
 Vectors are L2-normalised, so inner product is cosine. Kinds:
-- `exact`: one matrix product per query batch; best for catalogues up to ~200k items
-  (100k x 64: ~1 ms a query on one core).
+- `exact`: one matrix product per query batch; best for catalogues up to ~50k items
+  (100k x 64: ~1-2 ms a query on one core, against ~0.14 ms for IVF at Recall@100 0.99).
 - `hnsw`: faiss HNSW graph; sub-millisecond queries, but a slow build (minutes at 1M items).
 - `ivf`: faiss inverted lists (k-means cells, `nprobe` of them scanned per query); builds in
   seconds at 1M items.
@@ -61,7 +61,7 @@ class ItemIndex:
     # construction ---------------------------------------------------------------------
     @classmethod
     def build(cls, item_ids: Sequence[str], vectors: np.ndarray, model_version: str,
-              kind: str = "auto", exact_below: int = 200_000, hnsw_m: int = 32,
+              kind: str = "auto", exact_below: int = 50_000, hnsw_m: int = 32,
               ef_construction: int = 80, ef_search: int = 256, nlist: int | None = None,
               nprobe: int = 32, seed: int = 0) -> ItemIndex:
         """Index `vectors` (n, dim) of `item_ids`. `kind="auto"`: exact below `exact_below`
