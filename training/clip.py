@@ -15,7 +15,6 @@ are registered as model `clip` with alias `champion`: the encoder `recsys backfi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.data.splits import hashed_fraction
 from recsys.data.tables import load_table
 from recsys.embeddings.encoder import (
     CHECKPOINT_FILE,
@@ -71,12 +71,8 @@ def item_texts(items: pl.DataFrame) -> list[str]:
 
 
 def is_validation(item_ids: list[str], fraction: float, seed: int) -> np.ndarray:
-    """Seeded split by a hash of the item id: stable when the catalogue grows or reorders."""
-    out = np.empty(len(item_ids), dtype=bool)
-    for i, item_id in enumerate(item_ids):
-        digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(digest, "big") / 2**64 < fraction
-    return out
+    """Held-out items for Recall@k, by a seeded hash of the id (stable as the catalogue grows)."""
+    return hashed_fraction(item_ids, fraction, salt=str(seed))
 
 
 def recall_at_k(sim: np.ndarray, ks: tuple[int, ...] = KS) -> dict[int, float]:

@@ -33,6 +33,7 @@ import polars as pl
 from PIL import Image
 
 from recsys.data import columns as C
+from recsys.data.splits import hashed_fraction
 from recsys.data.tables import load_table, save_table
 from recsys.embeddings.images import is_ok, load_image
 from recsys.io import atomic_path, write_parquet
@@ -77,12 +78,8 @@ def item_seed(seed: int, item_id: str) -> int:
 
 
 def in_holdout(item_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
-    """Seeded split by a hash of the item id (kept out of thumbnail training for evaluation)."""
-    out = np.empty(len(item_ids), dtype=bool)
-    for i, item_id in enumerate(item_ids):
-        digest = hashlib.blake2b(f"thumbnails:{seed}:{item_id}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(digest, "big") / 2**64 < fraction
-    return out
+    """Items kept out of thumbnail training for evaluation (seeded hash of the id)."""
+    return hashed_fraction(item_ids, fraction, salt=f"thumbnails:{seed}")
 
 
 def _prompts(items: pl.DataFrame, max_chars: int) -> list[str | PromptError]:

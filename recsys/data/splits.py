@@ -16,6 +16,8 @@ temporal split never cuts a slate in two.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -144,3 +146,16 @@ def before_holdout(events: pl.DataFrame, days: float) -> tuple[pl.DataFrame, dat
     if start is None:
         return events, None
     return events.filter(pl.col(C.EVENT_TIMESTAMP) < start), start
+
+
+def hashed_fraction(ids: Sequence[str], fraction: float, salt: str) -> np.ndarray:
+    """A mask selecting about `fraction` of `ids` by a salted hash of each id.
+
+    Unlike a shuffled split it is stable when the catalogue grows or is reordered: an item held
+    out once stays held out (CLIP validation items, thumbnail evaluation items).
+    """
+    out = np.empty(len(ids), dtype=bool)
+    for i, item_id in enumerate(ids):
+        digest = hashlib.blake2b(f"{salt}:{item_id}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "big") / 2**64 < fraction
+    return out
