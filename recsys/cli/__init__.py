@@ -46,3 +46,23 @@ for _noun, _help in {
 # in pipeline order, which is the order `recsys --help` lists them in
 for _module in (data, embeddings, thumbnails, features, retrieval, ranking, evaluate, serve, demo, models):
     _module.register(app, GROUPS)
+
+
+# Errors that mean "your input or workspace is not as expected": shown as one clear message
+# (the exception's text names the file, column or model), not as a traceback; -v shows it all.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, FileNotFoundError, PermissionError)
+
+
+def main() -> None:
+    """The `recsys` executable."""
+    import sys
+
+    try:
+        app()
+    except USER_ERRORS as exc:
+        if "-v" in sys.argv or "--verbose" in sys.argv:
+            raise
+        common.console.print(f"[bold red]error[/] ({type(exc).__name__}):", end=" ")
+        common.console.print(str(exc), markup=False, highlight=False)
+        common.console.print("[dim](run with -v for the traceback)[/]")
+        sys.exit(1)

@@ -330,7 +330,13 @@ def validate_impressions(
     if click_only:
         notes.append("click-only log: every row is a click; query groups are user-days")
     else:
-        _check_columns(df, IMPRESSIONS, "impressions", source)
+        try:
+            _check_columns(df, IMPRESSIONS, "impressions", source)
+        except ContractError as exc:
+            raise ContractError(
+                source, f"{str(exc).removeprefix(f'{source}: ')} (or, for a click-only log, give "
+                f"exactly the columns {list(CLICK_ONLY_REQUIRED)})"
+            ) from None
     cast, reason = _conform(df, IMPRESSIONS if not click_only else _CLICK_ONLY, "impressions", source)
     if click_only:
         cast = cast.with_columns(

@@ -1,0 +1,29 @@
+"""The `recsys` executable: bad input is one clear message and exit code 1, not a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    code = "import sys; from recsys.cli import main; sys.argv = ['recsys', *sys.argv[1:]]; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_bad_input_is_a_message_naming_file_and_columns(home: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id\nu1,i1\n")
+    result = run_recsys("import", "impressions", str(log), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "log.csv" in result.stderr and "event_timestamp" in result.stderr
+    assert "click-only" in result.stderr
+
+
+def test_verbose_shows_the_traceback(home: Path, tmp_path: Path) -> None:
+    result = run_recsys("-v", "import", "impressions", str(tmp_path / "missing.csv"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "file not found" in result.stderr
