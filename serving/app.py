@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import secrets
 import sys
 import time
@@ -321,9 +322,9 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         return {"swapped": True, "versions": new.versions, "ready": new.ready, "problems": list(new.problems)}
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """The process is up (whether or not models are loaded)."""
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """The process is up (whether or not models are loaded); pid: which worker answered."""
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready, with the reasons"}})
     async def readyz() -> JSONResponse:
@@ -467,8 +468,6 @@ def _replay(body: bytes, then: Callable | None) -> Callable:
 def app_from_env() -> FastAPI:
     """uvicorn factory (`serving.app:app_from_env --factory`): settings handed over by
     `recsys serve` / `start_server`, else recsys.toml and RECSYS_* variables."""
-    import os
-
     from recsys.config import Settings, load_settings
     from serving.process import SETTINGS_ENV
 
