@@ -153,7 +153,8 @@ def resolve_policy(settings: Any, spec: str, history: pl.DataFrame) -> tuple[Pol
 
 class RecommenderPolicy:
     """The two-stage `Recommender` as a `Policy`: each user's recent clicks before `as_of` are
-    their history, and every item they clicked before `as_of` is excluded (full ranking).
+    their history, and every item they clicked before `as_of` is excluded (full ranking), as is
+    every item created after `as_of` (it did not exist yet: ranking it would use the future).
 
     Offline, user behaviour features come only from the click history (no online-store row).
     """
@@ -162,6 +163,15 @@ class RecommenderPolicy:
         self.recommender, self.name, self.history = recommender, name, history
         self.clicks = events.filter(pl.col(C.CLICKED)) if C.CLICKED in events.columns else events
         self._cache: tuple[datetime, dict[str, list[str]]] | None = None
+        self._future: tuple[datetime, set[str]] | None = None
+
+    def _not_yet_created(self, as_of: datetime) -> set[str]:
+        """Ids of catalogue items created after `as_of` (unknown creation time: available)."""
+        if self._future is None or self._future[0] != as_of:
+            items = self.recommender.items
+            late = np.asarray(items.created_at, dtype=np.float64) > as_of.timestamp()
+            self._future = (as_of, {str(i) for i in np.asarray(items.ids)[late]})
+        return self._future[1]
 
     def _histories(self, as_of: datetime) -> dict[str, list[str]]:
         if self._cache is None or self._cache[0] != as_of:
@@ -177,11 +187,12 @@ class RecommenderPolicy:
 
     def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
         hist = self._histories(as_of)
+        future = self._not_yet_created(as_of)
         out = np.full((len(user_ids), k), "", dtype=object)
         for row, user in enumerate(np.asarray(user_ids).astype(str)):
             seen = hist.get(user, [])
             rec = self.recommender.recommend(
-                user, k=k, exclude=set(seen), as_of=as_of, history=seen[-self.history :] or None
+                user, k=k, exclude=future.union(seen), as_of=as_of, history=seen[-self.history :] or None
             )
             for j, (item, _, _) in enumerate(rec.items[:k]):
                 out[row, j] = item
