@@ -330,7 +330,8 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     async def readyz() -> JSONResponse:
         """Models, index and feature store loaded: 200; otherwise 503 with the reasons."""
         state: ServingState = app.state.holder.current
-        body = {"ready": state.ready, "reasons": list(state.problems), "versions": state.versions}
+        body = {"ready": state.ready, "reasons": list(state.problems), "versions": state.versions,
+                "pid": os.getpid()}
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.get("/metrics", tags=["ops"])

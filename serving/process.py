@@ -72,24 +72,32 @@ def start_server(settings: Any, port: int | None = None, workers: int = 1, log_p
     proc = subprocess.Popen(cmd, env=server_env(settings), stdout=out, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until(server.url + ("/readyz" if ready else "/healthz"), wait, proc)
+        wait_until(server.url + ("/readyz" if ready else "/healthz"), wait, proc, workers)
     except Exception:
         server.stop(5)
         raise
     return server
 
 
-def wait_until(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200."""
+def wait_until(url: str, timeout: float, process: subprocess.Popen | None = None, workers: int = 1) -> None:
+    """Poll `url` until it answers 200 (from `workers` distinct processes: the pid in the body of
+    /healthz and /readyz; each poll is a new connection, which the kernel hands to any worker)."""
     deadline = time.monotonic() + timeout
     last = "no answer"
+    answered: set[int] = set()
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with code {process.returncode} before {url} answered")
         try:
             r = httpx.get(url, timeout=2.0)
             if r.status_code == 200:
-                return
+                if workers <= 1:
+                    return
+                answered.add(r.json()["pid"])
+                if len(answered) >= workers:
+                    return
+                last = f"{len(answered)} of {workers} workers answered"
+                continue
             last = f"{r.status_code} {r.text[:200]}"
         except httpx.HTTPError as exc:
             last = str(exc)
