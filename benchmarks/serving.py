@@ -174,20 +174,27 @@ def load_wrk(base: str, which: str, connections: int, seconds: float, users_file
             "5xx": int(status_errors), "other": int(socket_errors)}
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the server and its worker processes so far: the cost per
-    request, which (unlike req/s) does not depend on how busy the shared cores are."""
+def process_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds so far of the server and each of its worker processes, by pid:
+    their sum per request is the cost, which (unlike req/s) does not depend on how busy the
+    shared cores are; the split shows how evenly the workers share the load."""
     import psutil
 
     root = psutil.Process(pid)
-    total = 0.0
+    out = {}
     for proc in [root, *root.children(recursive=True)]:
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
+            out[proc.pid] = t.user + t.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float]) -> str:
+    """CPU seconds each process used between two readings, largest first ("2.9/2.8/0.0")."""
+    used = sorted((after[p] - before.get(p, 0.0) for p in after), reverse=True)
+    return "/".join(f"{u:.1f}" for u in used)
 
 
 def main() -> None:
@@ -199,7 +206,8 @@ def main() -> None:
     ap.add_argument("--impressions", type=int, default=300_000)
     ap.add_argument("--seconds", type=float, default=8.0, help="per endpoint and concurrency level")
     ap.add_argument("--connections", default="1,8,32", help="e.g. 1,8,32,64 (64: twice the target load)")
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes (several: one SO_REUSEPORT socket each, see serving/process.py)")
     ap.add_argument("--rates", default="",
                     help="also offer these loads (req/s, e.g. 500,1000) to the recommendations endpoint "
                          "at --rate-connections connections (wrk only): the issue's goal is p99 at 500 "
@@ -258,27 +266,31 @@ def main() -> None:
         rows = []
         for conns in [int(c) for c in args.connections.split(",")]:
             for name, url_of in endpoints.items():
-                cpu0, load0 = server_cpu_seconds(server.process.pid), os.getloadavg()[0]
+                cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
                 if client == "wrk":
                     which = "rec" if name == "recommendations" else "noop"
                     r = load_wrk(server.url, which, conns, args.seconds, users_file, script)
                 else:
                     r = asyncio.run(load(url_of, conns, args.seconds))
-                r["cpu_ms"] = (server_cpu_seconds(server.process.pid) - cpu0) / max(r["n"], 1) * 1000
+                cpu1 = process_cpu_seconds(server.process.pid)
+                r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
                 r["load"] = max(load0, os.getloadavg()[0])
                 rows.append((name, conns, r))
                 print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
                       f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}  "
-                      f"server CPU {r['cpu_ms']:.2f} ms/req  load {r['load']:.1f}", flush=True)
+                      f"server CPU {r['cpu_ms']:.2f} ms/req (s by process {cpu_split(cpu0, cpu1)})  "
+                      f"load {r['load']:.1f}", flush=True)
         for rate in [float(x) for x in args.rates.split(",") if x] if client == "wrk" else []:
-            cpu0, load0 = server_cpu_seconds(server.process.pid), os.getloadavg()[0]
+            cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
             r = load_wrk(server.url, "rec", args.rate_connections, args.seconds, users_file, script, rate)
-            r["cpu_ms"] = (server_cpu_seconds(server.process.pid) - cpu0) / max(r["n"], 1) * 1000
+            cpu1 = process_cpu_seconds(server.process.pid)
+            r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
             r["load"] = max(load0, os.getloadavg()[0])
             rows.append((f"recommendations @ {rate:.0f}/s offered", args.rate_connections, r))
             print(f"  offered {rate:5.0f}/s conns={args.rate_connections:3d}  {r['rps']:8.0f} req/s  "
                   f"p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} "
-                  f"other={r['other']}  server CPU {r['cpu_ms']:.2f} ms/req  load {r['load']:.1f}",
+                  f"other={r['other']}  server CPU {r['cpu_ms']:.2f} ms/req (s by process "
+                  f"{cpu_split(cpu0, cpu1)})  load {r['load']:.1f}",
                   flush=True)
     finally:
         server.stop()
