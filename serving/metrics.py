@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -31,6 +33,17 @@ class Metrics:
                                        registry=r)
         self.events_written = Counter("recsys_events_written", "Events written to parquet", registry=r)
         self.events_queued = Gauge("recsys_events_queued", "Events waiting to be written", registry=r)
+
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() takes a lock and builds a key on
+        every call, six times a request on the recommendation path."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_versions(self, versions: dict[str, str | None], ready: bool) -> None:
         self.model.info({k: v or "none" for k, v in versions.items()})
