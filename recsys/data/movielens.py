@@ -55,10 +55,11 @@ def import_movielens(
     if clicks.height == 0:
         raise ContractError(ratings_src, f"no rating is >= min_rating {min_rating}: nothing to import")
 
-    reports = [store_validated(ws, validate_items(items, items_src, base_dir=path), keep_bad=quarantine_bad)]
+    checked_items = validate_items(items, items_src, base_dir=path)
+    reports = [store_validated(ws, checked_items, keep_bad=quarantine_bad)]
     reports.append(store_validated(ws, validate_users(users, users_src), keep_bad=quarantine_bad))
-    known = pl.read_parquet(reports[0].output, columns=[C.ITEM_ID])[C.ITEM_ID]
-    checked = validate_impressions(clicks, ratings_src, known_items=known)
+    # the stored items table is exactly the good rows: no need to read it back
+    checked = validate_impressions(clicks, ratings_src, known_items=checked_items.good[C.ITEM_ID])
     reports.append(store_validated(ws, checked, keep_bad=quarantine_bad))
     forget_world_truth(ws)
     return reports

@@ -101,7 +101,7 @@ def validate_file(table: str, path: str | Path, ws: Workspace | None = None) -> 
     if table == "impressions":
         known = None
         if ws is not None and ws.table("items").exists():
-            known = pl.read_parquet(ws.table("items"), columns=[C.ITEM_ID])[C.ITEM_ID]
+            known = load_table(ws, "items", columns=[C.ITEM_ID])[C.ITEM_ID]
         return validate_impressions(df, str(path), known_items=known)
     raise ValueError(f"unknown table '{table}'; expected items, users or impressions")
 
