@@ -11,7 +11,6 @@ working directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys.io import file_sha256
+from recsys.io import file_sha256, write_json
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -192,7 +191,7 @@ def log_and_register(
     from mlflow import MlflowClient
 
     model_dir = Path(model_dir)
-    (model_dir / "meta.json").write_text(json.dumps(dict(meta), indent=2, default=str))
+    write_json(dict(meta), model_dir / "meta.json")
     mlflow.log_artifacts(str(model_dir), artifact_path="model")
     run = mlflow.active_run()
     client = MlflowClient()
