@@ -61,6 +61,19 @@ def latest_item_behaviour(path: Path, as_of: datetime | None = None) -> pl.DataF
     return lf.sort(C.EVENT_TIMESTAMP).group_by(C.ITEM_ID).last().collect()
 
 
+def user_state(log_df: pl.DataFrame, as_of: datetime, history: int) -> dict[str, tuple[list[str], set[str]]]:
+    """Per user: last `history` clicks before `as_of` (oldest first) and every item clicked before it,
+    i.e. the `history` and `exclude` of `Recommender.recommend` as of `as_of`. Rows with
+    clicked = false are ignored (a log without the column is all clicks)."""
+    if C.CLICKED in log_df.columns:
+        log_df = log_df.filter(pl.col(C.CLICKED))
+    clicks = (log_df.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
+              .sort([C.USER_ID, C.EVENT_TIMESTAMP])
+              .group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID)))
+    return {u: (items[-history:], set(items)) for u, items in
+            zip(clicks[C.USER_ID].to_list(), clicks[C.ITEM_ID].to_list(), strict=True)}
+
+
 class Recommender:
     """Two-tower retrieval + LightGBM ranking over in-process item arrays; thread-safe reads."""
 

@@ -161,8 +161,8 @@ class RecommenderPolicy:
 
     def __init__(self, recommender: Any, name: str, events: pl.DataFrame, history: int = 20):
         self.recommender, self.name, self.history = recommender, name, history
-        self.clicks = events.filter(pl.col(C.CLICKED)) if C.CLICKED in events.columns else events
-        self._cache: tuple[datetime, dict[str, list[str]]] | None = None
+        self.events = events
+        self._cache: tuple[datetime, dict[str, tuple[list[str], set[str]]]] | None = None
         self._future: tuple[datetime, set[str]] | None = None
 
     def _not_yet_created(self, as_of: datetime) -> set[str]:
@@ -173,26 +173,21 @@ class RecommenderPolicy:
             self._future = (as_of, {str(i) for i in np.asarray(items.ids)[late]})
         return self._future[1]
 
-    def _histories(self, as_of: datetime) -> dict[str, list[str]]:
+    def _state(self, as_of: datetime) -> dict[str, tuple[list[str], set[str]]]:
         if self._cache is None or self._cache[0] != as_of:
-            past = (
-                self.clicks.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
-                .sort(C.EVENT_TIMESTAMP)
-                .group_by(C.USER_ID, maintain_order=True)
-                .agg(pl.col(C.ITEM_ID))
-            )
-            users, items = past[C.USER_ID].to_list(), past[C.ITEM_ID].to_list()
-            self._cache = (as_of, dict(zip(users, items, strict=True)))
+            from recsys.recommender import user_state
+
+            self._cache = (as_of, user_state(self.events, as_of, self.history))
         return self._cache[1]
 
     def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
-        hist = self._histories(as_of)
+        state = self._state(as_of)
         future = self._not_yet_created(as_of)
         out = np.full((len(user_ids), k), "", dtype=object)
         for row, user in enumerate(np.asarray(user_ids).astype(str)):
-            seen = hist.get(user, [])
+            recent, seen = state.get(user, ([], set()))
             rec = self.recommender.recommend(
-                user, k=k, exclude=future.union(seen), as_of=as_of, history=seen[-self.history :] or None
+                user, k=k, exclude=future | seen, as_of=as_of, history=recent or None
             )
             for j, (item, _, _) in enumerate(rec.items[:k]):
                 out[row, j] = item

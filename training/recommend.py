@@ -21,7 +21,7 @@ from recsys.data import columns as C
 from recsys.data.tables import load_table
 from recsys.io import write_parquet
 from recsys.progress import bar
-from recsys.recommender import Recommender, latest_item_behaviour
+from recsys.recommender import Recommender, latest_item_behaviour, user_state
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 
@@ -55,15 +55,6 @@ def read_users(path: Path) -> list[str]:
             raise ValueError(f"{path}: expected a '{C.USER_ID}' column, found {df.columns}")
         return df[C.USER_ID].cast(pl.String).drop_nulls().unique(maintain_order=True).to_list()
     return list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
-
-
-def user_state(log_df: pl.DataFrame, as_of: datetime, history: int) -> dict[str, tuple[list[str], set[str]]]:
-    """Per user: last `history` clicks before `as_of` (oldest first) and every item clicked before it."""
-    clicks = (log_df.filter(pl.col(C.CLICKED) & (pl.col(C.EVENT_TIMESTAMP) < as_of))
-              .sort([C.USER_ID, C.EVENT_TIMESTAMP])
-              .group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID)))
-    return {u: (items[-history:], set(items)) for u, items in
-            zip(clicks[C.USER_ID].to_list(), clicks[C.ITEM_ID].to_list(), strict=True)}
 
 
 def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, Any]]:
