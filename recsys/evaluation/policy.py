@@ -55,44 +55,42 @@ class PopularPolicy:
         self.events = events.select(cols)
         self.window_days = window_days
         self.name = name
-        self._cache: tuple[datetime, np.ndarray] | None = None
+        self._cache: tuple[datetime, np.ndarray, pl.DataFrame] | None = None
 
-    def _ranking(self, as_of: datetime) -> np.ndarray:
+    def _ranking(self, as_of: datetime) -> tuple[np.ndarray, pl.DataFrame]:
+        """(items by clicks, most first; the unique (user, item) clicks before `as_of`), cached per
+        `as_of`: `rank` is called batch by batch at one time."""
         if self._cache is not None and self._cache[0] == as_of:
-            return self._cache[1]
+            return self._cache[1], self._cache[2]
         past = self.events.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
+        seen = past.select(C.USER_ID, C.ITEM_ID).unique()
         if self.window_days is not None:
             past = past.filter(
                 pl.col(C.EVENT_TIMESTAMP) >= pl.lit(as_of) - pl.duration(days=self.window_days)
             )
         counts = past.group_by(C.ITEM_ID).len().sort(["len", C.ITEM_ID], descending=[True, False])
         ranking = counts[C.ITEM_ID].to_numpy().astype(str)
-        self._cache = (as_of, ranking)
-        return ranking
+        self._cache = (as_of, ranking, seen)
+        return ranking, seen
 
     def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
-        ranking = self._ranking(as_of)
+        ranking, seen_pairs = self._ranking(as_of)
         user_ids = np.asarray(user_ids).astype(str)
         n = len(user_ids)
         out = np.full((n, k), "", dtype=object)
         if not len(ranking) or not n:
             return out.astype(str)
         width = min(len(ranking), k + 64)
+        users = pl.DataFrame({C.USER_ID: user_ids, "row": np.arange(n)}).unique(C.USER_ID)
+        # rows of duplicated users share the first row's mask
+        first_row = dict(zip(users[C.USER_ID].to_list(), users["row"].to_list(), strict=True))
+        rows = np.array([first_row[u] for u in user_ids])
+        user_seen = seen_pairs.join(users, on=C.USER_ID)
         while True:
             top = pl.DataFrame({C.ITEM_ID: ranking[:width], "slot": np.arange(width)})
-            users = pl.DataFrame({C.USER_ID: user_ids, "row": np.arange(n)}).unique(C.USER_ID)
-            seen = (
-                self.events.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
-                .select(C.USER_ID, C.ITEM_ID)
-                .unique()
-                .join(users, on=C.USER_ID)
-                .join(top, on=C.ITEM_ID)
-            )
-            # rows of duplicated users share the first row's mask
-            first_row = dict(zip(users[C.USER_ID].to_list(), users["row"].to_list(), strict=True))
+            seen = user_seen.join(top, on=C.ITEM_ID)
             mask_u = np.zeros((n, width), dtype=bool)
             mask_u[seen["row"].to_numpy(), seen["slot"].to_numpy()] = True
-            rows = np.array([first_row[u] for u in user_ids])
             mask = mask_u[rows]
             if width == len(ranking) or (~mask).sum(axis=1).min() >= k:
                 break
