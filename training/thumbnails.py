@@ -104,11 +104,6 @@ def _imaged_items(settings: Any, items: pl.DataFrame) -> tuple[pl.DataFrame, lis
     return cand[keep], images
 
 
-def _encode_texts(encoder: TextImageEncoder, texts: Sequence[str], chunk: int = 256) -> np.ndarray:
-    parts = [encoder.encode_texts(list(texts[i:i + chunk])) for i in range(0, len(texts), chunk)]
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, encoder.dim), np.float32)
-
-
 # --- train ------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -185,7 +180,7 @@ def train_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder | N
                          f"and text to train thumbnails on; need at least 2")
     device = resolve_device(settings.device)
     pixels = images_to_tensor([images[i] for i in train_idx], cfg.resolution)
-    cond = torch.from_numpy(_encode_texts(encoder, [prompts[i] for i in train_idx]))
+    cond = torch.from_numpy(encoder.encode_texts([prompts[i] for i in train_idx]))
     model = ThumbnailModel.create(cfg, encoder.dim, seed=settings.seed).to(device)
     unet = model.unet
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
@@ -199,7 +194,7 @@ def train_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder | N
     # grid: held-out items when there are any (what generation faces), else training items
     grid_pool = np.flatnonzero(held) if held.any() else train_idx
     grid_idx = grid_pool[:cfg.grid_items]
-    grid_cond = _encode_texts(encoder, [prompts[i] for i in grid_idx])
+    grid_cond = encoder.encode_texts([prompts[i] for i in grid_idx])
     grid_seeds = [item_seed(settings.seed, imaged[C.ITEM_ID][int(i)]) for i in grid_idx]
     losses: list[float] = []
     bf16 = cfg.train_precision == "bfloat16"
@@ -534,7 +529,7 @@ def evaluate_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder 
 
     rng = np.random.default_rng(settings.seed)
     real_vecs = encoder.encode_images([images[i] for i in corpus_idx])
-    text_vecs = _encode_texts(encoder, [prompts[i] for i in held])
+    text_vecs = encoder.encode_texts([prompts[i] for i in held])
     h = len(held)
     out: dict[str, float] = {
         "eval_items": h, "corpus_items": len(corpus_idx), "k": cfg.recall_k,
@@ -606,7 +601,7 @@ def _catalogue_scores(settings: Any, encoder: TextImageEncoder, generated: pl.Da
             texts.append(text)
     if len(pics) < 2:
         return {}
-    img, txt = encoder.encode_images(pics), _encode_texts(encoder, texts)
+    img, txt = encoder.encode_images(pics), encoder.encode_texts(texts)
     rng = np.random.default_rng(settings.seed + 1)
     return {"catalogue_generated": float(len(pics)),
             "clip_catalogue_generated": float(paired_scores(img, txt).mean()),

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class TextImageEncoder(Protocol):
-    """What the thumbnails need of a CLIP encoder (`recsys.embeddings.encoder.ClipEncoder`)."""
+    """What the thumbnails need of a CLIP encoder (`recsys.embeddings.encoder.ClipEncoder`).
+
+    Both methods batch internally and return float32 (n, dim), (0, dim) for an empty list."""
 
     version: str
     dim: int
