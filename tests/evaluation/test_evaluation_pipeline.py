@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from recsys.cli import common
 from recsys.cli import evaluate as evaluate_cli
@@ -26,6 +26,12 @@ def _app() -> typer.Typer:
     return app
 
 
+def _evaluate_ab(home: Path, control: str, treatment: str, *options: str) -> Result:
+    """`recsys --home HOME evaluate ab --control C --treatment T OPTIONS...` through the CLI."""
+    args = ["--home", str(home), "evaluate", "ab", "--control", control, "--treatment", treatment, *options]
+    return CliRunner().invoke(_app(), args)
+
+
 @pytest.fixture(scope="module")
 def world_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("world")
@@ -35,21 +41,7 @@ def world_home(tmp_path_factory) -> Path:
 
 
 def test_cli_on_the_embedded_world_writes_report_truth_check_and_mlflow_run(world_home: Path) -> None:
-    res = CliRunner().invoke(
-        _app(),
-        [
-            "--home",
-            str(world_home),
-            "evaluate",
-            "ab",
-            "--control",
-            "popular",
-            "--treatment",
-            "popular:3d",
-            "--bootstrap",
-            "100",
-        ],
-    )
+    res = _evaluate_ab(world_home, "popular", "popular:3d", "--bootstrap", "100")
     assert res.exit_code == 0, res.output
     assert "verdict:" in res.output
     reports = sorted((Workspace.at(world_home).reports_dir).glob("ab-*"))
@@ -79,42 +71,14 @@ def test_cli_on_the_embedded_world_writes_report_truth_check_and_mlflow_run(worl
 
 def test_fail_on_regression_exits_non_zero_for_dont_ship(world_home: Path) -> None:
     # a popularity window of ~15 minutes knows almost no items: a clear regression
-    res = CliRunner().invoke(
-        _app(),
-        [
-            "--home",
-            str(world_home),
-            "evaluate",
-            "ab",
-            "--control",
-            "popular",
-            "--treatment",
-            "popular:0.01d",
-            "--bootstrap",
-            "100",
-            "--no-track",
-            "--fail-on-regression",
-        ],
-    )
+    res = _evaluate_ab(world_home, "popular", "popular:0.01d", "--bootstrap", "100", "--no-track",
+                       "--fail-on-regression")
     assert "DON'T SHIP" in res.output, res.output
     assert res.exit_code == 3
 
 
 def test_unknown_policy_is_a_clear_error(world_home: Path) -> None:
-    res = CliRunner().invoke(
-        _app(),
-        [
-            "--home",
-            str(world_home),
-            "evaluate",
-            "ab",
-            "--control",
-            "popular",
-            "--treatment",
-            "best-model",
-            "--no-track",
-        ],
-    )
+    res = _evaluate_ab(world_home, "popular", "best-model", "--no-track")
     assert res.exit_code == 1 and "unknown policy 'best-model'" in res.output
 
 
