@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -20,10 +24,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     group.command("evaluate")(evaluate)
 
 
-def _errors() -> tuple[type[BaseException], ...]:
+@contextmanager
+def _step(name: str) -> Iterator[dict[str, Any]]:
+    """`step`, with the errors a user can fix turned into a one-line failure."""
     from recsys.thumbnails.model import CheckpointError, ConditioningError
 
-    return (CheckpointError, ConditioningError, FileNotFoundError, LookupError, ValueError)
+    try:
+        with step(name) as info:
+            yield info
+    except (CheckpointError, ConditioningError, FileNotFoundError, LookupError, ValueError) as exc:
+        raise fail(str(exc)) from exc
 
 
 def train(
@@ -37,12 +47,9 @@ def train(
 
     settings = settings_from(ctx, **{"thumbnails.epochs": epochs, "thumbnails.batch_size": batch_size,
                                      "thumbnails.train_precision": precision})
-    try:
-        with step("thumbnails train") as info:
-            result = train_thumbnails(settings, workspace(settings))
-            info["summary"] = result.summary() + " (loss curve and sample grids in MLflow: recsys mlflow-ui)"
-    except _errors() as exc:
-        raise fail(str(exc)) from exc
+    with _step("thumbnails train") as info:
+        result = train_thumbnails(settings, workspace(settings))
+        info["summary"] = result.summary() + " (loss curve and sample grids in MLflow: recsys mlflow-ui)"
 
 
 def generate(
@@ -57,12 +64,9 @@ def generate(
 
     settings = settings_from(ctx, **{"thumbnails.steps": steps, "thumbnails.guidance_scale": guidance,
                                      "thumbnails.generate_batch_size": batch_size})
-    try:
-        with step("thumbnails generate") as info:
-            report = generate_thumbnails(settings, workspace(settings), force=force)
-            info["summary"] = report.summary()
-    except _errors() as exc:
-        raise fail(str(exc)) from exc
+    with _step("thumbnails generate") as info:
+        report = generate_thumbnails(settings, workspace(settings), force=force)
+        info["summary"] = report.summary()
 
 
 def evaluate(
@@ -74,14 +78,11 @@ def evaluate(
     from training.thumbnails import evaluate_thumbnails
 
     settings = settings_from(ctx, **{"thumbnails.eval_items": items, "thumbnails.eval_seeds": seeds})
-    try:
-        with step("thumbnails evaluate") as info:
-            out = evaluate_thumbnails(settings, workspace(settings))
-            info["summary"] = (f"CLIP-score gap generated - mismatched {out['gap']:+.3f} "
-                               f"± {out['gap_std']:.3f} over {settings.thumbnails.eval_seeds} seeds "
-                               f"({int(out['eval_items'])} held-out items)")
-    except _errors() as exc:
-        raise fail(str(exc)) from exc
+    with _step("thumbnails evaluate") as info:
+        out = evaluate_thumbnails(settings, workspace(settings))
+        info["summary"] = (f"CLIP-score gap generated - mismatched {out['gap']:+.3f} "
+                           f"± {out['gap_std']:.3f} over {settings.thumbnails.eval_seeds} seeds "
+                           f"({int(out['eval_items'])} held-out items)")
     console.print(metrics_table(out))
 
 
