@@ -457,11 +457,7 @@ def materialization_info(ws: Workspace) -> dict[str, Any]:
 
 def materialization_version(ws: Workspace) -> str | None:
     """The version of the last materialization into the online store (None: never)."""
-    path = ws.feast_dir / MATERIALIZED_FILE
-    try:
-        return json.loads(path.read_text())["version"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
+    return materialization_info(ws).get("version")
 
 
 def materialize(
