@@ -9,6 +9,9 @@ import typer
 
 from recsys.cli.common import console, settings_from, step, workspace
 
+# shared by every import command
+QUARANTINE = typer.Option(True, "--quarantine/--strict", help="Set bad rows aside (default) or fail")
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["config"].command("show")(config_show)
@@ -58,9 +61,7 @@ def import_movielens(
     ctx: typer.Context,
     path: Path = typer.Argument(..., help="Folder in the ml-100k or ml-latest-small layout"),
     min_rating: float = typer.Option(None, help="Ratings >= this become clicks [default: every rating]"),
-    quarantine: bool = typer.Option(
-        True, "--quarantine/--strict", help="Set bad rows aside (default) or fail"
-    ),
+    quarantine: bool = QUARANTINE,
 ) -> None:
     """Import MovieLens (ratings become clicks; posters become item images)."""
     from recsys.data.movielens import import_movielens as run
@@ -78,9 +79,7 @@ def _import_table(table: str):
     def command(
         ctx: typer.Context,
         path: Path = typer.Argument(..., help="Parquet or CSV file in the contract's columns"),
-        quarantine: bool = typer.Option(
-            True, "--quarantine/--strict", help="Set bad rows aside (default) or fail"
-        ),
+        quarantine: bool = QUARANTINE,
     ) -> None:
         from recsys.data.tables import import_file
 

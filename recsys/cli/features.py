@@ -8,6 +8,8 @@ import typer
 
 from recsys.cli.common import fail, settings_from, step, workspace
 
+ONLINE_STORE = typer.Option(None, help="sqlite or redis [features.online_store]")
+
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     group = groups.get("features")
@@ -35,7 +37,7 @@ def _parse_time(value: str | None) -> datetime | None:
 def features_build(
     ctx: typer.Context,
     until: str = typer.Option(None, help="Last snapshot at this time (ISO; default: after the last event)"),
-    online_store: str = typer.Option(None, help="sqlite or redis [features.online_store]"),
+    online_store: str = ONLINE_STORE,
 ) -> None:
     """Compute user and item behaviour features from the click log (polars, point-in-time),
     write the offline sources and `feast apply`. Records an MLflow run with lineage."""
@@ -53,7 +55,7 @@ def features_build(
 def features_materialize(
     ctx: typer.Context,
     end: str = typer.Option(None, help="Materialize rows up to this time (ISO; default: the newest)"),
-    online_store: str = typer.Option(None, help="sqlite or redis [features.online_store]"),
+    online_store: str = ONLINE_STORE,
     redis_url: str = typer.Option(None, help="host:port of Redis [features.redis_url]"),
 ) -> None:
     """Load the newest feature rows into the online store (sqlite, or Redis by config)."""
