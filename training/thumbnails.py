@@ -92,16 +92,23 @@ def _prompts(items: pl.DataFrame, max_chars: int) -> list[str | PromptError]:
     return out
 
 
-def _imaged_items(settings: Any, items: pl.DataFrame) -> tuple[pl.DataFrame, list[Image.Image]]:
-    """Items with a readable original image, and those images (decoded once)."""
-    cand = items.filter((pl.col(C.IMAGE_SOURCE) == "original") & pl.col(C.IMAGE_URI).is_not_null())
-    keep, images = [], []
-    for i, uri in enumerate(cand[C.IMAGE_URI].to_list()):
+def _pairs(settings: Any, items: pl.DataFrame,
+           source: str = "original") -> tuple[pl.DataFrame, list[Image.Image], list[str]]:
+    """Items of `source` with a prompt and a readable image: (rows, images decoded once, prompts).
+
+    The prompt is checked first, so an item without text is never decoded."""
+    cand = items.filter((pl.col(C.IMAGE_SOURCE) == source) & pl.col(C.IMAGE_URI).is_not_null())
+    prompts = _prompts(cand, settings.thumbnails.max_prompt_chars)
+    keep, images, texts = [], [], []
+    for i, (uri, prompt) in enumerate(zip(cand[C.IMAGE_URI].to_list(), prompts, strict=True)):
+        if isinstance(prompt, PromptError):
+            continue
         image, outcome = load_image(uri, settings.clip.max_image_pixels, settings.clip.min_image_side)
         if is_ok(outcome):
             keep.append(i)
             images.append(image)
-    return cand[keep], images
+            texts.append(prompt)
+    return cand[keep], images, texts
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -169,10 +176,7 @@ def train_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder | N
     start = time.perf_counter()
     encoder = load_encoder(settings, encoder)
     items = load_table(ws, "items")
-    imaged, images = _imaged_items(settings, items)
-    prompts = _prompts(imaged, cfg.max_prompt_chars)
-    ok = [i for i, p in enumerate(prompts) if isinstance(p, str)]
-    imaged, images, prompts = imaged[ok], [images[i] for i in ok], [prompts[i] for i in ok]
+    imaged, images, prompts = _pairs(settings, items)
     held = in_holdout(imaged[C.ITEM_ID].to_list(), cfg.eval_holdout, settings.seed)
     train_idx = np.flatnonzero(~held)
     if len(train_idx) < 2:
@@ -507,10 +511,7 @@ def evaluate_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder 
     thumbnailer = thumbnailer or load_thumbnailer(settings, encoder)
     meta = getattr(getattr(thumbnailer, "model", None), "meta", {}) or {}
     items = load_table(ws, "items")
-    imaged, images = _imaged_items(settings, items)
-    prompts = _prompts(imaged, cfg.max_prompt_chars)
-    ok = [i for i, p in enumerate(prompts) if isinstance(p, str)]
-    imaged, images, prompts = imaged[ok], [images[i] for i in ok], [prompts[i] for i in ok]
+    imaged, images, prompts = _pairs(settings, items)
     ids = imaged[C.ITEM_ID].to_list()
     if len(ids) < 2:
         raise ValueError(f"{ws.table('items')}: need at least 2 items with a real image to evaluate "
@@ -587,18 +588,7 @@ def evaluate_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder 
 def _catalogue_scores(settings: Any, encoder: TextImageEncoder, generated: pl.DataFrame,
                       limit: int) -> dict[str, float]:
     """CLIP score of the thumbnails actually stored for the catalogue (from `generate`)."""
-    generated = generated.head(limit)
-    pics, texts = [], []
-    for item_id, uri, desc, title, cat in generated.select(
-            C.ITEM_ID, C.IMAGE_URI, C.DESCRIPTION, C.TITLE, C.CATEGORY).iter_rows():
-        image, outcome = load_image(uri, settings.clip.max_image_pixels, settings.clip.min_image_side)
-        try:
-            text = prompt_for(item_id, desc, title, cat, settings.thumbnails.max_prompt_chars)
-        except PromptError:
-            continue
-        if is_ok(outcome):
-            pics.append(image)
-            texts.append(text)
+    _, pics, texts = _pairs(settings, generated.head(limit), source="generated")
     if len(pics) < 2:
         return {}
     img, txt = encoder.encode_images(pics), encoder.encode_texts(texts)
