@@ -116,7 +116,9 @@ def import_file(ws: Workspace, table: str, path: str | Path, quarantine_bad: boo
 def forget_world_truth(ws: Workspace) -> None:
     """Imported data is not the embedded world: drop the simulator's truth so nothing evaluates
     the new tables against it."""
-    for name in ("truth.json", "arrays.npz"):
+    from recsys.data.truth import ARRAYS_FILE, META_FILE
+
+    for name in (META_FILE, ARRAYS_FILE):
         (ws.truth_dir / name).unlink(missing_ok=True)
 
 

@@ -48,6 +48,7 @@ from recsys.io import atomic_path, write_json
 from recsys.workspace import Workspace
 
 DAY_US = 86_400_000_000
+META_FILE, ARRAYS_FILE = "truth.json", "arrays.npz"  # in the workspace's truth_dir
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Policy = Callable[[np.ndarray, datetime], np.ndarray]
 
@@ -266,7 +267,7 @@ class WorldTruth:
     )
 
     def save(self, ws: Workspace) -> None:
-        with atomic_path(ws.truth_dir / "arrays.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:
+        with atomic_path(ws.truth_dir / ARRAYS_FILE, suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **{k: getattr(self, k) for k in self._ARRAYS})
         meta = {
             "start": self.start.isoformat(),
@@ -278,18 +279,18 @@ class WorldTruth:
             "user_width": self.user_width,
             "model": __doc__.split("\n\n")[1],
         }
-        write_json(meta, ws.truth_dir / "truth.json")
+        write_json(meta, ws.truth_dir / META_FILE)
 
     @classmethod
     def load(cls, ws: Workspace) -> WorldTruth:
-        meta_path = ws.truth_dir / "truth.json"
+        meta_path = ws.truth_dir / META_FILE
         if not meta_path.exists():
             raise FileNotFoundError(
                 f"{meta_path} does not exist: run `recsys generate` first "
                 "(ground truth exists for the embedded world only)"
             )
         meta = json.loads(meta_path.read_text())
-        with np.load(ws.truth_dir / "arrays.npz") as z:
+        with np.load(ws.truth_dir / ARRAYS_FILE) as z:
             arrays = {k: z[k] for k in cls._ARRAYS}
         return cls(
             start=datetime.fromisoformat(meta["start"]),
