@@ -26,6 +26,16 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return ws
 
 
+@pytest.fixture(scope="session")
+def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One MLflow store (settings overrides) for the session: a new sqlite store costs seconds."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return {
+        "tracking.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "tracking.artifact_root": (root / "artifacts").as_uri(),
+    }
+
+
 @pytest.fixture
 def ml100k() -> Path:
     if not (ML100K / "u.data").exists():

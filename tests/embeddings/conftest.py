@@ -78,14 +78,6 @@ def make_catalogue(ws: Workspace, n: int, seed: int = 0, image_size: int = 64,
     return items
 
 
-@pytest.fixture(scope="session")
-def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One MLflow store for the session: creating a sqlite store costs seconds each time."""
-    root = tmp_path_factory.mktemp("mlflow")
-    return {"tracking.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-            "tracking.artifact_root": (root / "artifacts").as_uri()}
-
-
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_store: dict[str, str]):
     monkeypatch.setenv("RECSYS_CONFIG", str(tmp_path / "none.toml"))

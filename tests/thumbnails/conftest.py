@@ -61,14 +61,6 @@ def make_items(ws: Workspace, n: int = 24, missing: int = 4) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One MLflow store for the session: creating a sqlite store costs seconds each time."""
-    root = tmp_path_factory.mktemp("mlflow")
-    return {"tracking.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
-            "tracking.artifact_root": (root / "artifacts").as_uri()}
-
-
-@pytest.fixture(scope="session")
 def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny CLIP saved as a file, to be loaded through `clip.pretrained`."""
     from recsys.embeddings.config import ClipConfig
