@@ -80,3 +80,8 @@ class Workspace:
     def truth_dir(self) -> Path:
         """The simulator's ground truth (embedded world only)."""
         return self._dir("data", "truth")
+
+    @property
+    def demo_dir(self) -> Path:
+        """Stamps of `recsys demo` stages (fingerprint of their last successful run)."""
+        return self._dir("demo")

@@ -146,7 +146,7 @@ def run_demo(
     if data == "movielens" and path is None:
         raise ValueError("--data movielens needs the path of the MovieLens folder")
     ws = Workspace.at(settings.home)
-    stamps = ws.root / "demo"
+    stamps = ws.demo_dir
     source = f"{data}:{Path(path).resolve() if path else ''}"
     upstream, reports, ran = "", [], False
     for i, stage in enumerate(demo_stages(settings, ws, data, path)):
