@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from recsys.cli.common import console, settings_from
+from recsys.cli.common import console, settings_from, workspace
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -42,21 +42,21 @@ def demo(
     except (ValueError, FileNotFoundError, LookupError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
+    ws = workspace(settings)  # after the run: a bad --data creates no workspace
     cfg = settings.serving
     base = f"http://{cfg.host}:{cfg.port}"
     console.print(
         f"\n[bold]pipeline done[/] in {total:.0f} s. Outputs under {home}\n"
         f"  models:      recsys models list\n"
         f"  MLflow UI:   recsys mlflow-ui   (then http://127.0.0.1:5000)\n"
-        f"  A/B report:  {home / 'reports'}"
+        f"  A/B report:  {ws.reports_dir}"
     )
     if not serve:
         return
     from recsys.data import columns as C
     from recsys.data.tables import load_table
-    from recsys.workspace import Workspace
 
-    user = load_table(Workspace.at(home), "impressions", columns=[C.USER_ID])[C.USER_ID][0]
+    user = load_table(ws, "impressions", columns=[C.USER_ID])[C.USER_ID][0]
     console.print(
         f"  try:         curl '{base}/v1/users/{user}/recommendations?k=10'\n"
         f"               {base}/docs   {base}/ui/users/{user}   {base}/metrics\n"
