@@ -79,6 +79,12 @@ def store_validated(ws: Workspace, validated: Validated, keep_bad: bool) -> Impo
     if not keep_bad:
         validated.raise_if_bad()
     qpath = quarantine(ws, validated)
+    if validated.good.height == 0:  # never replace a stored table with an empty one
+        raise ContractError(
+            validated.source,
+            f"no row of table '{validated.table}' passed validation (all {validated.bad.height} "
+            f"quarantined -> {qpath}); the stored {validated.table} table was left as it was",
+        )
     out = save_table(ws, validated.table, validated.good)
     for note in validated.notes:
         log.warning("%s: %s", validated.source, note)

@@ -183,3 +183,14 @@ def test_parquet_input_with_wrong_types(ws: Workspace, tmp_path: Path) -> None:
     df.write_parquet(path)
     assert read_raw(path).height == 4
     _check_quarantined(ws, "impressions", path, good=3, column=C.POSITION)
+
+
+def test_a_file_with_no_good_row_leaves_the_stored_table_as_it_was(ws: Workspace, tmp_path: Path) -> None:
+    _with_items(ws, tmp_path)
+    before = load_table(ws, "items")
+    rows = "item_id,title,description,category,price\n,A,d,c,1\nx,B,d,c,no\n"
+    bad = write_text(tmp_path / "bad_items.csv", rows)
+    with pytest.raises(ContractError, match=r"bad_items\.csv.*no row.*left as it was"):
+        import_file(ws, "items", bad)
+    assert load_table(ws, "items").equals(before)
+    assert len(list(ws.quarantine_dir.glob("items-*.parquet"))) == 1  # the bad rows are kept to inspect
