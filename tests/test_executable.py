@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run_recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     code = "import sys; from recsys.cli import main; sys.argv = ['recsys', *sys.argv[1:]]; main()"
@@ -27,3 +29,15 @@ def test_verbose_shows_the_traceback(home: Path, tmp_path: Path) -> None:
     result = run_recsys("-v", "import", "impressions", str(tmp_path / "missing.csv"), cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "file not found" in result.stderr
+
+
+def test_imports_quarantine_setting_decides_without_a_flag(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title,description,category,price\na,A,d,c,1\nb,B,d,c,no\n")
+    monkeypatch.setenv("RECSYS_IMPORTS__QUARANTINE", "false")
+    strict = run_recsys("import", "items", str(items), cwd=tmp_path)
+    assert strict.returncode == 1 and "price" in strict.stderr
+    lenient = run_recsys("import", "items", str(items), "--quarantine", cwd=tmp_path)
+    assert lenient.returncode == 0, lenient.stderr

@@ -10,7 +10,9 @@ import typer
 from recsys.cli.common import console, settings_from, step, workspace
 
 # shared by every import command
-QUARANTINE = typer.Option(True, "--quarantine/--strict", help="Set bad rows aside (default) or fail")
+QUARANTINE = typer.Option(
+    None, "--quarantine/--strict", help="Set bad rows aside or fail [imports.quarantine; default: set aside]"
+)
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -66,10 +68,12 @@ def import_movielens(
     """Import MovieLens (ratings become clicks; posters become item images)."""
     from recsys.data.movielens import import_movielens as run
 
-    settings = settings_from(ctx, **{"imports.min_rating": min_rating})
+    settings = settings_from(ctx, **{"imports.min_rating": min_rating, "imports.quarantine": quarantine})
     ws = workspace(settings)
     with step("import movielens") as info:
-        reports = run(path, ws, min_rating=settings.imports.min_rating, quarantine_bad=quarantine)
+        reports = run(
+            path, ws, min_rating=settings.imports.min_rating, quarantine_bad=settings.imports.quarantine
+        )
         for report in reports:
             console.print(report.summary())
         info["summary"] = ", ".join(f"{r.table} {r.kept:,}" for r in reports)
@@ -83,9 +87,9 @@ def _import_table(table: str):
     ) -> None:
         from recsys.data.tables import import_file
 
-        settings = settings_from(ctx)
+        settings = settings_from(ctx, **{"imports.quarantine": quarantine})
         with step(f"import {table}") as info:
-            report = import_file(workspace(settings), table, path, quarantine_bad=quarantine)
+            report = import_file(workspace(settings), table, path, quarantine_bad=settings.imports.quarantine)
             info["summary"] = report.summary()
 
     command.__name__ = f"import_{table}"
