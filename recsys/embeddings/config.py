@@ -18,8 +18,8 @@ class ClipConfig(ConfigModel):
     batch_size: int = Field(64, ge=1, description="inference batch size (encoder, backfill)")
     image_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight of the image vector")
     # fine-tuning
-    epochs: int = Field(8, ge=1)
-    learning_rate: float = 1e-3
+    epochs: int = Field(24, ge=1)
+    learning_rate: float = 2e-3
     train_batch_size: int = Field(128, ge=2, description="contrastive batch (negatives per step)")
     weight_decay: float = 0.1
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="held-out items for Recall@k")
