@@ -26,7 +26,7 @@ import polars as pl
 
 from recsys import tracking
 from recsys.data import columns as C
-from recsys.data.splits import Split, before_holdout, random_ratio_split, temporal_split
+from recsys.data.splits import Split, before_holdout, hold_out_items, random_ratio_split, temporal_split
 from recsys.data.tables import load_table
 from recsys.retrieval.artifact import RetrievalModel
 from recsys.retrieval.data import stack_vectors
@@ -139,6 +139,11 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
         raise ValueError(f"{ws.table('impressions')}: no clicks on catalogue items to train on")
     protocol = cfg.split if cfg.split != "auto" else ("random" if policy == MOVIELENS_POLICY else "temporal")
     split = split_clicks(clicks, protocol, settings.seed)
+    if cfg.cold_item_fraction > 0:
+        split, held = hold_out_items(split, items[C.ITEM_ID].to_list(), cfg.cold_item_fraction,
+                                     salt=f"cold-items:{settings.seed}")
+        counts["cold_items_held_out"] = len(held)
+        log.info("item cold-start protocol: %d items lose their train/validation clicks", len(held))
     counts.update({f"{k}_clicks": v for k, v in split.sizes().items()})
     seconds["read"] = time.perf_counter() - t0
 
@@ -177,7 +182,9 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
                                 "best_epoch": trained.fit.best_epoch})
 
             t = time.perf_counter()
-            evaluation = evaluate_model(model, split, embeddings, test_feats, cfg.eval_k)
+            available = (available_by(items, model.item_ids, split.test[C.EVENT_TIMESTAMP].max())
+                         if split.protocol == "temporal" else None)
+            evaluation = evaluate_model(model, split, embeddings, test_feats, cfg.eval_k, available)
             seconds["evaluate"] = time.perf_counter() - t
             table = evaluation.table
             for row in table.iter_rows(named=True):
@@ -214,10 +221,22 @@ def _clip_version(embeddings: pl.DataFrame) -> str | None:
     return versions[0] if len(versions) == 1 else ",".join(sorted(map(str, versions)))
 
 
+def available_by(items: pl.DataFrame, item_ids: list[str], until: datetime) -> np.ndarray:
+    """Mask over `item_ids`: created at or before `until` (or with no creation time)."""
+    if C.CREATED_AT not in items.columns:
+        return np.ones(len(item_ids), dtype=bool)
+    created = (pl.DataFrame({C.ITEM_ID: item_ids})
+               .join(items.select(C.ITEM_ID, C.CREATED_AT).unique(C.ITEM_ID, keep="last"), on=C.ITEM_ID,
+                     how="left", maintain_order="left")[C.CREATED_AT])
+    return (created.is_null() | (created <= until)).to_numpy()
+
+
 def evaluate_model(model: RetrievalModel, split: Split, embeddings: pl.DataFrame,
-                   test_features: pl.DataFrame | None, k: int) -> EvalResult:
+                   test_features: pl.DataFrame | None, k: int,
+                   available: np.ndarray | None = None) -> EvalResult:
     """Model vs most-popular vs CLIP-only on the test part; what each may use is the train and
-    validation clicks (`known`), which are also the seen items excluded from the ranking."""
+    validation clicks (`known`), which are also the seen items excluded from the ranking, and
+    only `available` items are ranked (see `evaluate_methods`)."""
     known = split.train.vstack(split.valid.select(split.train.columns))
     emb = embeddings.select(C.ITEM_ID, C.EMBEDDING).unique(C.ITEM_ID, keep="last")
     aligned = pl.DataFrame({C.ITEM_ID: model.item_ids}).join(emb, on=C.ITEM_ID, how="left",
@@ -234,4 +253,5 @@ def evaluate_model(model: RetrievalModel, split: Split, embeddings: pl.DataFrame
 
     methods = {"two_tower": two_tower, "popularity": popularity_scorer(known, model.item_ids),
                "clip_only": clip_scorer(known, model.item_ids, clip)}
-    return evaluate_methods(methods, known, split.test, model.item_ids, ks=sorted({10, k}))
+    return evaluate_methods(methods, known, split.test, model.item_ids, ks=sorted({10, k}),
+                            available=available)

@@ -19,6 +19,9 @@ def train_retrieval(
                               "(random for MovieLens) [retrieval.split]"),
     index: str = typer.Option(None, "--index", help="auto, exact, hnsw or ivf [retrieval.index]"),
     precision: str = typer.Option(None, "--precision", help="float32 or bfloat16 [retrieval.precision]"),
+    cold_items: float = typer.Option(None, "--cold-items", help="Share of items whose train/validation "
+                                     "clicks are held out to measure cold-start items; the registered "
+                                     "model lacks those clicks [retrieval.cold_item_fraction]"),
     challenger: bool = typer.Option(False, "--challenger", help="Register as @challenger, not @champion"),
 ) -> None:
     """Train the two-tower retrieval model on clicks, evaluate it against most-popular and
@@ -27,15 +30,18 @@ def train_retrieval(
 
     settings = settings_from(ctx, **{"retrieval.epochs": epochs, "retrieval.batch_size": batch_size,
                                      "retrieval.split": split, "retrieval.index": index,
-                                     "retrieval.precision": precision})
+                                     "retrieval.precision": precision,
+                                     "retrieval.cold_item_fraction": cold_items})
     ws = workspace(settings)
     with step("train retrieval") as info:
         try:
             result = run(settings, ws, promote=not challenger)
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from exc
+        held = result.counts.get("cold_items_held_out")
+        held_note = f"; {held:,} items held out as cold" if held else ""
         console.print(f"[bold]test evaluation[/] ({result.protocol}; seen items excluded; cold items "
-                      "ranked among cold items)")
+                      f"ranked among cold items{held_note})")
         console.print(result.evaluation.format(sorted({10, settings.retrieval.eval_k})), markup=False,
                       highlight=False)
         info["summary"] = result.summary()

@@ -159,3 +159,17 @@ def hashed_fraction(ids: Sequence[str], fraction: float, salt: str) -> np.ndarra
         digest = hashlib.blake2b(f"{salt}:{item_id}".encode(), digest_size=8).digest()
         out[i] = int.from_bytes(digest, "big") / 2**64 < fraction
     return out
+
+
+def hold_out_items(split: Split, item_ids: Sequence[str], fraction: float,
+                   salt: str) -> tuple[Split, list[str]]:
+    """The item cold-start protocol (as in DropoutNet): about `fraction` of `item_ids`, chosen by
+    a salted hash, lose their train and validation clicks and keep their test clicks, so the test
+    holds many items no model saw a click of (a temporal split alone holds only the few items
+    created during its last days). Returns the reduced split and the held-out ids."""
+    held = [i for i, h in zip(item_ids, hashed_fraction(item_ids, fraction, salt), strict=True) if h]
+    if not held:
+        return split, held
+    out = pl.Series(held, dtype=pl.String)
+    keep = ~pl.col(C.ITEM_ID).is_in(out)
+    return Split(split.train.filter(keep), split.valid.filter(keep), split.test, split.protocol), held

@@ -27,6 +27,9 @@ class RetrievalConfig(ConfigModel):
     split: Literal["auto", "temporal", "random"] = Field(
         "auto", description="temporal (global time cut) or random (RecBole per-user 80/10/10); "
         "auto: random for MovieLens logs, temporal otherwise")
+    cold_item_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of items whose train/validation clicks are held out, "
+        "to measure cold-start items (the registered model then lacks those clicks: an evaluation setting)")
     user_features: bool = Field(True, description="use Feast user_behaviour features (temporal split)")
     index: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
     exact_below: int = Field(50_000, description="catalogues smaller than this use exact search")

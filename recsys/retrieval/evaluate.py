@@ -10,6 +10,10 @@ and computes the metrics of `recsys.evaluation.metrics` per user, for segments:
   items only (the question is "which new item", which popularity cannot answer);
 - `cold_users`: users with no click before the test, ranked among all items.
 
+`available` (optional, a bool mask over items) removes items that did not exist yet when the
+test window ended (a temporal split's catalogue grows during the log): nobody could click
+them in the test, so ranking them only dilutes every method.
+
 Baselines: `popularity_scorer` (clicks before the test) and `clip_scorer` (user = mean of the
 CLIP vectors of the items they clicked).
 """
@@ -116,8 +120,9 @@ def _cell(value: object) -> str:
 
 def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.DataFrame,
                      item_ids: Sequence[str], ks: Sequence[int] = (10, 50),
-                     segments: Sequence[str] = SEGMENTS, chunk: int = 2048) -> EvalResult:
-    """Rank every item for every test user with each method; metrics per segment."""
+                     segments: Sequence[str] = SEGMENTS, chunk: int = 2048,
+                     available: np.ndarray | None = None) -> EvalResult:
+    """Rank every (available) item for every test user with each method; metrics per segment."""
     ks = sorted(set(ks))
     pos = _positions(item_ids)
     n_items = len(item_ids)
@@ -126,16 +131,19 @@ def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.D
     warm = np.zeros(n_items, dtype=bool)
     warm[known_rows["_pos"].to_numpy()] = True
     known_users = set(known_rows[C.USER_ID].to_list())
+    exists = np.ones(n_items, dtype=bool) if available is None else np.asarray(available, dtype=bool)
+    if exists.shape != (n_items,):
+        raise ValueError(f"available must be a bool mask over the {n_items} items, got shape {exists.shape}")
     result = EvalResult(table=pl.DataFrame())
     rows = []
     for segment in segments:
         truth = test_rows
-        candidates = None
+        candidates = None if available is None else exists
         if segment == "warm_items":
             truth = truth.filter(pl.Series(warm[truth["_pos"].to_numpy()]))
         elif segment == "cold_items":
             truth = truth.filter(pl.Series(~warm[truth["_pos"].to_numpy()]))
-            candidates = ~warm
+            candidates = ~warm & exists
         elif segment == "cold_users":
             truth = truth.filter(~pl.col(C.USER_ID).is_in(list(known_users)))
         elif segment != "all":

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from recsys.data import columns as C
-from recsys.data.splits import leave_last_out, random_ratio_split, temporal_split
+from recsys.data.splits import hold_out_items, leave_last_out, random_ratio_split, temporal_split
 
 
 @pytest.fixture
@@ -127,3 +127,17 @@ def test_before_holdout_keeps_only_events_before_the_ab_window() -> None:
     assert train.height == 6
     same, none = before_holdout(events, 0)
     assert none is None and same.height == 10
+
+
+def test_hold_out_items_removes_their_training_clicks_only(log: pl.DataFrame) -> None:
+    split = temporal_split(log, valid_frac=0.1, test_frac=0.1)
+    items = sorted(set(log[C.ITEM_ID].to_list()))
+    reduced, held = hold_out_items(split, items, 0.2, salt="s")
+    assert 0.1 < len(held) / len(items) < 0.3
+    for part in (reduced.train, reduced.valid):
+        assert not set(part[C.ITEM_ID].to_list()) & set(held)
+    assert reduced.test.equals(split.test)  # their test clicks stay: they are the cold items
+    kept = split.train.filter(~pl.col(C.ITEM_ID).is_in(held))
+    assert reduced.train.equals(kept)
+    assert hold_out_items(split, items, 0.2, salt="s")[1] == held  # seeded: the same items again
+    assert hold_out_items(split, items, 0.2, salt="t")[1] != held
