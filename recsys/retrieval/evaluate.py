@@ -1,8 +1,9 @@
 """Full-ranking evaluation of retrieval methods, with baselines, by one code path.
 
 Every method is a scorer `users -> (U, n_items) scores` over the same catalogue; the same
-`evaluate_methods` ranks all items, excludes what each user clicked before the test (`known`),
-and computes the metrics of `recsys.evaluation.metrics` per user, for segments:
+`evaluate_methods` ranks all items, excludes what each user clicked before the test (`known`;
+re-clicks of those items are not in the truth either, as they could never be hits), and
+computes the metrics of `recsys.evaluation.metrics` per user, for segments:
 
 - `all`: every test click, ranked among all items;
 - `warm_items`: test clicks on items with clicks before the test, ranked among all items;
@@ -126,8 +127,11 @@ def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.D
     ks = sorted(set(ks))
     pos = _positions(item_ids)
     n_items = len(item_ids)
-    test_rows = test.select(C.USER_ID, C.ITEM_ID).join(pos, on=C.ITEM_ID).unique()
     known_rows = known.select(C.USER_ID, C.ITEM_ID).join(pos, on=C.ITEM_ID).unique()
+    # a test click on an item the user clicked before can never be a hit (seen items are not
+    # ranked): it is not part of the truth
+    test_rows = (test.select(C.USER_ID, C.ITEM_ID).join(pos, on=C.ITEM_ID).unique()
+                 .join(known_rows.select(C.USER_ID, C.ITEM_ID), on=[C.USER_ID, C.ITEM_ID], how="anti"))
     warm = np.zeros(n_items, dtype=bool)
     warm[known_rows["_pos"].to_numpy()] = True
     known_users = set(known_rows[C.USER_ID].to_list())

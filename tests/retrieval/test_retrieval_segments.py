@@ -41,10 +41,11 @@ def test_cold_items_rank_among_cold_items_and_unavailable_items_are_skipped():
     assert skipped.value("likes_e", "cold_items", "hit@2") == 1.0
 
 
-def test_warm_items_exclude_the_users_seen_items():
+def test_warm_items_exclude_the_users_seen_items_and_their_reclicks():
     methods = {"likes_a": _fixed(["a", "b", "c", "d", "e"])}
-    result = evaluate_methods(methods, KNOWN, TEST, ITEMS, ks=(1,), segments=("warm_items",))
-    # u2's test click on a is a hit at 1 (u2 saw b, not a); u1's test click (d) is cold: not here
+    test = TEST.vstack(_clicks([("u1", "a")]))  # u1 clicks a again: a can never be a hit for u1
+    result = evaluate_methods(methods, KNOWN, test, ITEMS, ks=(1,), segments=("warm_items",))
+    # u2's test click on a is a hit at 1 (u2 saw b, not a); u1's other test click (d) is cold
     assert result.users["warm_items"] == ["u2"]
     assert result.value("likes_a", "warm_items", "hit@1") == 1.0
 
