@@ -170,6 +170,5 @@ def hold_out_items(split: Split, item_ids: Sequence[str], fraction: float,
     held = [i for i, h in zip(item_ids, hashed_fraction(item_ids, fraction, salt), strict=True) if h]
     if not held:
         return split, held
-    out = pl.Series(held, dtype=pl.String)
-    keep = ~pl.col(C.ITEM_ID).is_in(out)
+    keep = ~pl.col(C.ITEM_ID).is_in(pl.Series(held, dtype=pl.String))
     return Split(split.train.filter(keep), split.valid.filter(keep), split.test, split.protocol), held
