@@ -99,6 +99,6 @@ def test_embedded_world_two_tower_and_clip_beat_popularity(home, seed):
     result = train_retrieval(settings, ws)
     v = result.evaluation.value
     assert result.counts["cold_items_held_out"] > 60
-    assert result.evaluation.value("clip_only", "cold_items", "users") > 300
+    assert v("clip_only", "cold_items", "users") > 300
     assert v("two_tower", "warm_items", "ndcg@10") > 1.2 * v("popularity", "warm_items", "ndcg@10")
     assert v("clip_only", "cold_items", "recall@10") > 2 * v("popularity", "cold_items", "recall@10")
