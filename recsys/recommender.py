@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.ranking.candidates import EaseSource, merge_candidates, top_rows
 from recsys.ranking.dataset import CandidateSource
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
@@ -34,6 +35,7 @@ from recsys.retrieval.index import ItemIndex
 log = logging.getLogger(__name__)
 USER_PREFIX, ITEM_PREFIX = "user_behaviour__", "item_behaviour__"
 HISTORY_KEYS = ("last_clicked_items", f"{USER_PREFIX}last_clicked_items")
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -74,21 +76,47 @@ def user_state(log_df: pl.DataFrame, as_of: datetime, history: int) -> dict[str,
             zip(clicks[C.USER_ID].to_list(), clicks[C.ITEM_ID].to_list(), strict=True)}
 
 
+def known_items(log_df: pl.DataFrame, items: ItemTable,
+                as_of: datetime | None = None) -> dict[str, np.ndarray]:
+    """User -> ItemTable rows of every item they clicked (before `as_of` where given, and where
+    the log has timestamps); rows with clicked = false are ignored."""
+    if C.CLICKED in log_df.columns:
+        log_df = log_df.filter(pl.col(C.CLICKED))
+    if as_of is not None and C.EVENT_TIMESTAMP in log_df.columns:
+        log_df = log_df.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
+    pairs = log_df.select(C.USER_ID, C.ITEM_ID).unique()
+    pairs = pairs.with_columns(pl.Series("_row", items.rows(pairs[C.ITEM_ID]))).filter(pl.col("_row") >= 0)
+    grouped = pairs.group_by(C.USER_ID).agg(pl.col("_row"))
+    return {u: np.asarray(r, np.int64) for u, r in
+            zip(grouped[C.USER_ID].to_list(), grouped["_row"].to_list(), strict=True)}
+
+
 class Recommender:
     """Two-tower retrieval + LightGBM ranking over in-process item arrays; thread-safe reads."""
 
     def __init__(self, ranker: RankerModel, items: ItemTable, retrieval: CandidateSource | None = None,
                  versions: Mapping[str, str | None] | None = None, n_candidates: int = 300,
-                 history: int = 20, exact_below: int | None = None):
+                 history: int = 20, exact_below: int | None = None, ease: EaseSource | None = None,
+                 n_ease: int = 300, seen: Mapping[str, np.ndarray] | None = None,
+                 exclude_seen: str = "all"):
         """`exact_below`: catalogues with at least this many retrievable items search an ANN
         index (the retrieval model's own when it is approximate, else an IVF built here);
-        None keeps exact search at every size."""
+        None keeps exact search at every size. `ease`: a second candidate source (its top
+        `n_ease` join the two-tower's top `n_candidates`). `seen`: user -> ItemTable rows of
+        every item they clicked (the known log), EASE's input and what `exclude_seen = all`
+        keeps out."""
         self.ranker = ranker
         self.items = items
         self.retrieval = retrieval
         self.versions: dict[str, str | None] = dict(versions or {})
         self.n_candidates = n_candidates
         self.history = history
+        self.ease = ease
+        self.n_ease = n_ease
+        self.seen_by_user: Mapping[str, np.ndarray] = seen or {}
+        if exclude_seen not in ("all", "recent", "none"):
+            raise ValueError(f"exclude_seen must be all, recent or none, got {exclude_seen!r}")
+        self.exclude_seen = exclude_seen
         self.spec = ranker.spec
         rows = items.rows(ranker.popularity[C.ITEM_ID].to_list()) if ranker.popularity.height else \
             np.zeros(0, np.int64)
@@ -137,14 +165,27 @@ class Recommender:
         trained_with = ranker.meta.get("retrieval")
         uri = retrieval_uri
         if uri is None and trained_with:
-            uri = trained_with if "/v" not in trained_with else f"models:/{trained_with.replace('/v', '/')}"
+            uri = _model_uri(trained_with)
         if uri:
             from recsys.ranking.candidates import load_candidate_source
 
             retrieval = load_candidate_source(settings, uri, items)
+        ease = None
+        if ranker.meta.get("ease"):  # trained with EASE features: the EASE version it was trained beside
+            from recsys.ranking.candidates import load_ease_source
+
+            ease = load_ease_source(settings, _model_uri(ranker.meta["ease"]), items)
+        seen = None
+        if settings.ranker.exclude_seen == "all" or ease is not None:
+            seen = known_items(load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.CLICKED,
+                                                                     C.EVENT_TIMESTAMP]), items, as_of)
         versions = {"ranker": ref.tag, "retrieval": retrieval.version if retrieval else None}
+        if ease is not None:
+            versions["ease"] = ease.version
         return cls(ranker, items, retrieval, versions, n_candidates=settings.retrieval.candidates,
-                   history=settings.ranker.history, exact_below=settings.retrieval.exact_below)
+                   history=settings.ranker.history, exact_below=settings.retrieval.exact_below,
+                   ease=ease, n_ease=settings.retrieval.ease_candidates, seen=seen,
+                   exclude_seen=settings.ranker.exclude_seen)
 
     def refresh_item_features(self, item_features: pl.DataFrame | None) -> None:
         """Swap in new item-behaviour rows (after a materialization); one atomic assignment."""
@@ -170,26 +211,31 @@ class Recommender:
 
     def recommend(self, user_id: str, k: int = 10, user_features: Mapping[str, Any] | None = None,
                   exclude: Collection[str] = (), category: str | None = None,
-                  as_of: datetime | None = None, history: Sequence[str] | None = None) -> Recommendation:
+                  as_of: datetime | None = None, history: Sequence[str] | None = None,
+                  seen: Collection[str] | None = None) -> Recommendation:
         """Top-k items for a user. `user_features` is the online `user_behaviour` row (keys with
         or without the `user_behaviour__` prefix); `history` (recent clicks, oldest first)
-        overrides its `last_clicked_items`. Recent clicks and `exclude` are never recommended."""
+        overrides its `last_clicked_items`; `seen` (every item the user clicked) overrides the
+        known log held since load. What is never recommended follows `exclude_seen`: all seen
+        items, the recent clicks only, or none; `exclude` always."""
         t0 = time.perf_counter()
         as_of = as_of or datetime.now(UTC)
         feats = _strip(user_features, USER_PREFIX)
         hist = self.history_rows(feats, history)
-        bad = hist[hist >= 0]  # rows never recommended: recent clicks and the caller's exclusions
-        if exclude:
-            ex = self.items.rows(list(exclude))
-            bad = np.concatenate([bad, ex[ex >= 0]])
-        known = bool((hist >= 0).any()) or any(
+        seen_rows = self.seen_by_user.get(user_id, _NO_ROWS) if seen is None else _rows(self.items, seen)
+        bad = _rows(self.items, exclude)  # rows never recommended
+        if self.exclude_seen == "all":
+            bad = np.concatenate([bad, seen_rows, hist[hist >= 0]])
+        elif self.exclude_seen == "recent":
+            bad = np.concatenate([bad, hist[hist >= 0]])
+        known = bool((hist >= 0).any()) or len(seen_rows) > 0 or any(
             v is not None for n, v in feats.items() if n in self.spec.user_behaviour)
         timings: dict[str, float] = {}
         if not known:
             return self._popular(k, self._allowed(bad, category), timings, t0, "popularity")
         # stage 1: retrieval (popularity order when the ranker was trained without a two-tower)
         t = time.perf_counter()
-        top = tt_score = None
+        top = tt_score = q = None
         if self.retrieval is not None:
             uf = None
             if getattr(self.retrieval, "wants_user_features", False):
@@ -201,6 +247,7 @@ class Recommender:
             q = self.retrieval.user_vectors([user_id], hist, uf)[0]
             if self._ann is not None and category is None:
                 top, tt_score = self._ann_candidates(q, bad)
+        allowed = None
         if top is None:
             allowed = self._allowed(bad, category)
             if self.retrieval is not None:
@@ -211,21 +258,36 @@ class Recommender:
                 scores[self._pop_rows] = self._pop_scores
                 scores[~allowed] = -np.inf
             n = int(min(self.n_candidates, int(np.isfinite(scores).sum())))
-            if n == 0:
-                return self._popular(k, allowed, timings, t0, "no-candidates")
-            top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-            top = top[np.argsort(-scores[top], kind="stable")][:n]
+            top = top_rows(scores, n)
             tt_score = scores[top] if self.retrieval is not None else None
+        sources: dict[str, np.ndarray] = {}
+        tt_rank = np.arange(len(top), dtype=np.float32) if self.retrieval is not None else None
+        if self.ease is not None:
+            ease_in = seen_rows if len(seen_rows) else hist[hist >= 0]
+            e = self.ease.scores([ease_in])[0]
+            if allowed is None:
+                allowed = self._allowed(bad, category)
+            masked = np.where(allowed, e, np.nan)
+            top, (rank_a, ease_rank) = merge_candidates([top, top_rows(masked, self.n_ease)],
+                                                     max(self.n_candidates, self.n_ease))
+            if self.retrieval is not None:
+                tt_score = self._vectors[top] @ q
+                tt_score[~self._present[top]] = np.nan
+                tt_rank = rank_a
+            sources = {"ease_score": e[top], "ease_rank": ease_rank,
+                       "item_popularity": self.ease.item_popularity[top],
+                       "user_clicks": np.full(len(top), np.log1p(len(np.unique(ease_in))), np.float32)}
         n = len(top)
+        if n == 0:
+            return self._popular(k, self._allowed(bad, category), timings, t0, "no-candidates")
         timings["retrieval"] = time.perf_counter() - t
-        tt_rank = np.arange(n, dtype=np.float32) if self.retrieval is not None else None
         # stage 2: features + ranker
         t = time.perf_counter()
         ub = np.array([[_num(feats.get(name)) for name in self.spec.user_behaviour]], np.float32)
         prof = user_profiles(hist, self.items)
         ts = np.array([as_of.timestamp()])
         x = assemble(self.spec, self.items, top, np.zeros(n, np.int64), prof, ub, ts,
-                     tt_score=tt_score, tt_rank=tt_rank)
+                     tt_score=tt_score, tt_rank=tt_rank, sources=sources)
         timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
         s = self.ranker.predict(x)
@@ -292,6 +354,19 @@ def _ann_index(retrieval: CandidateSource, items: ItemTable,
     index = ItemIndex.build([str(r) for r in rows], retrieval.item_vectors, str(retrieval.version),
                             kind="ivf")
     return index, rows
+
+
+def _model_uri(tag: str) -> str:
+    """`models:/name/3` for a registry tag `name/v3` (other URIs pass through)."""
+    return f"models:/{tag.replace('/v', '/')}" if "/v" in tag and not tag.startswith("models:/") else tag
+
+
+def _rows(items: ItemTable, ids: Collection[str]) -> np.ndarray:
+    """ItemTable rows of `ids` that are in the table."""
+    if not ids:
+        return _NO_ROWS
+    rows = items.rows(list(ids))
+    return rows[rows >= 0]
 
 
 def _num(v: Any) -> float:

@@ -104,7 +104,7 @@ def test_batch_cli_writes_topk_without_seen_items(trained, tmp_path) -> None:
 def test_ann_stage_one_matches_exact_search(rec) -> None:
     """An IVF index scanning every cell returns the exact top-N, so recommendations are identical."""
     fast = Recommender(rec.ranker, rec.items, rec.retrieval, rec.versions, n_candidates=rec.n_candidates,
-                       history=rec.history, exact_below=0)
+                       history=rec.history, exact_below=0, seen=rec.seen_by_user)
     assert fast._ann is not None and rec._ann is None
     fast._ann.set_search_params(nprobe=fast._ann.params["nlist"])
     when = datetime(2024, 2, 1, tzinfo=UTC)

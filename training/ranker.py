@@ -29,8 +29,9 @@ import polars as pl
 from recsys import tracking
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError
-from recsys.data.splits import before_holdout
+from recsys.data.splits import before_holdout, candidate_split, is_click_only, split_protocol
 from recsys.data.tables import load_table, quarantine, validate_file
+from recsys.ranking.candidates import EaseSource, load_ease_source
 from recsys.ranking.dataset import (
     FEATURE_TS,
     Candidates,
@@ -42,6 +43,8 @@ from recsys.ranking.dataset import (
 )
 from recsys.ranking.features import FeatureSpec, ItemTable, numeric_columns
 from recsys.ranking.model import RankerModel, RankSet, fit, lgb_params, ndcg_at, popularity
+from recsys.ranking.stacking import stacked_candidates
+from recsys.retrieval.ease import EaseModel
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 
@@ -61,11 +64,13 @@ class RankerResult:
     counts: dict[str, int] = field(default_factory=dict)
     retrieval: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float] = field(default_factory=dict)  # source -> held-out NDCG@10 of its order
 
     def summary(self) -> str:
         champ = "" if self.champion_ndcg is None else f" (champion {self.champion_ndcg:.4f})"
         alias = f" -> @{self.alias}" if self.alias else ""
-        return (f"{self.tag}{alias}: valid NDCG@10 {self.valid_ndcg:.4f}{champ}, "
+        orders = "".join(f", {k} order {v:.4f}" for k, v in self.baselines.items())
+        return (f"{self.tag}{alias}: held-out NDCG@10 {self.valid_ndcg:.4f}{champ}{orders}, "
                 f"{self.best_iteration} trees, {self.counts.get('groups_used', 0):,} groups / "
                 f"{self.counts.get('rows', 0):,} rows, retrieval {self.retrieval or 'none'}")
 
@@ -144,14 +149,17 @@ def item_behaviour_rows(settings: Any, cands: Candidates) -> tuple[pl.DataFrame 
     return _feast_rows(settings, ITEM_VIEW, keys)
 
 
-def _split(cands: Candidates, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row masks (train, valid): the latest `fraction` of query groups (by time) validate."""
+def _split(cands: Candidates, fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row masks (train, stop, gate): the latest `fraction` of query groups (by time) are held
+    out, alternately for early stopping (`stop`) and for the figure reported and gated on
+    (`gate`), so the reported figure is not the one the number of trees was chosen on."""
     m = cands.queries.height
     n_valid = int(round(m * fraction))
-    n_valid = min(max(n_valid, 1), m - 1) if m >= 2 else 0
+    n_valid = min(max(n_valid, 2), m - 1) if m >= 3 else 0
     cut = m - n_valid  # queries are sorted by time
     q = cands.rows["q"].to_numpy()
-    return q < cut, q >= cut
+    held = q >= cut
+    return ~held, held & ((q - cut) % 2 == 0), held & ((q - cut) % 2 == 1)
 
 
 def _rankset(x: np.ndarray, cands: Candidates, mask: np.ndarray, w: np.ndarray | None) -> RankSet:
@@ -185,7 +193,12 @@ def _champion_ndcg(settings: Any, items: ItemTable, cands: Candidates, valid: np
         folder, ref = tracking.download_model(settings, "models:/ranker@champion")
     except LookupError:
         return None, None
-    champ = RankerModel.load(folder)
+    try:
+        champ = RankerModel.load(folder)
+    except ValueError as exc:  # a feature set this code no longer assembles: nothing to compare with
+        log.warning("champion %s cannot be scored (%s): the challenger is compared with nothing",
+                    ref.tag, exc)
+        return None, ref.tag
     champ_items = items if tuple(champ.spec.categories) == items.categories else \
         ItemTable.build(*_frames_for(settings), champ.spec.categories)
     x, _ = feature_matrix(cands, champ.spec, champ_items, user_f, item_f)
@@ -210,8 +223,44 @@ def _prefetch_imports() -> None:
         import mlflow  # noqa: F401
 
 
+def load_ease(settings: Any, items: ItemTable) -> EaseSource | None:
+    """The champion EASE (its λ, and the version serving will use), or None with a warning."""
+    try:
+        return load_ease_source(settings, "models:/ease@champion", items)
+    except (LookupError, FileNotFoundError) as exc:
+        log.warning("no EASE model (%s): the ranker learns from the log's own groups", exc)
+        return None
+
+
+def stacked_training_set(settings: Any, log_df: pl.DataFrame, items: ItemTable,
+                         source: CandidateSource | None, ease: EaseSource) -> Candidates:
+    """Candidates by stacking (`recsys.ranking.stacking`) on the split the candidate models were
+    trained on: EASE refit with the champion's λ on that split's train part."""
+    protocol = split_protocol(settings.retrieval.split, click_only=True)
+    clicks = log_df.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
+    clicks = clicks.filter(pl.col(C.ITEM_ID).is_in(pl.Series(list(items.ids), dtype=pl.String).implode()))
+    split = candidate_split(clicks, protocol, settings.seed)
+    base_ease = EaseSource(EaseModel.fit(split.train, ease.lam, settings.retrieval.ease_max_items), items,
+                           "ease(base)")
+    labels = pl.concat([split.valid, split.test])
+    return stacked_candidates(split.train, labels, items, source=source, ease=base_ease,
+                              history=settings.ranker.history, n_tt=settings.retrieval.candidates,
+                              n_ease=settings.retrieval.ease_candidates)
+
+
+def source_orders(rs: RankSet, spec: FeatureSpec) -> dict[str, float]:
+    """NDCG@10 of each candidate source's own order on a held-out set (what the ranker must beat)."""
+    names = spec.names
+    out = {}
+    for label, col in (("ease", "ease_rank"), ("two-tower", "tt_rank")):
+        rank = rs.x[:, names.index(col)]
+        if np.isfinite(rank).any():
+            out[label] = ndcg_at(-np.nan_to_num(rank, nan=np.inf), rs.y, rs.group)
+    return out
+
+
 def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote: bool = False,
-                 retrieval_uri: str = "models:/retrieval@champion") -> RankerResult:
+                 retrieval_uri: str = "models:/retrieval@champion", force: bool = False) -> RankerResult:
     """Train, log and register a ranker from a click log (default: the workspace's impressions)."""
     configure_threads(settings.threads)
     cfg = settings.ranker
@@ -231,27 +280,31 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
     seconds["read"] = time.perf_counter() - t0
     items, _ = load_items(ws)
     source = load_retrieval(settings, items, retrieval_uri)
+    ease = load_ease(settings, items) if is_click_only(log_df) else None
     t = time.perf_counter()
-    user_f, user_view = user_behaviour_rows(settings, log_df)
-    seconds["features_join"] = time.perf_counter() - t
-    t = time.perf_counter()
-    cands = build_candidates(log_df, items, history=cfg.history, negatives=cfg.candidates, source=source,
-                             rank_cap=settings.retrieval.candidates, seed=settings.seed, debias=cfg.debias,
-                             user_features=user_f)
+    if ease is not None:  # stacking on the candidate models' split (recsys.ranking.stacking)
+        user_f = item_f = None
+        views: dict[str, Any] = {}
+        cands = stacked_training_set(settings, log_df, items, source, ease)
+        w = None
+    else:
+        user_f, user_view = user_behaviour_rows(settings, log_df)
+        cands = build_candidates(log_df, items, history=cfg.history, negatives=cfg.candidates, source=source,
+                                 rank_cap=settings.retrieval.candidates, seed=settings.seed,
+                                 debias=cfg.debias, user_features=user_f)
+        item_f, item_view = item_behaviour_rows(settings, cands)
+        views = {k: v for k, v in ((USER_VIEW, user_view), (ITEM_VIEW, item_view)) if v}
+        w = ips_weights(cands.rows, cands.examination, cfg.ips_clip) if cfg.debias == "ips" else None
     counts.update(cands.counts)
     seconds["candidates"] = time.perf_counter() - t
-    t = time.perf_counter()
-    item_f, item_view = item_behaviour_rows(settings, cands)
-    views = {k: v for k, v in ((USER_VIEW, user_view), (ITEM_VIEW, item_view)) if v}
-    seconds["features_join"] += time.perf_counter() - t
     t = time.perf_counter()
     spec = FeatureSpec(user_behaviour=numeric_columns(user_f, (FEATURE_TS,)),
                        item_behaviour=numeric_columns(item_f, (FEATURE_TS,)), categories=items.categories)
     x, fcounts = feature_matrix(cands, spec, items, user_f, item_f)
     counts.update(fcounts)
-    w = ips_weights(cands.rows, cands.examination, cfg.ips_clip) if cfg.debias == "ips" else None
-    train_mask, valid_mask = _split(cands, cfg.validation_fraction)
-    train, valid = _rankset(x, cands, train_mask, w), _rankset(x, cands, valid_mask, None)
+    train_mask, stop_mask, gate_mask = _split(cands, cfg.validation_fraction)
+    train, stop = _rankset(x, cands, train_mask, w), _rankset(x, cands, stop_mask, None)
+    gate = _rankset(x, cands, gate_mask, None)
     if len(train.group) == 0:
         raise TrainingDataError("no training groups left after holding out validation groups")
     seconds["matrix"] = time.perf_counter() - t
@@ -270,7 +323,7 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
                                "feature_set_version": spec.version, "n_features": len(spec.names),
                                "retrieval": source.version if source else "none", "logs": str(path)})
             t = time.perf_counter()
-            booster, evals = fit(params, spec, train, valid, cfg.rounds, cfg.early_stopping)
+            booster, evals = fit(params, spec, train, stop, cfg.rounds, cfg.early_stopping)
             seconds["fit"] = time.perf_counter() - t
             curve = evals.get("ndcg@10", [])
             client = mlflow.tracking.MlflowClient()
@@ -282,8 +335,9 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
                 client.log_batch(run.info.run_id, metrics=batch[s:s + 1000])
             best = int(booster.best_iteration or booster.current_iteration())
             # scored by `ndcg_at`, the function that scores the champion on the same groups
-            valid_ndcg = ndcg_at(booster.predict(valid.x, num_iteration=best), valid.y, valid.group) \
-                if len(valid.group) else float("nan")
+            valid_ndcg = ndcg_at(booster.predict(gate.x, num_iteration=best), gate.y, gate.group) \
+                if len(gate.group) else float("nan")
+            baselines = source_orders(gate, spec) if ease is not None else {}
             mlflow.log_metrics({"valid_ndcg_at_10": valid_ndcg,
                                 "best_iteration": best})
             mlflow.log_metrics({"count." + re.sub(r"[^\w\-. /]", "_", k): float(v)
@@ -302,14 +356,16 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
                        "examination": cands.examination, "notes": notes})
             champion_ndcg, champion_tag = (None, None)
             if promote:
-                champion_ndcg, champion_tag = _champion_ndcg(settings, items, cands, valid_mask,
+                champion_ndcg, champion_tag = _champion_ndcg(settings, items, cands, gate_mask,
                                                              user_f, item_f)
                 if champion_ndcg is not None:
                     mlflow.log_metric("champion_valid_ndcg_at_10", champion_ndcg)
             pop = popularity(log_df, cfg.popularity_days)
             model = RankerModel(booster=booster, spec=spec, popularity=pop)
             model.save(work)
-            meta = {"retrieval": source.version if source else None, "feature_set_version": spec.version,
+            mlflow.log_metrics({f"gate_ndcg_at_10.{k}_order": v for k, v in baselines.items()})
+            meta = {"retrieval": source.version if source else None, "ease": ease.version if ease else None,
+                    "feature_set_version": spec.version,
                     "features": spec.names, "valid_ndcg_at_10": valid_ndcg, "best_iteration": best,
                     "examination": cands.examination, "counts": counts, "lineage": lineage["tables"],
                     "params": params, "run_id": run.info.run_id}
@@ -317,7 +373,7 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
             alias = None
             # the alias moves last: any failure above leaves the registry's aliases untouched
             beats = champion_ndcg is None or valid_ndcg > champion_ndcg
-            alias = "champion" if promote and beats else "challenger"
+            alias = "champion" if promote and (beats or force) else "challenger"
             tracking.set_alias(settings, "ranker", alias, ref.version)
             mlflow.set_tag("ranker.alias", alias)
             if champion_tag:
@@ -327,4 +383,5 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
     seconds["total"] = time.perf_counter() - t0
     return RankerResult(version=ref.version, tag=ref.tag, run_id=run.info.run_id, valid_ndcg=valid_ndcg,
                         champion_ndcg=champion_ndcg, alias=alias, best_iteration=best, counts=counts,
-                        retrieval=source.version if source else None, seconds=seconds)
+                        retrieval=source.version if source else None, seconds=seconds,
+                        baselines=baselines)

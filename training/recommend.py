@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,9 @@ def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: in
     configure_threads(settings.threads)
     t0 = time.perf_counter()
     log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
-    if as_of is None:
-        as_of = log_df[C.EVENT_TIMESTAMP].max() or datetime.now(UTC)
+    if as_of is None:  # just after the log's last event: every logged click is known
+        last = log_df[C.EVENT_TIMESTAMP].max()
+        as_of = last + timedelta(microseconds=1) if last is not None else datetime.now(UTC)
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     if recommender is None:
@@ -93,7 +94,7 @@ def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: in
     with bar("recommend", len(users), unit="users") as b:
         for u in users:
             hist, seen = state.get(u, ([], set()))
-            r = rec.recommend(u, k, user_features=feats.get(u), exclude=seen, as_of=as_of, history=hist)
+            r = rec.recommend(u, k, user_features=feats.get(u), as_of=as_of, history=hist, seen=seen)
             fallback += r.fallback is not None
             for item, score, rank in r.items:
                 rows_u.append(u)

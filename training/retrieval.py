@@ -26,10 +26,18 @@ import polars as pl
 
 from recsys import tracking
 from recsys.data import columns as C
-from recsys.data.splits import Split, before_holdout, hold_out_items, random_ratio_split, temporal_split
+from recsys.data.splits import (
+    Split,
+    before_holdout,
+    candidate_split,
+    hold_out_items,
+    is_click_only,
+    split_protocol,
+)
 from recsys.data.tables import load_table
 from recsys.retrieval.artifact import RetrievalModel
 from recsys.retrieval.data import stack_vectors
+from recsys.retrieval.ease import EaseModel
 from recsys.retrieval.evaluate import (
     EvalResult,
     clip_scorer,
@@ -40,13 +48,13 @@ from recsys.retrieval.evaluate import (
 from recsys.retrieval.train import FitResult, train_two_tower
 from recsys.runtime import configure_threads, resolve_device
 from recsys.workspace import Workspace
+from training.ease import EaseResult, ease_scorer, train_ease
 
 log = logging.getLogger(__name__)
 USER_VIEW = "user_behaviour"
 COUNT_FEATURES = [f"{USER_VIEW}__{kind}_{d}d" for d in (1, 7, 30) for kind in ("impressions", "clicks")]
 USER_FEATURES = COUNT_FEATURES + [f"{USER_VIEW}__ctr_{d}d" for d in (1, 7, 30)] + \
     [f"{USER_VIEW}__days_since_last_click"]
-MOVIELENS_POLICY = "movielens"
 
 
 @dataclass
@@ -58,6 +66,7 @@ class RetrievalResult:
     protocol: str
     evaluation: EvalResult
     fit: FitResult
+    ease: EaseResult | None = None
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     features: list[str] = field(default_factory=list)
@@ -65,29 +74,22 @@ class RetrievalResult:
     def summary(self) -> str:
         v = self.evaluation.value
         k = 10
+        ease = f", EASE {v('ease', 'all', f'ndcg@{k}'):.4f} ({self.ease.summary()})" if self.ease else ""
         return (f"{self.tag} ({self.model_version}): test NDCG@{k} {v('two_tower', 'all', f'ndcg@{k}'):.4f} "
                 f"vs popularity {v('popularity', 'all', f'ndcg@{k}'):.4f}, CLIP-only "
-                f"{v('clip_only', 'all', f'ndcg@{k}'):.4f}; "
+                f"{v('clip_only', 'all', f'ndcg@{k}'):.4f}{ease}; "
                 f"{self.counts.get('train_clicks', 0):,} train clicks, "
                 f"{self.fit.samples_per_s:,.0f} samples/s, best epoch {self.fit.best_epoch + 1}")
 
 
-def read_clicks(ws: Workspace, holdout_days: float = 0.0) -> tuple[pl.DataFrame, str]:
-    """Click events (user_id, item_id, event_timestamp) and the name of the logging policy, without
+def read_clicks(ws: Workspace, holdout_days: float = 0.0) -> tuple[pl.DataFrame, bool]:
+    """Click events (user_id, item_id, event_timestamp) and whether the log is click-only, without
     the last `holdout_days` of the log (the offline A/B window, which no model may train on)."""
     imp, start = before_holdout(load_table(ws, "impressions"), holdout_days)
     if start is not None:
         log.info("training on events before %s; the last %s days are the A/B window", start, holdout_days)
     clicks = imp.filter(pl.col(C.CLICKED)) if C.CLICKED in imp.columns else imp
-    policies = imp[C.POLICY].unique().to_list() if C.POLICY in imp.columns else []
-    policy = policies[0] if len(policies) == 1 else "mixed"
-    return clicks.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP), policy
-
-
-def split_clicks(clicks: pl.DataFrame, protocol: str, seed: int) -> Split:
-    if protocol == "random":
-        return random_ratio_split(clicks, (0.8, 0.1, 0.1), seed=seed)
-    return temporal_split(clicks, valid_frac=0.1, test_frac=0.1)
+    return clicks.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP), is_click_only(imp)
 
 
 def user_features_at(settings: Any, rows: pl.DataFrame) -> pl.DataFrame | None:
@@ -130,15 +132,15 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
     t0 = time.perf_counter()
     items = load_table(ws, "items")
     embeddings = load_table(ws, "item_embeddings")
-    clicks, policy = read_clicks(ws, settings.evaluation.holdout_days)
+    clicks, click_only = read_clicks(ws, settings.evaluation.holdout_days)
     known_items = set(items[C.ITEM_ID].to_list())
     counts = {"clicks": clicks.height}
     clicks = clicks.filter(pl.col(C.ITEM_ID).is_in(list(known_items)))
     counts["clicks_unknown_item"] = counts["clicks"] - clicks.height
     if clicks.height == 0:
         raise ValueError(f"{ws.table('impressions')}: no clicks on catalogue items to train on")
-    protocol = cfg.split if cfg.split != "auto" else ("random" if policy == MOVIELENS_POLICY else "temporal")
-    split = split_clicks(clicks, protocol, settings.seed)
+    protocol = split_protocol(cfg.split, click_only)
+    split = candidate_split(clicks, protocol, settings.seed)
     if cfg.cold_item_fraction > 0:
         split, held = hold_out_items(split, items[C.ITEM_ID].to_list(), cfg.cold_item_fraction,
                                      salt=f"cold-items:{settings.seed}")
@@ -159,6 +161,11 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
                 pl.lit(test_start).cast(pl.Datetime("us", "UTC")).alias(C.EVENT_TIMESTAMP))
             test_feats = user_features_at(settings, test_users)
     seconds["features"] = time.perf_counter() - t
+    ease_result = ease_known = None
+    if cfg.ease:
+        t = time.perf_counter()
+        ease_result, ease_known = train_ease(settings, ws, split, promote=promote)
+        seconds["ease"] = time.perf_counter() - t
 
     work = tempfile.mkdtemp(dir=ws.models_dir, prefix=".retrieval-")
     try:
@@ -184,7 +191,8 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
             t = time.perf_counter()
             available = (available_by(items, model.item_ids, split.test[C.EVENT_TIMESTAMP].max())
                          if split.protocol == "temporal" else None)
-            evaluation = evaluate_model(model, split, embeddings, test_feats, cfg.eval_k, available)
+            evaluation = evaluate_model(model, split, embeddings, test_feats, cfg.eval_k, available,
+                                        ease_known)
             seconds["evaluate"] = time.perf_counter() - t
             table = evaluation.table
             for row in table.iter_rows(named=True):
@@ -211,7 +219,8 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
     seconds["total"] = time.perf_counter() - t0
     return RetrievalResult(version=ref.version, tag=ref.tag, run_id=run.info.run_id,
                            model_version=model.model_version, protocol=split.protocol, evaluation=evaluation,
-                           fit=trained.fit, counts=counts, seconds=seconds, features=feature_names)
+                           fit=trained.fit, ease=ease_result, counts=counts, seconds=seconds,
+                           features=feature_names)
 
 
 def _clip_version(embeddings: pl.DataFrame) -> str | None:
@@ -233,10 +242,11 @@ def available_by(items: pl.DataFrame, item_ids: list[str], until: datetime) -> n
 
 def evaluate_model(model: RetrievalModel, split: Split, embeddings: pl.DataFrame,
                    test_features: pl.DataFrame | None, k: int,
-                   available: np.ndarray | None = None) -> EvalResult:
-    """Model vs most-popular vs CLIP-only on the test part; what each may use is the train and
-    validation clicks (`known`), which are also the seen items excluded from the ranking, and
-    only `available` items are ranked (see `evaluate_methods`)."""
+                   available: np.ndarray | None = None, ease: EaseModel | None = None) -> EvalResult:
+    """Model vs most-popular vs CLIP-only (vs EASE fit on the known part, when given) on the test
+    part; what each may use is the train and validation clicks (`known`), which are also the
+    seen items excluded from the ranking, and only `available` items are ranked (see
+    `evaluate_methods`)."""
     known = split.train.vstack(split.valid.select(split.train.columns))
     emb = embeddings.select(C.ITEM_ID, C.EMBEDDING).unique(C.ITEM_ID, keep="last")
     aligned = pl.DataFrame({C.ITEM_ID: model.item_ids}).join(emb, on=C.ITEM_ID, how="left",
@@ -253,5 +263,7 @@ def evaluate_model(model: RetrievalModel, split: Split, embeddings: pl.DataFrame
 
     methods = {"two_tower": two_tower, "popularity": popularity_scorer(known, model.item_ids),
                "clip_only": clip_scorer(known, model.item_ids, clip)}
+    if ease is not None:
+        methods["ease"] = ease_scorer(ease, known, model.item_ids)
     return evaluate_methods(methods, known, split.test, model.item_ids, ks=sorted({10, k}),
                             available=available)

@@ -24,8 +24,13 @@ def train_ranker(
     retrieval: str = typer.Option("models:/retrieval@champion", "--retrieval",
                                   help="Two-tower for hard negatives and features, 'clip-profile' or 'none'"),
     rounds: int = typer.Option(None, help="Boosting rounds [ranker.rounds]"),
+    force: bool = typer.Option(False, "--force", help="With --promote: make it @champion even when it "
+                               "does not beat the champion"),
 ) -> None:
-    """Train the LightGBM lambdarank ranker from a click log and register it in MLflow."""
+    """Train the LightGBM lambdarank ranker from a click log and register it in MLflow.
+
+    A click-only log (no impressions) is learnt by stacking: the candidate models' split of the
+    log, the ranker trained on the part they did not see."""
     from recsys.data.contracts import ContractError
     from recsys.ranking.dataset import TrainingDataError
     from training.ranker import train_ranker as run
@@ -34,7 +39,7 @@ def train_ranker(
     ws = workspace(settings)
     with step("train ranker") as info:
         try:
-            result = run(settings, ws, logs, promote, retrieval_uri=retrieval)
+            result = run(settings, ws, logs, promote, retrieval_uri=retrieval, force=force)
         except (ContractError, TrainingDataError, FileNotFoundError) as exc:
             raise fail(str(exc)) from exc
         counts = {k: v for k, v in result.counts.items() if v and k != "log_rows"}

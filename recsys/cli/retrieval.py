@@ -16,7 +16,7 @@ def train_retrieval(
     epochs: int = typer.Option(None, "--epochs", help="Maximum epochs [retrieval.epochs]"),
     batch_size: int = typer.Option(None, "--batch-size", help="Clicks per batch [retrieval.batch_size]"),
     split: str = typer.Option(None, "--split", help="temporal, random (RecBole 80/10/10) or auto "
-                              "(random for MovieLens) [retrieval.split]"),
+                              "(random for a click-only log) [retrieval.split]"),
     index: str = typer.Option(None, "--index", help="auto, exact, hnsw or ivf [retrieval.index]"),
     precision: str = typer.Option(None, "--precision", help="float32 or bfloat16 [retrieval.precision]"),
     cold_items: float = typer.Option(None, "--cold-items", help="Share of items whose train/validation "

@@ -172,3 +172,31 @@ def hold_out_items(split: Split, item_ids: Sequence[str], fraction: float,
         return split, held
     keep = ~pl.col(C.ITEM_ID).is_in(pl.Series(held, dtype=pl.String))
     return Split(split.train.filter(keep), split.valid.filter(keep), split.test, split.protocol), held
+
+
+def candidate_split(clicks: pl.DataFrame, protocol: str, seed: int) -> Split:
+    """The split that `recsys train retrieval` trains the candidate models on and that `recsys train
+    ranker` stacks on (its `train` part is what the models learn from; `valid` and `test` are what
+    the ranker of a click-only log learns from): RecBole's per-user random 80/10/10 (`random`) or
+    a global time cut at 80% and 90% of the clicks (`temporal`). Rows are put in one canonical
+    order first, so both commands cut the same log the same way."""
+    clicks = clicks.sort([C.USER_ID, C.EVENT_TIMESTAMP, C.ITEM_ID], maintain_order=True)
+    if protocol == "random":
+        return random_ratio_split(clicks, (0.8, 0.1, 0.1), seed=seed)
+    if protocol == "temporal":
+        return temporal_split(clicks, valid_frac=0.1, test_frac=0.1)
+    raise ValueError(f"unknown split protocol '{protocol}'; expected random or temporal")
+
+
+def is_click_only(log_df: pl.DataFrame) -> bool:
+    """Every row a click and no slate position: a click-only log (no impressions to learn from)."""
+    if C.CLICKED in log_df.columns and not bool(log_df[C.CLICKED].all()):
+        return False
+    return C.POSITION not in log_df.columns or log_df[C.POSITION].null_count() == log_df.height
+
+
+def split_protocol(setting: str, click_only: bool) -> str:
+    """`retrieval.split` with `auto` resolved from the log's shape: a per-user random split for a
+    click-only log (ratings, purchases: which other items will this user take), a global time cut
+    for a log of impressions (a shop's logged slates, whose features are point-in-time)."""
+    return setting if setting != "auto" else ("random" if click_only else "temporal")

@@ -1,9 +1,9 @@
-"""Candidate sources for the ranker: the registered two-tower model, or CLIP profiles.
+"""Candidate sources for the ranker: the registered two-tower model, CLIP profiles, and EASE.
 
-Both present the `CandidateSource` shape (`recsys.ranking.dataset`): item vectors aligned to
-ItemTable rows and a `user_vectors(user_ids, history, user_features)` that embeds users from
-their recent clicks. The ranker's training (hard negatives, `tt_score`/`tt_rank`) and the
-`Recommender` (stage 1) use the same object, so both see the same scores.
+The two-tower and CLIP profiles present the `CandidateSource` shape (`recsys.ranking.dataset`):
+item vectors aligned to ItemTable rows and a `user_vectors(user_ids, history, user_features)`
+that embeds users from their recent clicks. The ranker's training (hard negatives,
+`tt_score`/`tt_rank`) and the `Recommender` (stage 1) use the same object, so both see the same scores.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.config import Settings
 from recsys.ranking.features import ItemTable, user_profiles
+from recsys.retrieval.ease import EaseModel
 
 CLIP_PROFILE = "clip-profile"
 
@@ -67,6 +69,71 @@ class TwoTowerSource:
             feats = [{**row, **{f"user_behaviour__{k}": v for k, v in row.items()}}
                      for row in user_features.iter_rows(named=True)]
         return np.asarray(self.model.user_vectors(list(user_ids), hist, feats), np.float32)
+
+
+class EaseSource:
+    """A registered EASE model (`recsys.retrieval.ease`) over the rows of an `ItemTable`."""
+
+    def __init__(self, model: EaseModel, items: ItemTable, version: str):
+        rows = items.rows([str(i) for i in model.item_ids])
+        ok = rows >= 0
+        self.version = version
+        self.lam = model.lam
+        self.item_rows = rows[ok]
+        self._weights = model.weights if ok.all() else np.ascontiguousarray(model.weights[np.ix_(ok, ok)])
+        self._col = np.full(len(items), -1, np.int64)  # ItemTable row -> model column
+        self._col[self.item_rows] = np.arange(len(self.item_rows))
+        self._n_items = len(items)
+        self.item_popularity = np.full(len(items), np.nan, np.float32)  # share of users who clicked it
+        self.item_popularity[self.item_rows] = model.item_clicks[ok] / max(model.users, 1)
+
+    def scores(self, seen: Sequence[np.ndarray]) -> np.ndarray:
+        """(M, N) float32 scores x_u B over ItemTable rows from each user's known item rows;
+        NaN for items outside the model."""
+        out = np.full((len(seen), self._n_items), np.nan, np.float32)
+        for r, rows in enumerate(seen):
+            cols = self._col[np.asarray(rows, np.int64)]
+            cols = np.unique(cols[cols >= 0])
+            out[r, self.item_rows] = self._weights[cols].sum(axis=0) if len(cols) else 0.0
+        return out
+
+
+def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the `n` best finite scores of a (N,) vector, best first (ties: lower row)."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    n = min(n, len(finite))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    s = scores[finite]
+    top = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
+    top = top[np.lexsort((finite[top], -s[top]))]
+    return finite[top]
+
+
+def merge_candidates(lists: Sequence[np.ndarray], cap: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Union of several best-first candidate lists (first list's order first, then new rows of
+    the next) and each candidate's rank in every list (`cap` where it is not in that list)."""
+    seen: dict[int, None] = {}
+    for rows in lists:
+        seen.update(dict.fromkeys(np.asarray(rows, np.int64).tolist()))
+    union = np.fromiter(seen, np.int64, count=len(seen))
+    ranks = []
+    for rows in lists:
+        rank = np.full(len(union), float(cap), np.float32)
+        pos = {r: i for i, r in enumerate(np.asarray(rows).tolist())}
+        for j, r in enumerate(union.tolist()):
+            if r in pos:
+                rank[j] = pos[r]
+        ranks.append(rank)
+    return union, ranks
+
+
+def load_ease_source(settings: Settings, uri: str, items: ItemTable) -> EaseSource:
+    """A registered EASE model (`models:/ease@champion`, `.../3`) as a candidate source."""
+    from recsys import tracking
+
+    folder, ref = tracking.download_model(settings, uri)
+    return EaseSource(EaseModel.load(folder), items, ref.tag)
 
 
 def load_candidate_source(settings: Any, uri: str, items: ItemTable) -> ClipProfileSource | TwoTowerSource:

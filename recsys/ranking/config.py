@@ -30,3 +30,6 @@ class RankerConfig(ConfigModel):
         7.0, gt=0, description="window (days before the last event) for the popularity fallback"
     )
     model_alias: str = Field("champion", description="ranker alias that serving and batch load")
+    exclude_seen: Literal["all", "recent", "none"] = Field(
+        "all", description="items never recommended to a user: every item they clicked in the known log "
+        "(all), their last `history` clicks (recent, for shops where repeat purchases matter), or none")

@@ -33,7 +33,15 @@ import numpy as np
 import polars as pl
 
 from recsys.data import columns as C
-from recsys.ranking.features import FeatureSpec, ItemTable, Profiles, assemble, frame_matrix, user_profiles
+from recsys.ranking.features import (
+    SOURCE_FEATURES,
+    FeatureSpec,
+    ItemTable,
+    Profiles,
+    assemble,
+    frame_matrix,
+    user_profiles,
+)
 
 log = logging.getLogger(__name__)
 FEATURE_TS = "feature_timestamp"
@@ -389,7 +397,8 @@ def feature_matrix(cands: Candidates, spec: FeatureSpec, items: ItemTable,
         counts["rows_missing_item_features"] = int(np.isnan(ib).all(axis=1).sum())
     profiles: Profiles = user_profiles(cands.history, items)
     ts = q[C.EVENT_TIMESTAMP].dt.epoch("us").cast(pl.Float64).to_numpy() / 1e6
+    sources = {n: rows[n].fill_null(np.nan).to_numpy() for n in SOURCE_FEATURES if n in rows.columns}
     x = assemble(spec, items, rows["item_row"].to_numpy(), rows["q"].to_numpy(), profiles, ub, ts,
                  rows["tt_score"].fill_null(np.nan).to_numpy(), rows["tt_rank"].fill_null(np.nan).to_numpy(),
-                 item_behaviour=ib)
+                 item_behaviour=ib, sources=sources)
     return x, counts

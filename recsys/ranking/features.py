@@ -7,7 +7,7 @@ can never mean one thing offline and another online. The list of features is fix
 `FeatureSpec` that is saved beside the model (`features.json`) and versioned
 (`FEATURE_SET_VERSION`); a loaded model assembles exactly its own list, in its own order.
 
-Features (F = U + B + 4 + 7):
+Features (F = U + B + 4 + 11):
 
 - `user.<name>`: the user's behaviour features (Feast view `user_behaviour`, numeric ones).
 - `item.<name>`: the item's behaviour features (Feast view `item_behaviour`, numeric ones).
@@ -19,6 +19,12 @@ Features (F = U + B + 4 + 7):
   user's recent clicks in the item's category) and `category_match` (item is in the user's top
   category), `price_rel` (price over the median price of the user's recent clicks),
   `history_len` (how many recent clicks the profile rests on).
+- candidate sources beside the two-tower: `ease_score` and `ease_rank` (the EASE item-item
+  score x_u B of the candidate and its rank in EASE's list, capped like `tt_rank`),
+  `item_popularity` (share of users who clicked the item in the data EASE was fit on, so that
+  a fit on more data keeps the scale) and `user_clicks` (log1p of the user's known clicks).
+  NaN where the ranker was trained without EASE (a logged-impressions log, whose features
+  come from Feast point-in-time).
 
 Position is deliberately *not* a feature. It is used for de-biasing at training time only, by
 inverse examination-propensity weights on clicked rows (see `recsys.ranking.dataset`): a
@@ -32,7 +38,7 @@ down a learned default branch, the same offline and online.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +47,12 @@ import polars as pl
 
 from recsys.data import columns as C
 
-FEATURE_SET_VERSION = 1
+FEATURE_SET_VERSION = 2
 IMAGE_SOURCE_CODES = {s: i for i, s in enumerate(C.IMAGE_SOURCES)}
 CONTENT = ("price", "image_source", "item_age_days", "category")
-REQUEST = ("tt_score", "tt_rank", "clip_cos", "category_share", "category_match", "price_rel", "history_len")
+REQUEST = ("tt_score", "tt_rank", "clip_cos", "category_share", "category_match", "price_rel", "history_len",
+           "ease_score", "ease_rank", "item_popularity", "user_clicks")
+SOURCE_FEATURES = ("ease_score", "ease_rank", "item_popularity", "user_clicks")  # (n,) arrays per candidate
 CATEGORICAL = ("image_source", "category")
 _DAY = 86_400.0
 
@@ -265,6 +273,7 @@ def assemble(
     tt_score: np.ndarray | None = None,
     tt_rank: np.ndarray | None = None,
     item_behaviour: np.ndarray | None = None,
+    sources: Mapping[str, np.ndarray] | None = None,
     chunk: int = 262_144,
 ) -> np.ndarray:
     """The (n, F) float32 feature matrix, columns in `spec.names` order.
@@ -275,6 +284,7 @@ def assemble(
     - `tt_score`, `tt_rank` (n,): two-tower score and rank (NaN / None where unavailable).
     - `item_behaviour` (n, B): point-in-time rows at training; None at serving, where the
       latest rows held in `items.behaviour` are gathered.
+    - `sources`: (n,) arrays of the `SOURCE_FEATURES` (NaN where absent).
     """
     item_rows = np.asarray(item_rows, dtype=np.int64)
     query_rows = np.asarray(query_rows, dtype=np.int64)
@@ -318,4 +328,7 @@ def assemble(
     with np.errstate(divide="ignore", invalid="ignore"):
         out[:, j + 5] = price / profiles.typical_price[query_rows]
     out[:, j + 6] = profiles.history_len[query_rows]
+    for o, name in enumerate(SOURCE_FEATURES, start=j + 7):
+        value = (sources or {}).get(name)
+        out[:, o] = np.nan if value is None else value
     return out

@@ -26,7 +26,7 @@ class RetrievalConfig(ConfigModel):
     eval_k: int = Field(50, ge=1)
     split: Literal["auto", "temporal", "random"] = Field(
         "auto", description="temporal (global time cut) or random (RecBole per-user 80/10/10); "
-        "auto: random for MovieLens logs, temporal otherwise")
+        "auto: random for a click-only log, temporal for a log of impressions")
     cold_item_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="share of items whose train/validation clicks are held out, "
         "to measure cold-start items (the registered model then lacks those clicks: an evaluation setting)")
@@ -34,3 +34,9 @@ class RetrievalConfig(ConfigModel):
     index: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
     exact_below: int = Field(50_000, description="catalogues smaller than this use exact search")
     candidates: int = 300
+    ease: bool = Field(True, description="fit and register EASE (closed-form item-item) beside the two-tower")
+    ease_lambdas: tuple[float, ...] = Field(
+        (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0), description="EASE λ grid, chosen on the validation part")
+    ease_max_items: int = Field(
+        20_000, ge=2, description="EASE keeps the most-clicked items up to this (memory 12 n² bytes)")
+    ease_candidates: int = Field(300, ge=0, description="EASE candidates added to the two-tower's")

@@ -97,3 +97,18 @@ def test_unknown_items_are_quarantined_with_counts(trained, tmp_path) -> None:
     settings2 = load_settings(home=str(settings.home), **{"ranker.rounds": 5})
     r = train_ranker(settings2, ws, tmp_path / "ghost.parquet", promote=False, retrieval_uri="clip-profile")
     assert r.counts["quarantined_rows"] == 12 and r.alias == "challenger"
+
+
+def test_a_worse_challenger_is_not_promoted_unless_forced(trained) -> None:
+    settings, ws, log, _ = trained
+    champion = tracking.resolve(settings, "models:/ranker@champion").version
+    # no leaf can hold 10M rows: a constant model, which orders the candidates at random
+    ranker = settings.ranker.model_copy(update={"min_data_in_leaf": 10_000_000})
+    weak = settings.model_copy(update={"ranker": ranker})
+    worse = train_ranker(weak, ws, log, promote=True, retrieval_uri="clip-profile")
+    assert worse.champion_ndcg is not None and worse.valid_ndcg < worse.champion_ndcg
+    assert worse.alias == "challenger"
+    assert tracking.resolve(settings, "models:/ranker@champion").version == champion
+    forced = train_ranker(weak, ws, log, promote=True, retrieval_uri="clip-profile", force=True)
+    assert forced.alias == "champion"
+    assert tracking.resolve(settings, "models:/ranker@champion").version == forced.version
