@@ -53,14 +53,16 @@ class FinetuneResult:
     val_items: int
     epochs: int
     seconds: float
-    metrics: dict[str, float]  # held-out recall after the last epoch, plus chance levels
+    metrics: dict[str, float]  # held-out recall at the epoch kept, plus chance levels
     history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
 
     def summary(self) -> str:
         m = self.metrics
         return (f"{self.model_tag} @champion: {self.train_items:,} train / {self.val_items:,} held-out "
-                f"items, {self.epochs} epochs; held-out i2t R@1/5/10 {m['i2t_r1']:.3f}/{m['i2t_r5']:.3f}/"
-                f"{m['i2t_r10']:.3f}, t2i R@5 {m['t2i_r5']:.3f} (chance R@5 {m['chance_r5']:.3f})")
+                f"items, {self.epochs} epochs (kept epoch {self.best_epoch}); held-out i2t R@1/5/10 "
+                f"{m['i2t_r1']:.3f}/{m['i2t_r5']:.3f}/{m['i2t_r10']:.3f}, t2i R@5 {m['t2i_r5']:.3f} "
+                f"(chance R@5 {m['chance_r5']:.3f})")
 
 
 def item_texts(items: pl.DataFrame) -> list[str]:
@@ -167,6 +169,11 @@ def _optimizer(model: Any, lr: float, weight_decay: float) -> Any:
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
+def _selection_score(metrics: dict[str, float]) -> float:
+    """What picks the epoch kept: held-out image→text and text→image Recall@5, averaged."""
+    return (metrics["i2t_r5"] + metrics["t2i_r5"]) / 2
+
+
 def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
     """Train (or fine-tune) CLIP on the catalogue, log Recall@k per epoch, register `clip@champion`."""
     configure_threads(settings.threads)
@@ -217,6 +224,7 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
         mlflow.log_dict(outcomes, "image_outcomes.json")
         before = _evaluate(model, val_pixels, val_tokens, 256)
         mlflow.log_metrics({f"val_{k}": v for k, v in before.items()}, step=0)
+        best_score, best_state = -1.0, None
         with bar("clip finetune", total_steps, unit="step") as b:
             for epoch in range(1, cfg.epochs + 1):
                 perm = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
@@ -245,12 +253,20 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
                                     **{f"val_{k}": v for k, v in metrics.items()}}, step=epoch)
                 log.info("epoch %d: loss %.3f, held-out i2t R@5 %.3f (chance %.3f)", epoch,
                          record["train_loss"], metrics["i2t_r5"], metrics["chance_r5"])
-        final = history[-1]
+                score = _selection_score(metrics)
+                if score > best_score:  # keep the best epoch's weights, not the last one's
+                    best_score = score
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        final = max(history, key=_selection_score)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        mlflow.log_metric("best_epoch", final["epoch"])
         with tempfile.TemporaryDirectory(dir=ws.models_dir, prefix=".clip-") as tmp:
             save_checkpoint(model, Path(tmp) / CHECKPOINT_FILE)
             meta = {"model": cfg.model, "pretrained": cfg.pretrained, "image_size": image_size,
                     "embed_dim": int(img.shape[1]), "epochs": cfg.epochs, "seed": settings.seed,
                     "train_items": len(tr_idx), "val_items": len(va_idx), "run_id": run.info.run_id,
+                    "best_epoch": final["epoch"],
                     "metrics": {k: v for k, v in final.items() if k != "epoch"}}
             ref = tracking.log_and_register(settings, tmp, "clip", meta, alias="champion")
         mlflow.set_tag("recsys.model", ref.tag)
@@ -258,4 +274,5 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
         model_tag=ref.tag, model_uri=ref.uri, train_items=len(tr_idx), val_items=len(va_idx),
         epochs=cfg.epochs, seconds=time.perf_counter() - start,
         metrics={k: v for k, v in final.items() if k != "epoch"}, history=history,
+        best_epoch=int(final["epoch"]),
     )

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ class RecommenderPolicy:
         for row, user in enumerate(np.asarray(user_ids).astype(str)):
             recent, seen = state.get(user, ([], set()))
             rec = self.recommender.recommend(
-                user, k=k, exclude=future | seen, as_of=as_of, history=recent or None
+                user, k=k, exclude=future, as_of=as_of, history=recent or None, seen=seen
             )
             for j, (item, _, _) in enumerate(rec.items[:k]):
                 out[row, j] = item
@@ -242,11 +243,33 @@ def _segments(
     return segs
 
 
+def trained_window(settings: Any, specs: tuple[str, ...]) -> float:
+    """The A/B window (days) that the registered rankers among `specs` were trained without
+    (`holdout_days` in their meta); a clear error when none was, since every day of the log was
+    then training data and no held-out window exists."""
+    from recsys import tracking
+
+    days = [0.0]
+    for spec in specs:
+        if _MODEL_URI.match(spec):
+            folder, _ = tracking.download_model(settings, spec)
+            meta = json.loads((folder / "meta.json").read_text())
+            days.append(float(meta.get("holdout_days") or 0.0))
+    if max(days) <= 0:
+        raise ValueError("no offline A/B window: pass --holdout-days N (evaluation.holdout_days), and train "
+                         "the models with the same setting so that they never see those days")
+    return max(days)
+
+
 def evaluate_ab(
     settings: Any, control: str, treatment: str, logs: str | Path | None = None, track: bool = True
 ) -> ABRun:
     """Run the whole offline A/B comparison; writes the report and (optionally) an MLflow run."""
     cfg = settings.evaluation
+    if cfg.holdout_days <= 0:  # the window the compared models were trained without
+        days = trained_window(settings, (control, treatment))
+        cfg = cfg.model_copy(update={"holdout_days": days})
+        settings = settings.model_copy(update={"evaluation": cfg})
     ws = Workspace.at(settings.home)
     seed = settings.seed
     events = load_log(ws, logs)

@@ -19,7 +19,8 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,21 @@ def source_orders(rs: RankSet, spec: FeatureSpec) -> dict[str, float]:
     return out
 
 
+def fit_with_base(params: dict[str, Any], spec: FeatureSpec, train: RankSet, stop: RankSet, rounds: int,
+                  early_stopping: int, scales: Sequence[float | None]) -> tuple[Any, dict, FeatureSpec]:
+    """Fit once per base scale (None: no base margin; else EASE's score times the scale starts
+    every score) and keep the fit with the best early-stopping NDCG@10."""
+    best: tuple[float, Any, dict, FeatureSpec] | None = None
+    for scale in scales:
+        s = spec if scale is None else replace(spec, base="ease_score", base_scale=float(scale))
+        booster, evals = fit(params, s, train, stop, rounds, early_stopping)
+        score = max(evals.get("ndcg@10", [float("-inf")]))
+        if best is None or score > best[0]:
+            best = (score, booster, evals, s)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote: bool = False,
                  retrieval_uri: str = "models:/retrieval@champion", force: bool = False) -> RankerResult:
     """Train, log and register a ranker from a click log (default: the workspace's impressions)."""
@@ -323,7 +339,11 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
                                "feature_set_version": spec.version, "n_features": len(spec.names),
                                "retrieval": source.version if source else "none", "logs": str(path)})
             t = time.perf_counter()
-            booster, evals = fit(params, spec, train, stop, cfg.rounds, cfg.early_stopping)
+            scales = cfg.base_scales if ease is not None else (None,)
+            booster, evals, spec = fit_with_base(params, spec, train, stop, cfg.rounds, cfg.early_stopping,
+                                                 scales)
+            if spec.base:
+                mlflow.log_params({"base": spec.base, "base_scale": spec.base_scale})
             seconds["fit"] = time.perf_counter() - t
             curve = evals.get("ndcg@10", [])
             client = mlflow.tracking.MlflowClient()
@@ -335,8 +355,10 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
                 client.log_batch(run.info.run_id, metrics=batch[s:s + 1000])
             best = int(booster.best_iteration or booster.current_iteration())
             # scored by `ndcg_at`, the function that scores the champion on the same groups
-            valid_ndcg = ndcg_at(booster.predict(gate.x, num_iteration=best), gate.y, gate.group) \
-                if len(gate.group) else float("nan")
+            model = RankerModel(booster=booster, spec=spec,
+                                popularity=popularity(log_df, cfg.popularity_days))
+            valid_ndcg = ndcg_at(model.predict(gate.x), gate.y, gate.group) if len(gate.group) else \
+                float("nan")
             baselines = source_orders(gate, spec) if ease is not None else {}
             mlflow.log_metrics({"valid_ndcg_at_10": valid_ndcg,
                                 "best_iteration": best})
@@ -360,15 +382,14 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
                                                              user_f, item_f)
                 if champion_ndcg is not None:
                     mlflow.log_metric("champion_valid_ndcg_at_10", champion_ndcg)
-            pop = popularity(log_df, cfg.popularity_days)
-            model = RankerModel(booster=booster, spec=spec, popularity=pop)
             model.save(work)
             mlflow.log_metrics({f"gate_ndcg_at_10.{k}_order": v for k, v in baselines.items()})
             meta = {"retrieval": source.version if source else None, "ease": ease.version if ease else None,
                     "feature_set_version": spec.version,
                     "features": spec.names, "valid_ndcg_at_10": valid_ndcg, "best_iteration": best,
                     "examination": cands.examination, "counts": counts, "lineage": lineage["tables"],
-                    "params": params, "run_id": run.info.run_id}
+                    "params": params, "run_id": run.info.run_id,
+                    "holdout_days": settings.evaluation.holdout_days}
             ref = tracking.log_and_register(settings, work, "ranker", meta)
             alias = None
             # the alias moves last: any failure above leaves the registry's aliases untouched

@@ -67,6 +67,9 @@ class RetrievalResult:
     evaluation: EvalResult
     fit: FitResult
     ease: EaseResult | None = None
+    alias: str = "champion"
+    champion_ndcg: float | None = None
+    champion_tag: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     features: list[str] = field(default_factory=list)
@@ -75,7 +78,10 @@ class RetrievalResult:
         v = self.evaluation.value
         k = 10
         ease = f", EASE {v('ease', 'all', f'ndcg@{k}'):.4f} ({self.ease.summary()})" if self.ease else ""
-        return (f"{self.tag} ({self.model_version}): test NDCG@{k} {v('two_tower', 'all', f'ndcg@{k}'):.4f} "
+        champ = "" if self.champion_ndcg is None else \
+            f" (champion {self.champion_tag} {self.champion_ndcg:.4f})"
+        return (f"{self.tag} -> @{self.alias}{champ} ({self.model_version}): test NDCG@{k} "
+                f"{v('two_tower', 'all', f'ndcg@{k}'):.4f} "
                 f"vs popularity {v('popularity', 'all', f'ndcg@{k}'):.4f}, CLIP-only "
                 f"{v('clip_only', 'all', f'ndcg@{k}'):.4f}{ease}; "
                 f"{self.counts.get('train_clicks', 0):,} train clicks, "
@@ -120,8 +126,28 @@ def _metric_key(*parts: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", ".".join(parts).replace("@", "_at_"))
 
 
-def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> RetrievalResult:
-    """Train, evaluate, log and register the two-tower retrieval model."""
+def _champion_ndcg(settings: Any, split: Split, embeddings: pl.DataFrame, test_feats: pl.DataFrame | None,
+                   k: int, available: np.ndarray | None) -> tuple[float | None, str | None]:
+    """The current champion two-tower's test NDCG@10 on this split (None when there is none). A
+    champion trained on more of the log may have seen some of these clicks: the comparison then
+    favours it, so a promotion is never won by a leak."""
+    try:
+        folder, ref = tracking.download_model(settings, "models:/retrieval@champion")
+    except LookupError:
+        return None, None
+    champion = RetrievalModel.load(folder)
+    if available is not None:
+        available = available_by(load_table(Workspace.at(settings.home), "items"), champion.item_ids,
+                                 split.test[C.EVENT_TIMESTAMP].max())
+    result = evaluate_model(champion, split, embeddings, test_feats, k, available)
+    return result.value("two_tower", "all", "ndcg@10"), ref.tag
+
+
+def train_retrieval(settings: Any, ws: Workspace, promote: bool = True,
+                    force: bool = False) -> RetrievalResult:
+    """Train, evaluate, log and register the two-tower retrieval model (and EASE beside it). With
+    `promote`, the new two-tower becomes `@champion` when its test NDCG@10 beats the champion's
+    on the same split (or with `force`), else `@challenger`."""
     configure_threads(settings.threads)
     import torch
 
@@ -164,7 +190,7 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
     ease_result = ease_known = None
     if cfg.ease:
         t = time.perf_counter()
-        ease_result, ease_known = train_ease(settings, ws, split, promote=promote)
+        ease_result, ease_known = train_ease(settings, ws, split, promote=promote, force=force)
         seconds["ease"] = time.perf_counter() - t
 
     work = tempfile.mkdtemp(dir=ws.models_dir, prefix=".retrieval-")
@@ -211,8 +237,16 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
                     "index": model.index.kind, "items": len(model.item_ids), "dim": model.dim,
                     "user_features": feature_names, "lineage": lineage["tables"], "run_id": run.info.run_id,
                     "valid_recall": trained.fit.best_score, "evaluation": table.to_dicts()}
-            ref = tracking.log_and_register(settings, work, "retrieval", meta,
-                                            alias="champion" if promote else "challenger")
+            champion_ndcg = champion_tag = None
+            if promote:
+                champion_ndcg, champion_tag = _champion_ndcg(settings, split, embeddings, test_feats,
+                                                             cfg.eval_k, available)
+            ndcg = evaluation.value("two_tower", "all", "ndcg@10")
+            beats = champion_ndcg is None or ndcg > champion_ndcg
+            alias = "champion" if promote and (beats or force) else "challenger"
+            if champion_ndcg is not None:
+                mlflow.log_metric("champion_test_ndcg_at_10", champion_ndcg)
+            ref = tracking.log_and_register(settings, work, "retrieval", meta, alias=alias)
             mlflow.set_tag("retrieval.model_version", model.model_version)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -220,7 +254,8 @@ def train_retrieval(settings: Any, ws: Workspace, promote: bool = True) -> Retri
     return RetrievalResult(version=ref.version, tag=ref.tag, run_id=run.info.run_id,
                            model_version=model.model_version, protocol=split.protocol, evaluation=evaluation,
                            fit=trained.fit, ease=ease_result, counts=counts, seconds=seconds,
-                           features=feature_names)
+                           features=feature_names, alias=alias, champion_ndcg=champion_ndcg,
+                           champion_tag=champion_tag)
 
 
 def _clip_version(embeddings: pl.DataFrame) -> str | None:

@@ -13,6 +13,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     app.command("demo")(demo)
 
 
+DEMO_AB_DAYS = 7.0
+
+
 def demo(
     ctx: typer.Context,
     data: str = typer.Option("world", help="world (the embedded simulated shop) or movielens"),
@@ -27,6 +30,8 @@ def demo(
     from training.demo import StageReport, run_demo
 
     settings = settings_from(ctx, **{"serving.port": port})
+    if settings.evaluation.holdout_days <= 0:  # the demo ends with an offline A/B: keep its window out
+        settings = settings_from(ctx, **{"serving.port": port, "evaluation.holdout_days": DEMO_AB_DAYS})
     home = Path(settings.home).resolve()
     console.print(f"[bold]recsys demo[/] on {data}{f' ({path})' if path else ''}; workspace {home}")
     total = 0.0

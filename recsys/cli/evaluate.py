@@ -37,7 +37,8 @@ def evaluate_ab(
     k: int = typer.Option(None, "--k", help="List length K [default from config: 10]"),
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap replicates [default 1000]"),
     holdout_days: float = typer.Option(
-        None, "--holdout-days", help="Held-out window: last N days [default 7]"
+        None, "--holdout-days",
+        help="Held-out window: last N days [default: the window the compared rankers were trained without]",
     ),
     primary: str = typer.Option(
         None, "--primary", help="Primary metric of the verdict, e.g. ndcg@10, ctr:dr"

@@ -23,9 +23,12 @@ def train_retrieval(
                                      "clicks are held out to measure cold-start items; the registered "
                                      "model lacks those clicks [retrieval.cold_item_fraction]"),
     challenger: bool = typer.Option(False, "--challenger", help="Register as @challenger, not @champion"),
+    force: bool = typer.Option(False, "--force", help="Make it @champion even when it does not beat the "
+                               "champion on this split's test part"),
 ) -> None:
-    """Train the two-tower retrieval model on clicks, evaluate it against most-popular and
-    CLIP-only, and register it (with its item vectors and index) in MLflow."""
+    """Train the two-tower retrieval model on clicks and fit EASE beside it, evaluate both against
+    most-popular and CLIP-only, and register them in MLflow (the two-tower with its item vectors
+    and index). Each becomes @champion only when it beats the champion on a held-out part."""
     from training.retrieval import train_retrieval as run
 
     settings = settings_from(ctx, **{"retrieval.epochs": epochs, "retrieval.batch_size": batch_size,
@@ -35,7 +38,7 @@ def train_retrieval(
     ws = workspace(settings)
     with step("train retrieval") as info:
         try:
-            result = run(settings, ws, promote=not challenger)
+            result = run(settings, ws, promote=not challenger, force=force)
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from exc
         held = result.counts.get("cold_items_held_out")

@@ -20,8 +20,9 @@ class EvaluationConfig(ConfigModel):
     guardrail_tolerance: float = Field(0.05, ge=0, description="largest relative drop a guardrail may show")
     clip: float = Field(10.0, gt=0, description="weight cap of clipped IPS")
     holdout_days: float = Field(
-        7.0, ge=0, description="the last N days of the log are the offline A/B window: retrieval and "
-        "ranker training never see them (0: train on everything; evaluate ab then refuses to run)"
+        0.0, ge=0, description="the last N days of the log are the offline A/B window: retrieval and "
+        "ranker training never see them (0: train on everything; evaluate ab then uses the window the "
+        "compared rankers were trained without, and refuses when there is none)"
     )
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many users")
     cold_item_clicks: int = Field(5, ge=0, description="items with fewer training clicks are 'cold'")

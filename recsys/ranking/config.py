@@ -8,11 +8,11 @@ from recsys.configbase import ConfigModel
 
 
 class RankerConfig(ConfigModel):
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    rounds: int = 300
-    early_stopping: int = 30
-    min_data_in_leaf: int = 20
+    num_leaves: int = 15
+    learning_rate: float = 0.02
+    rounds: int = 500
+    early_stopping: int = 50
+    min_data_in_leaf: int = 100
     feature_fraction: float = 0.9
     bagging_fraction: float = Field(1.0, gt=0, le=1)
     lambda_l2: float = 0.0
@@ -29,6 +29,9 @@ class RankerConfig(ConfigModel):
     popularity_days: float = Field(
         7.0, gt=0, description="window (days before the last event) for the popularity fallback"
     )
+    base_scales: tuple[float, ...] = Field(
+        (3.0,), description="a ranker trained by stacking starts every score at EASE's score times "
+        "one of these (chosen on the early-stopping groups): the trees learn a correction to EASE")
     model_alias: str = Field("champion", description="ranker alias that serving and batch load")
     exclude_seen: Literal["all", "recent", "none"] = Field(
         "all", description="items never recommended to a user: every item they clicked in the known log "

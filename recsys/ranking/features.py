@@ -64,6 +64,8 @@ class FeatureSpec:
     user_behaviour: tuple[str, ...] = ()
     item_behaviour: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    base: str | None = None  # a feature whose scaled value starts every score (`base_margin`)
+    base_scale: float = 0.0
     version: int = FEATURE_SET_VERSION
 
     @property
@@ -78,7 +80,7 @@ class FeatureSpec:
     def to_dict(self) -> dict:
         return {"version": self.version, "names": self.names, "categorical": self.categorical,
                 "user_behaviour": list(self.user_behaviour), "item_behaviour": list(self.item_behaviour),
-                "categories": list(self.categories)}
+                "categories": list(self.categories), "base": self.base, "base_scale": self.base_scale}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -89,10 +91,21 @@ class FeatureSpec:
         if d.get("version") != FEATURE_SET_VERSION:
             raise ValueError(f"{path}: feature set version {d.get('version')} is not supported by this "
                              f"code (version {FEATURE_SET_VERSION}); retrain the ranker")
-        spec = cls(tuple(d["user_behaviour"]), tuple(d["item_behaviour"]), tuple(d["categories"]))
+        spec = cls(tuple(d["user_behaviour"]), tuple(d["item_behaviour"]), tuple(d["categories"]),
+                   d.get("base"), float(d.get("base_scale", 0.0)))
         if spec.names != d["names"]:
             raise ValueError(f"{path}: stored feature names do not match the spec they were saved from")
         return spec
+
+
+def base_margin(spec: FeatureSpec, x: np.ndarray) -> np.ndarray:
+    """(n,) float64 start of every score: `base_scale` times the `base` feature (0 where it is
+    missing), or zeros. With EASE's score as the base, the trees learn a correction to EASE's
+    order rather than an order from scratch, so a ranker that finds nothing to add stays at
+    EASE's quality instead of below it."""
+    if spec.base is None:
+        return np.zeros(len(x))
+    return spec.base_scale * np.nan_to_num(np.asarray(x[:, spec.names.index(spec.base)], np.float64))
 
 
 def numeric_columns(df: pl.DataFrame | None, exclude: Sequence[str] = ()) -> tuple[str, ...]:

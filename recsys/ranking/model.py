@@ -18,7 +18,7 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.io import write_parquet
-from recsys.ranking.features import FeatureSpec
+from recsys.ranking.features import FeatureSpec, base_margin
 
 MODEL_FILE = "model.txt"
 FEATURES_FILE = "features.json"
@@ -75,12 +75,14 @@ def fit(params: dict[str, Any], spec: FeatureSpec, train: RankSet, valid: RankSe
     names = spec.names
     cat = [n for n in spec.categorical if n in names]
     dtrain = lgb.Dataset(train.x, label=train.y, group=train.group, weight=train.weight,
+                         init_score=base_margin(spec, train.x) if spec.base else None,
                          feature_name=names, categorical_feature=cat, free_raw_data=True)
     evals: dict[str, dict[str, list[float]]] = {}
     cbs = [lgb.record_evaluation(evals), *(callbacks or [])]
     valid_sets, valid_names = [], []
     if valid is not None and len(valid.y):
         dvalid = lgb.Dataset(valid.x, label=valid.y, group=valid.group, reference=dtrain,
+                             init_score=base_margin(spec, valid.x) if spec.base else None,
                              feature_name=names, categorical_feature=cat)
         valid_sets, valid_names = [dvalid], ["valid"]
         cbs.append(lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False))
@@ -127,8 +129,10 @@ class RankerModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Scores of rows of `x` (columns in `spec.names` order), one thread."""
-        return self.booster.predict(x, num_threads=1)
+        """Scores of rows of `x` (columns in `spec.names` order), one thread: the trees plus the
+        spec's base margin."""
+        out = self.booster.predict(x, num_threads=1)
+        return out + base_margin(self.spec, x) if self.spec.base else out
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

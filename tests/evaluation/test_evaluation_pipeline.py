@@ -28,7 +28,8 @@ def _app() -> typer.Typer:
 
 def _evaluate_ab(home: Path, control: str, treatment: str, *options: str) -> Result:
     """`recsys --home HOME evaluate ab --control C --treatment T OPTIONS...` through the CLI."""
-    args = ["--home", str(home), "evaluate", "ab", "--control", control, "--treatment", treatment, *options]
+    args = ["--home", str(home), "evaluate", "ab", "--control", control, "--treatment", treatment,
+            "--holdout-days", "7", *options]
     return CliRunner().invoke(_app(), args)
 
 
