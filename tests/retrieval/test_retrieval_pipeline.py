@@ -19,16 +19,17 @@ from recsys.workspace import Workspace
 from training.retrieval import train_retrieval
 
 
-def _fill(ws: Workspace, seed: int = 0, policy: str = "logged") -> None:
+def _fill(ws: Workspace, seed: int = 0, click_only: bool = False) -> None:
     shop = make_shop(seed, n_items=150, n_users=200, clicks_per_user=12)
     save_table(ws, "items", shop.items)
     save_table(ws, "item_embeddings", shop.embeddings.with_columns(
         pl.lit("clip-test/v1").alias(C.MODEL_VERSION), pl.col(C.ITEM_ID).alias(C.CONTENT_HASH)))
     n = shop.clicks.height
     save_table(ws, "impressions", shop.clicks.with_columns(
-        pl.format("r{}", pl.int_range(n)).alias(C.REQUEST_ID), pl.lit(0, pl.Int32).alias(C.POSITION),
+        pl.format("r{}", pl.int_range(n)).alias(C.REQUEST_ID),
+        pl.lit(None if click_only else 0, pl.Int32).alias(C.POSITION),
         pl.lit(True).alias(C.CLICKED), pl.lit(None, pl.Float64).alias(C.PROPENSITY),
-        pl.lit(policy).alias(C.POLICY)))
+        pl.lit("logged").alias(C.POLICY)))
 
 
 def test_train_registers_model_vectors_and_index(home):
@@ -40,7 +41,8 @@ def test_train_registers_model_vectors_and_index(home):
     result = train_retrieval(settings, ws)
     assert result.protocol.startswith("temporal")
     table = result.evaluation.table
-    assert set(table["method"]) == {"two_tower", "popularity", "clip_only"}
+    assert set(table["method"]) == {"two_tower", "popularity", "clip_only", "ease"}
+    assert tracking.resolve(settings, "models:/ease@champion").version == "1"
     assert {"all", "warm_items", "cold_items", "cold_users"} <= set(table["segment"])
     folder, ref = tracking.download_model(settings, "models:/retrieval@champion")
     assert ref.version == result.version
@@ -51,8 +53,8 @@ def test_train_registers_model_vectors_and_index(home):
     ids, scores = model.recommend(["u1"], 5, [["i0001"]], exclude=[{"i0001"}])
     assert ids.shape == (1, 5) and "i0001" not in set(ids[0]) and np.isfinite(scores).all()
 
-    # ml-100k style logs (policy movielens) switch to the RecBole random split
-    _fill(ws, policy="movielens")
+    # a click-only log (every row a click, no slate positions) switches to the RecBole random split
+    _fill(ws, click_only=True)
     again = train_retrieval(settings, ws, promote=False)
     assert again.protocol.startswith("random_ratio")
     assert tracking.resolve(settings, "models:/retrieval@challenger").version == again.version
