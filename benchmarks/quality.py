@@ -123,16 +123,20 @@ def known_in_recs(recs: pl.DataFrame, known: pl.DataFrame) -> int:
 
 
 def score_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.DataFrame,
-                  item_ids: Sequence[str], k: int = K) -> list[dict]:
-    """One row per method: users, Recall/NDCG/Hit/MRR@k and coverage@k, by one code path."""
-    result = evaluate_methods(methods, known, test, item_ids, ks=(k,), segments=("all",))
-    users = result.users["all"]
+                  item_ids: Sequence[str], k: int = K, segments: Sequence[str] = ("all",),
+                  available: np.ndarray | None = None) -> list[dict]:
+    """One row per (segment, method): users, Recall/NDCG/Hit/MRR@k, and coverage@k on `all`,
+    by one code path (`evaluate_methods`; cold items are ranked among the cold items)."""
+    result = evaluate_methods(methods, known, test, item_ids, ks=(k,), segments=segments, available=available)
     rows = []
-    for name, scorer in methods.items():
-        row = {"method": name, "users": len(users)}
-        row.update({f"{m}@{k}": result.value(name, "all", f"{m}@{k}") for m in METRICS})
-        row[f"coverage@{k}"] = coverage(scorer, users, known, item_ids, k)
-        rows.append(row)
+    for segment in segments:
+        users = result.users[segment]
+        for name, scorer in methods.items():
+            row = {"segment": segment, "method": name, "users": len(users)}
+            row.update({f"{m}@{k}": result.value(name, segment, f"{m}@{k}") for m in METRICS})
+            row[f"coverage@{k}"] = coverage(scorer, users, known, item_ids, k) if segment == "all" else \
+                float("nan")
+            rows.append(row)
     return rows
 
 
@@ -180,8 +184,13 @@ def markdown(rows: list[dict], k: int = K) -> str:
     cols = [f"{m}@{k}" for m in (*METRICS, "coverage")]
     head = ["method", *(c.replace("recall", "Recall").replace("ndcg", "NDCG").replace("hit", "Hit")
                         .replace("mrr", "MRR") for c in cols)]
+    segmented = len({r["segment"] for r in rows}) > 1
+    if segmented:
+        head = ["segment", *head]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    lines += ["| " + " | ".join([r["method"], *(f"{r[c]:.4f}" for c in cols)]) + " |" for r in rows]
+    lines += ["| " + " | ".join([*([r["segment"]] if segmented else []), r["method"],
+                                 *(f"{r[c]:.4f}" if r[c] == r[c] else "" for c in cols)]) + " |"
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -202,6 +211,17 @@ def run_stage(name: str, args: list[str], ws: Path, env: dict[str, str], timings
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         print(f"\n`recsys {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def run_pipeline(ws: Path, env: dict[str, str], timings: dict[str, float], recommend: list[str]) -> None:
+    """The user's commands from CLIP to batch recommendations, with default settings."""
+    for name, args in (("clip finetune", ["clip", "finetune"]), ("backfill", ["backfill"]),
+                       ("features build", ["features", "build"]),
+                       ("features materialize", ["features", "materialize"]),
+                       ("train retrieval", ["train", "retrieval"]),
+                       ("train ranker", ["train", "ranker", "--promote"]),
+                       ("recommend", ["recommend", "--all", "--k", str(K), *recommend])):
+        run_stage(name, args, ws, env, timings)
 
 
 def run_protocol(protocol: str, data: Path, ws: Path, seed: int, lambdas: Sequence[float],
@@ -226,15 +246,8 @@ def run_protocol(protocol: str, data: Path, ws: Path, seed: int, lambdas: Sequen
           flush=True)
 
     recs_path = ws / "recs.parquet"
-    for name, args in (("import impressions", ["import", "impressions", str(ws / "known.parquet")]),
-                       ("clip finetune", ["clip", "finetune"]), ("backfill", ["backfill"]),
-                       ("features build", ["features", "build"]),
-                       ("features materialize", ["features", "materialize"]),
-                       ("train retrieval", ["train", "retrieval"]),
-                       ("train ranker", ["train", "ranker", "--promote"]),
-                       ("recommend", ["recommend", "--all", "--k", str(K), "--out", str(recs_path)])):
-        run_stage(name, args, ws, env, timings)
-
+    run_stage("import impressions", ["import", "impressions", str(ws / "known.parquet")], ws, env, timings)
+    run_pipeline(ws, env, timings, ["--out", str(recs_path)])
     t = time.perf_counter()
     recs = pl.read_parquet(recs_path)
     ease, lam, lam_table = ease_baseline(known, item_ids, lambdas, seed)
@@ -260,10 +273,53 @@ def run_protocol(protocol: str, data: Path, ws: Path, seed: int, lambdas: Sequen
             "recommendations": recs.height}
 
 
+def run_world(ws: Path, seed: int, lambdas: Sequence[float], env: dict[str, str],
+              window_days: float = 7.0) -> dict:
+    """The embedded world: the last `window_days` of its log are the test (every command runs
+    with `evaluation.holdout_days` = window_days, so no model trains on them); recommendations
+    as of the window's start; all items, warm items and cold items (no click before the window)."""
+    from recsys.data.splits import before_holdout
+    from recsys.data.tables import load_table
+    from recsys.retrieval.evaluate import SEGMENTS
+    from recsys.workspace import Workspace
+
+    ws.mkdir(parents=True, exist_ok=True)
+    if any(ws.iterdir()):
+        raise SystemExit(f"{ws} is not empty: the benchmark needs a fresh workspace")
+    env = {**env, "RECSYS_HOME": str(ws), "RECSYS_EVALUATION__HOLDOUT_DAYS": f"{window_days:g}"}
+    timings: dict[str, float] = {}
+    print(f"\n== world: workspace {ws}", flush=True)
+    run_stage("generate", ["generate"], ws, env, timings)
+    workspace = Workspace.at(ws)
+    log = load_table(workspace, "impressions")
+    clicks = log.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
+    known, start = before_holdout(clicks, window_days)
+    test = clicks.filter(pl.col(C.EVENT_TIMESTAMP) >= start)
+    items = load_table(workspace, "items", columns=[C.ITEM_ID, C.CREATED_AT])
+    item_ids = items[C.ITEM_ID].to_list()
+    end = test[C.EVENT_TIMESTAMP].max()
+    available = (items[C.CREATED_AT].is_null() | (items[C.CREATED_AT] <= end)).to_numpy()
+    print(f"  window from {start:%Y-%m-%d %H:%M}: {known.height:,} known, {test.height:,} test clicks",
+          flush=True)
+    recs_path = ws / "recs.parquet"
+    run_pipeline(ws, env, timings, ["--as-of", start.isoformat(), "--out", str(recs_path)])
+    recs = pl.read_parquet(recs_path)
+    ease, lam, _ = ease_baseline(known, item_ids, lambdas, seed)
+    methods = {"popularity": popularity_scorer(known, item_ids), "ease": ease,
+               **source_scorers(ws, known, item_ids), "recsys (recommend --all)": recs_scorer(recs, item_ids)}
+    segments = [s for s in SEGMENTS if s != "cold_users"]
+    rows = score_methods(methods, known, test, item_ids, segments=segments, available=available)
+    print(f"\nworld (EASE λ {lam:g}):\n\n{markdown(rows)}\n", flush=True)
+    return {"workspace": str(ws), "stages_s": timings, "ease_lambda": lam, "rows": rows,
+            "sizes": {"known": known.height, "test": test.height, "items": len(item_ids)},
+            "known_in_recs": known_in_recs(recs, known)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ml-100k folder")
-    ap.add_argument("--protocols", default="recbole,temporal")
+    ap.add_argument("--protocols", default="recbole,temporal",
+                    help="comma list of recbole, temporal (ml-100k) and world (the embedded world)")
     ap.add_argument("--home", type=Path, help="workspace root (one fresh folder per protocol)")
     ap.add_argument("--out", type=Path, help="JSON results [default <home>/quality.json]")
     ap.add_argument("--seed", type=int, default=42, help="split seed, also RECSYS_SEED of every command")
@@ -282,7 +338,8 @@ def main() -> None:
     if args.device:
         env["RECSYS_DEVICE"] = args.device
     lambdas = [float(x) for x in args.lambdas.split(",")]
-    results = {p: run_protocol(p, data, home / p, args.seed, lambdas, env) for p in args.protocols.split(",")}
+    results = {p: run_world(home / p, args.seed, lambdas, env) if p == "world" else
+               run_protocol(p, data, home / p, args.seed, lambdas, env) for p in args.protocols.split(",")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data": str(data), "seed": args.seed, "k": K, "protocols": results}, indent=2))
     print(f"\nresults -> {out}")

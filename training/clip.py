@@ -224,7 +224,7 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
         mlflow.log_dict(outcomes, "image_outcomes.json")
         before = _evaluate(model, val_pixels, val_tokens, 256)
         mlflow.log_metrics({f"val_{k}": v for k, v in before.items()}, step=0)
-        best_score, best_state = -1.0, None
+        best_score, best_epoch, best_state = -1.0, 0, None
         with bar("clip finetune", total_steps, unit="step") as b:
             for epoch in range(1, cfg.epochs + 1):
                 perm = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
@@ -255,8 +255,12 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
                          record["train_loss"], metrics["i2t_r5"], metrics["chance_r5"])
                 score = _selection_score(metrics)
                 if score > best_score:  # keep the best epoch's weights, not the last one's
-                    best_score = score
+                    best_score, best_epoch = score, epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                elif epoch - best_epoch >= cfg.patience:
+                    log.info("no better held-out recall for %d epochs: stopping after epoch %d",
+                             cfg.patience, epoch)
+                    break
         final = max(history, key=_selection_score)
         if best_state is not None:
             model.load_state_dict(best_state)
@@ -272,7 +276,7 @@ def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
         mlflow.set_tag("recsys.model", ref.tag)
     return FinetuneResult(
         model_tag=ref.tag, model_uri=ref.uri, train_items=len(tr_idx), val_items=len(va_idx),
-        epochs=cfg.epochs, seconds=time.perf_counter() - start,
+        epochs=len(history), seconds=time.perf_counter() - start,
         metrics={k: v for k, v in final.items() if k != "epoch"}, history=history,
         best_epoch=int(final["epoch"]),
     )

@@ -20,7 +20,7 @@ def clip_finetune(
     ctx: typer.Context,
     model: str = typer.Option(None, help="open_clip model name [default recsys-clip-tiny]"),
     pretrained: str = typer.Option(None, help="Hub tag or local checkpoint to start from [default: scratch]"),
-    epochs: int = typer.Option(None, help="Epochs [default 8]"),
+    epochs: int = typer.Option(None, help="Most epochs; the best held-out epoch is kept [clip.epochs]"),
     batch_size: int = typer.Option(None, "--batch-size", help="Contrastive batch size [default 128]"),
     learning_rate: float = typer.Option(None, "--lr", help="Peak learning rate [default 1e-3]"),
 ) -> None:

@@ -19,6 +19,7 @@ class ClipConfig(ConfigModel):
     image_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight of the image vector")
     # fine-tuning
     epochs: int = Field(24, ge=1)
+    patience: int = Field(6, ge=1, description="stop after this many epochs without a better held-out recall")
     learning_rate: float = 2e-3
     train_batch_size: int = Field(128, ge=2, description="contrastive batch (negatives per step)")
     weight_decay: float = 0.1
