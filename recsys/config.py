@@ -57,6 +57,11 @@ class ServingConfig(ConfigModel):
     event_queue: int = 100_000
     event_batch: int = 1000
     event_flush_seconds: float = Field(1.0, gt=0, description="longest wait before writing a partial batch")
+    event_durability: Literal["fsync", "write", "memory"] = Field(
+        "fsync", description="before 202: fsync the event log (survives a power cut), write it (survives "
+        "kill -9), or nothing (memory: lost on kill -9 until the parquet flush)")
+    event_dedup_window: int = Field(
+        200_000, ge=0, description="recent (request_id, position) pairs kept to drop duplicates (0: off)")
     temperature: float = Field(1.0, gt=0, description="softmax exploration temperature over ranker scores")
     recent_clicks: int = Field(12, ge=0, le=100, description="recent clicks shown on /ui/users/{id}")
 

@@ -145,9 +145,11 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.holder = StateHolder(ServingState(None, None, None, {"ranker": None, "retrieval": None},
                                                     ("loading",)))
+        # replays the write-ahead log of a writer that died (kill -9) before anything is served
         app.state.events = EventWriter(ws.events_dir, capacity=cfg.event_queue, batch=cfg.event_batch,
                                        flush_seconds=cfg.event_flush_seconds,
-                                       on_write=metrics.events_written.inc)
+                                       on_write=metrics.events_written.inc, durability=cfg.event_durability,
+                                       dedup_window=cfg.event_dedup_window)
         tasks = [asyncio.create_task(initial_load())]
         if cfg.poll_seconds > 0:
             tasks.append(asyncio.create_task(poll_alias()))
@@ -290,9 +292,10 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         return SimilarItems(item_id=item_id, items=items, retrieval_version=state.versions.get("retrieval"))
 
     @app.post("/v1/events", status_code=202, response_model=EventsAccepted, tags=["events"],
-              responses={**ERRORS, 413: {"model": Error}})
+              responses={**ERRORS, 413: {"model": Error}}, response_model_exclude_defaults=True)
     async def post_events(body: EventBatch) -> EventsAccepted:
-        """Record impressions and clicks (the impressions contract); written in batches."""
+        """Record impressions and clicks (the impressions contract). 202: on disk (write-ahead log,
+        fsynced); an event whose (request_id, position) was recorded before is dropped as a duplicate."""
         now = datetime.now(UTC)
         rows = []
         for e in body.events:
@@ -302,12 +305,19 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
                          C.POSITION: e.position, C.EVENT_TIMESTAMP: ts, C.CLICKED: e.clicked,
                          C.PROPENSITY: e.propensity, C.POLICY: e.policy or "unknown"})
         try:
-            n = app.state.events.submit(rows)
+            receipt = app.state.events.append(rows)
         except QueueFull as exc:
             metrics.events_rejected.inc(len(rows))
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
-        metrics.events_accepted.inc(n)
-        return EventsAccepted(accepted=n)
+        try:
+            await asyncio.wrap_future(receipt.durable)  # group commit: one fsync for every waiting request
+        except OSError as exc:
+            metrics.events_rejected.inc(len(rows))
+            raise HTTPException(503, f"events could not be written: {exc}",
+                                headers={"Retry-After": "1"}) from exc
+        metrics.events_accepted.inc(receipt.accepted)
+        metrics.events_duplicates.inc(receipt.duplicates)
+        return EventsAccepted(accepted=receipt.accepted, duplicates=receipt.duplicates)
 
     @app.post("/v1/admin/reload", tags=["admin"], responses={401: {"model": Error}, 403: {"model": Error}})
     async def admin_reload(x_api_key: str | None = Header(None)) -> dict[str, Any]:

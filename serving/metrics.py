@@ -32,6 +32,9 @@ class Metrics:
         self.events_rejected = Counter("recsys_events_rejected", "Events refused (queue full)",
                                        registry=r)
         self.events_written = Counter("recsys_events_written", "Events written to parquet", registry=r)
+        self.events_duplicates = Counter("recsys_events_duplicates",
+                                         "Events dropped: their (request_id, position) was recorded before",
+                                         registry=r)
         self.events_queued = Gauge("recsys_events_queued", "Events waiting to be written", registry=r)
 
         self._children: dict[tuple, Any] = {}

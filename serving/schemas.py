@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
 ID_MAX = 64
 MAX_K = 100
 MAX_EXCLUDE = 500
 MAX_EVENTS = 1000
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_FUTURE = timedelta(days=1)
 
 Id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN,
                           description="letters, digits and _ . : @ - (at most 64)")]
@@ -68,7 +70,21 @@ class Event(Strict):
     clicked: bool = False
     propensity: float | None = Field(None, gt=0, le=1)
     policy: str | None = Field(None, max_length=200)
-    event_timestamp: datetime | None = Field(None, description="default: the time it was received")
+    event_timestamp: datetime | None = Field(
+        None, description="default: the time it was received; naive times are UTC; from 2000-01-01 to a day "
+        "after the server's clock")
+
+    @field_validator("event_timestamp")
+    @classmethod
+    def _plausible_time(cls, ts: datetime | None) -> datetime | None:
+        if ts is None:
+            return None
+        aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+        if aware < EARLIEST_EVENT:
+            raise ValueError(f"{ts.isoformat()} is before {EARLIEST_EVENT:%Y-%m-%d}")
+        if aware > datetime.now(UTC) + MAX_FUTURE:
+            raise ValueError(f"{ts.isoformat()} is more than a day after the server's clock")
+        return ts
 
 
 class EventBatch(Strict):
@@ -76,7 +92,9 @@ class EventBatch(Strict):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events recorded (on disk before this answer)")
+    duplicates: int = Field(0, description="events dropped: their (request_id, position) was recorded "
+                            "before; omitted when 0")
 
 
 class Error(BaseModel):

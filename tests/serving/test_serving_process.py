@@ -115,9 +115,11 @@ def test_real_process_serves_and_flushes_events_on_sigterm(server: Served) -> No
     events = [{"request_id": body["request_id"], "user_id": "u1", "item_id": it["item_id"],
                "position": it["rank"] - 1, "clicked": it["rank"] == 1, "propensity": it["propensity"],
                "policy": body["policy"]} for it in body["items"]]
-    for _ in range(3):
-        assert httpx.post(server.url + "/v1/events", json={"events": events}).status_code == 202
+    answers = [httpx.post(server.url + "/v1/events", json={"events": events}) for _ in range(3)]
+    assert [r.status_code for r in answers] == [202] * 3
+    assert [r.json() for r in answers] == [{"accepted": 5}] + [{"accepted": 0, "duplicates": 5}] * 2
     code, out = server.stop()
     assert code in (0, -15), out[-2000:]  # uvicorn re-raises SIGTERM after its graceful shutdown
     assert f"{server.url}/docs" in out  # `recsys serve` printed where to look
-    assert read_events(server.home / "events").height == 15  # the 30 s flush never came: SIGTERM wrote them
+    # the 30 s flush never came: SIGTERM wrote them, each (request_id, position) once
+    assert read_events(server.home / "events").height == 5

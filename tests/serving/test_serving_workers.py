@@ -31,8 +31,8 @@ def test_two_workers_both_serve_and_flush_on_sigterm(tmp_path) -> None:
             pids.add(httpx.get(server.url + "/healthz").json()["pid"])
         assert len(pids) == 2, f"only pids {pids} answered"
         assert server.process.pid not in pids  # the parent only supervises
-        for _ in range(20):  # events accepted by whichever worker a new connection reaches
-            body = {"events": [{"request_id": "r", "user_id": "u1", "item_id": "i000", "position": 0,
+        for i in range(20):  # events accepted by whichever worker a new connection reaches
+            body = {"events": [{"request_id": f"r{i}", "user_id": "u1", "item_id": "i000", "position": 0,
                                 "clicked": True, "propensity": 1.0, "policy": "test"}]}
             assert httpx.post(server.url + "/v1/events", json=body).status_code == 202
     finally:
