@@ -28,6 +28,7 @@ from recsys.data import columns as C
 from recsys.data.splits import before_holdout
 from recsys.evaluation import ab
 from recsys.evaluation.ope import (
+    NoOverlapError,
     OPEInputError,
     build_slate_input,
     default_estimators,
@@ -314,7 +315,7 @@ def evaluate_ab(
     ranking = ab.compare_rankings(ranked_c, ranked_t, data, segments, k, cfg.bootstrap, cfg.alpha, seed)
 
     offline, support, ope_note, slates = _offline(
-        policy_c, policy_t, history, holdout, split, vocab, cfg, seed
+        policy_c, policy_t, history, holdout, split, vocab, cfg, seed, notes
     )
     if offline and min(offline[0].ess_control, offline[0].ess_treatment) < 100:
         notes.append(
@@ -385,8 +386,12 @@ def _offline(
     vocab: np.ndarray,
     cfg: Any,
     seed: int,
+    notes: list[str],
 ):
-    """Off-policy CTR of both policies on the held-out impressions, or the reason it cannot run."""
+    """Off-policy CTR of both policies on the held-out impressions, or the reason it cannot run.
+
+    An estimator that cannot be computed on these inputs (a self-normalised one with no overlap)
+    is left out of the table with a note that names it and says why."""
     prop = holdout[C.PROPENSITY] if C.PROPENSITY in holdout.columns else None
     if (
         prop is None
@@ -434,8 +439,19 @@ def _offline(
             )
     except OPEInputError as exc:
         return None, {}, f"the held-out impressions cannot be used for off-policy estimation: {exc}", None
+    estimators = []
+    for est in default_estimators(cfg.clip):
+        try:
+            for data in inputs.values():
+                est.estimate(data)
+        except NoOverlapError as exc:
+            notes.append(f"off-policy estimator {est.name} left out: {exc}")
+            continue
+        estimators.append(est)
+    if not estimators:
+        return None, support, "no off-policy estimator can be computed on the held-out impressions", None
     offline = ab.compare_offline(
-        inputs["control"], inputs["treatment"], default_estimators(cfg.clip), cfg.bootstrap, cfg.alpha, seed
+        inputs["control"], inputs["treatment"], estimators, cfg.bootstrap, cfg.alpha, seed
     )
     return offline, support, None, (users, slates)
 

@@ -47,6 +47,9 @@ from recsys.evaluation.bootstrap import Interval, bootstrap_ratio, cluster_sums
 __all__ = [
     "OPEInput",
     "OPEInputError",
+    "NoOverlapError",
+    "EstimatorParameterError",
+    "effective_sample_size",
     "check_ope_inputs",
     "SlateEstimator",
     "IPS",
@@ -67,9 +70,22 @@ class OPEInputError(ValueError):
     """Logged data that an off-policy estimator cannot use; says which field, rule and rows."""
 
 
+class NoOverlapError(OPEInputError):
+    """A self-normalised estimate is 0/0: the target puts no weight on any logged impression."""
+
+
+class EstimatorParameterError(ValueError):
+    """An estimator built with a parameter outside its domain (e.g. a NaN or negative clip)."""
+
+
 @dataclass(frozen=True)
 class OPEInput:
-    """Validated per-impression arrays (see the module docstring for the meaning and shapes)."""
+    """Validated per-impression arrays (see the module docstring for the meaning and shapes).
+
+    Built by `check_ope_inputs` (which maps any cluster labels to indices) or directly; either
+    way `__post_init__` runs the same checks, so no estimator sees a zero, missing or > 1
+    propensity, a non-binary reward, or a bootstrap unit outside [0, n_clusters).
+    """
 
     reward: np.ndarray
     pscore: np.ndarray
@@ -78,6 +94,11 @@ class OPEInput:
     n_clusters: int
     q_logged: np.ndarray | None = None
     q_target: np.ndarray | None = None
+    source: str = field(default="logged impressions", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, value in _validated(self).items():
+            object.__setattr__(self, name, value)
 
     @property
     def weight(self) -> np.ndarray:
@@ -87,8 +108,13 @@ class OPEInput:
     @property
     def effective_sample_size(self) -> float:
         """(sum w)^2 / sum w^2: how many logged impressions the reweighted estimate is worth."""
-        w = self.weight
-        return float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
+        return effective_sample_size(self.weight)
+
+
+def effective_sample_size(weight: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of importance weights (m,); 0 if all are 0."""
+    w = np.asarray(weight, dtype=np.float64)
+    return float(w.sum() ** 2 / max((w**2).sum(), 1e-300))
 
 
 def _rows(mask: np.ndarray, limit: int = 5) -> str:
@@ -97,29 +123,39 @@ def _rows(mask: np.ndarray, limit: int = 5) -> str:
     return f"{idx.size:,} rows, e.g. rows {idx[:limit].tolist()}{more}"
 
 
-def check_ope_inputs(
-    reward: np.ndarray,
-    pscore: np.ndarray,
-    pi: np.ndarray,
-    cluster: np.ndarray | None = None,
-    q_logged: np.ndarray | None = None,
-    q_target: np.ndarray | None = None,
-    source: str = "logged impressions",
-) -> OPEInput:
-    """The one door into the estimators: shapes, missing/zero/>1 propensities, ranges.
+def _missing_labels(labels: np.ndarray) -> np.ndarray:
+    """Bool mask (m,) of NaN / None labels, whatever the array's dtype."""
+    if labels.dtype.kind in "fc":
+        return np.isnan(labels)
+    if labels.dtype.kind == "O":
+        return np.array([x is None or (isinstance(x, float) and x != x) for x in labels], dtype=bool)
+    return np.zeros(labels.shape, dtype=bool)
 
-    Raises `OPEInputError` naming the field, the rule and the first offending row numbers.
-    """
-    reward = np.asarray(reward, dtype=np.float64)
+
+def _as_vector(value, name: str, source: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise OPEInputError(f"{source}: {name} must be a non-empty 1-d array, got shape {arr.shape}")
+    return arr
+
+
+def _validated(data: OPEInput) -> dict[str, object]:
+    """The checks behind `OPEInput`: coerced arrays by field name, or `OPEInputError`."""
+    source = data.source
+    reward = _as_vector(data.reward, "reward", source)
     m = reward.shape[0]
-    if reward.ndim != 1 or m == 0:
-        raise OPEInputError(f"{source}: reward must be a non-empty 1-d array, got shape {reward.shape}")
-    arrays = {"pscore": pscore, "pi": pi, "q_logged": q_logged, "q_target": q_target, "cluster": cluster}
+    arrays = {
+        "pscore": data.pscore,
+        "pi": data.pi,
+        "cluster": data.cluster,
+        "q_logged": data.q_logged,
+        "q_target": data.q_target,
+    }
     for name, arr in arrays.items():
         if arr is not None and np.shape(arr) != (m,):
             raise OPEInputError(f"{source}: {name} has shape {np.shape(arr)}, expected ({m},) like reward")
-    pscore = np.asarray(pscore, dtype=np.float64)
-    pi = np.asarray(pi, dtype=np.float64)
+    pscore = np.asarray(data.pscore, dtype=np.float64)
+    pi = np.asarray(data.pi, dtype=np.float64)
     if np.isnan(pscore).any():
         raise OPEInputError(
             f"{source}: propensity is missing in {_rows(np.isnan(pscore))}; off-policy "
@@ -139,16 +175,69 @@ def check_ope_inputs(
     bad_pi = np.isnan(pi) | (pi < 0) | (pi > 1)
     if bad_pi.any():
         raise OPEInputError(f"{source}: target probability pi must lie in [0, 1]; {_rows(bad_pi)}")
-    for name, q in (("q_logged", q_logged), ("q_target", q_target)):
+    out: dict[str, object] = {"reward": reward, "pscore": pscore, "pi": pi}
+    for name in ("q_logged", "q_target"):
+        q = getattr(data, name)
         if q is not None:
             q = np.asarray(q, dtype=np.float64)
             bad = np.isnan(q) | (q < 0) | (q > 1)
             if bad.any():
                 raise OPEInputError(f"{source}: reward-model output {name} must lie in [0, 1]; {_rows(bad)}")
+            out[name] = q
+    cluster = np.asarray(data.cluster)
+    if cluster.shape != (m,):
+        raise OPEInputError(f"{source}: cluster has shape {cluster.shape}, expected ({m},) like reward")
+    if _missing_labels(cluster).any():
+        raise OPEInputError(
+            f"{source}: bootstrap unit (cluster/user id) is missing in {_rows(_missing_labels(cluster))}; "
+            "every impression must belong to a user"
+        )
+    n_clusters = data.n_clusters
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int | np.integer) or n_clusters < 1:
+        raise OPEInputError(f"{source}: n_clusters must be a positive integer, got {n_clusters!r}")
+    if cluster.dtype.kind not in "iu":
+        raise OPEInputError(
+            f"{source}: cluster must hold integer indices in [0, n_clusters), got dtype {cluster.dtype}; "
+            "build the input with check_ope_inputs to map user ids to indices"
+        )
+    outside = (cluster < 0) | (cluster >= n_clusters)
+    if outside.any():
+        raise OPEInputError(f"{source}: cluster index outside [0, {n_clusters}) in {_rows(outside)}")
+    out["cluster"] = cluster.astype(np.int64)
+    out["n_clusters"] = int(n_clusters)
+    return out
+
+
+def check_ope_inputs(
+    reward: np.ndarray,
+    pscore: np.ndarray,
+    pi: np.ndarray,
+    cluster: np.ndarray | None = None,
+    q_logged: np.ndarray | None = None,
+    q_target: np.ndarray | None = None,
+    source: str = "logged impressions",
+) -> OPEInput:
+    """The one door into the estimators: shapes, missing/zero/>1 propensities, ranges.
+
+    `cluster` holds any labels (user ids); they become indices 0..n_clusters-1 here, and a
+    missing (NaN / None) label is refused rather than merged into one unit. Raises
+    `OPEInputError` naming the field, the rule and the first offending row numbers.
+    """
+    reward = _as_vector(reward, "reward", source)
+    m = reward.shape[0]
     if cluster is None:
         cluster_idx, n_clusters = np.arange(m), m
     else:
-        _, cluster_idx = np.unique(np.asarray(cluster), return_inverse=True)
+        labels = np.asarray(cluster)
+        if labels.shape != (m,):
+            raise OPEInputError(f"{source}: cluster has shape {labels.shape}, expected ({m},) like reward")
+        missing = _missing_labels(labels)
+        if missing.any():
+            raise OPEInputError(
+                f"{source}: bootstrap unit (cluster/user id) is missing in {_rows(missing)}; every "
+                "impression must belong to a user (NaN ids would merge unrelated users into one)"
+            )
+        _, cluster_idx = np.unique(labels, return_inverse=True)
         n_clusters = int(cluster_idx.max()) + 1
     return OPEInput(
         reward=reward,
@@ -156,8 +245,9 @@ def check_ope_inputs(
         pi=pi,
         cluster=cluster_idx.astype(np.int64),
         n_clusters=n_clusters,
-        q_logged=None if q_logged is None else np.asarray(q_logged, dtype=np.float64),
-        q_target=None if q_target is None else np.asarray(q_target, dtype=np.float64),
+        q_logged=q_logged,
+        q_target=q_target,
+        source=source,
     )
 
 
@@ -171,13 +261,23 @@ class SlateEstimator(ABC):
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         """Per-impression numerator and denominator (m,), (m,); V = sum(num) / sum(den)."""
 
-    def estimate(self, data: OPEInput) -> float:
+    def _checked_terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         num, den = self.terms(data)
+        if not np.any(den):
+            raise NoOverlapError(
+                f"{self.name}: the target policy gives zero weight to every one of the {len(den):,} "
+                f"{data.source} (it never shows a logged item where it was logged), so the "
+                "self-normalised estimate is 0/0; there is no overlap to estimate from"
+            )
+        return num, den
+
+    def estimate(self, data: OPEInput) -> float:
+        num, den = self._checked_terms(data)
         return float(num.sum() / den.sum())
 
     def cluster_terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         """The terms summed per bootstrap unit (user): (n_clusters,), (n_clusters,)."""
-        num, den = self.terms(data)
+        num, den = self._checked_terms(data)
         return cluster_sums(num, data.cluster, data.n_clusters), cluster_sums(
             den, data.cluster, data.n_clusters
         )
@@ -221,8 +321,11 @@ class ClippedIPS(SlateEstimator):
     clip: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.clip <= 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
+        if not (isinstance(self.clip, int | float | np.floating | np.integer) and self.clip > 0):
+            raise EstimatorParameterError(
+                f"{self.name}: clip must be a number > 0 (the largest importance weight kept), "
+                f"got {self.clip!r}; use IPS for no clipping"
+            )
 
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         return np.minimum(data.weight, self.clip) * data.reward, np.ones_like(data.reward)

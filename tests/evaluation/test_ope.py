@@ -12,6 +12,9 @@ from recsys.evaluation.ope import (
     ClippedIPS,
     DirectMethod,
     DoublyRobust,
+    EstimatorParameterError,
+    NoOverlapError,
+    OPEInput,
     OPEInputError,
     build_slate_input,
     check_ope_inputs,
@@ -157,3 +160,77 @@ def test_support_deficiency_is_reported_not_ignored(world_factory) -> None:
             users[:10],
             np.zeros((10, 5), dtype=str),
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: every case raises a named error at the door, never an IndexError or a silent NaN
+
+
+def test_a_scalar_reward_is_an_input_error_not_an_index_error() -> None:
+    with pytest.raises(OPEInputError, match="reward must be a non-empty 1-d array, got shape ()"):
+        check_ope_inputs(1, 0.5, 1)
+    with pytest.raises(OPEInputError, match="non-empty"):
+        check_ope_inputs([], [], [])
+
+
+def test_snips_without_overlap_raises_instead_of_returning_nan() -> None:
+    # pi = 0 on both logged impressions: IPS is (0 + 0) / 2 = 0, SNIPS is 0 / 0
+    data = check_ope_inputs([1, 0], [0.5, 0.5], [0, 0], cluster=["a", "b"])
+    assert IPS().estimate(data) == 0.0
+    with pytest.raises(NoOverlapError, match="snips: the target policy gives zero weight to every one"):
+        SNIPS().estimate(data)
+    with pytest.raises(NoOverlapError):
+        SNIPS().interval(data, n_boot=50)
+    assert issubclass(NoOverlapError, OPEInputError)  # the pipeline's handler catches it
+
+
+@pytest.mark.parametrize("clip", [float("nan"), 0.0, -1.0, "10"])
+def test_clipped_ips_refuses_a_clip_outside_its_domain(clip) -> None:
+    with pytest.raises(EstimatorParameterError, match="clip must be a number > 0"):
+        ClippedIPS(clip=clip)
+
+
+def test_clipped_ips_by_hand() -> None:
+    # w = [1/0.25, 1/0.5] = [4, 2], capped at 3 -> [3, 2]; both clicked: (3 + 2) / 2 = 2.5
+    data = check_ope_inputs([1, 1], [0.25, 0.5], [1, 1])
+    assert ClippedIPS(clip=3.0).estimate(data) == pytest.approx(2.5)
+    assert IPS().estimate(data) == pytest.approx(3.0)
+
+
+def _direct(**over) -> OPEInput:
+    fields = {
+        "reward": np.array([1.0, 0.0, 1.0]),
+        "pscore": np.array([0.5, 0.25, 1.0]),
+        "pi": np.array([1.0, 0.0, 1.0]),
+        "cluster": np.array([0, 1, 1]),
+        "n_clusters": 2,
+    }
+    return OPEInput(**{**fields, **over})
+
+
+def test_building_ope_input_directly_runs_the_same_checks() -> None:
+    ok = _direct()
+    # w = [2, 0, 1]; SNIPS = (2 + 1) / (2 + 0 + 1) = 1; IPS = 3 / 3 = 1
+    assert SNIPS().estimate(ok) == pytest.approx(1.0) and IPS().estimate(ok) == pytest.approx(1.0)
+    assert ok.cluster.dtype == np.int64
+    cases = [
+        ({"pscore": np.array([0.5, 0.0, 1.0])}, "propensity must be > 0"),
+        ({"pscore": np.array([0.5, np.nan, 1.0])}, "propensity is missing in 1 rows"),
+        ({"pscore": np.array([0.5, 0.25])}, "pscore has shape"),
+        ({"reward": np.float64(1.0)}, "reward must be a non-empty 1-d array"),
+        ({"pi": np.array([1.0, np.nan, 1.0])}, "pi must lie in"),
+        ({"cluster": np.array([0, 2, 1])}, r"cluster index outside \[0, 2\)"),
+        ({"cluster": np.array([0.0, np.nan, 1.0])}, "missing in 1 rows"),
+        ({"cluster": np.array([0.0, 1.0, 1.0])}, "integer indices"),
+        ({"n_clusters": 0}, "n_clusters must be a positive integer"),
+        ({"q_logged": np.array([0.1, 1.5, 0.2])}, "q_logged must lie in"),
+    ]
+    for over, message in cases:
+        with pytest.raises(OPEInputError, match=message):
+            _direct(**over)
+
+
+@pytest.mark.parametrize("labels", [[1.0, np.nan, np.nan], np.array(["u1", None, None], dtype=object)])
+def test_missing_cluster_ids_are_refused_not_merged(labels) -> None:
+    with pytest.raises(OPEInputError, match=r"cluster/user id\) is missing in 2 rows, e.g. rows \[1, 2\]"):
+        check_ope_inputs([1, 0, 1], [0.5] * 3, [1, 1, 1], cluster=labels)
