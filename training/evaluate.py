@@ -150,7 +150,8 @@ def resolve_policy(settings: Any, spec: str, history: pl.DataFrame) -> tuple[Pol
     ref = tracking.resolve(settings, spec)
     as_of = history[C.EVENT_TIMESTAMP].max() if history.height else None
     recommender = Recommender.load(settings, ranker_uri=spec, as_of=as_of)
-    return RecommenderPolicy(recommender, ref.tag, history, settings.ranker.history), ref.tag
+    return RecommenderPolicy(recommender, ref.tag, history, settings.ranker.history,
+                             Workspace.at(settings.home)), ref.tag
 
 
 class RecommenderPolicy:
@@ -158,12 +159,16 @@ class RecommenderPolicy:
     their history, and every item they clicked before `as_of` is excluded (full ranking), as is
     every item created after `as_of` (it did not exist yet: ranking it would use the future).
 
-    Offline, user behaviour features come only from the click history (no online-store row).
+    User behaviour features are each user's latest `user_behaviour` snapshot at or before `as_of`
+    (the feature-view source, as batch recommendations read it): the ranker is scored with the
+    features it would be served with, not with NaN.
     """
 
-    def __init__(self, recommender: Any, name: str, events: pl.DataFrame, history: int = 20):
+    def __init__(self, recommender: Any, name: str, events: pl.DataFrame, history: int = 20,
+                 workspace: Workspace | None = None):
         self.recommender, self.name, self.history = recommender, name, history
-        self.events = events
+        self.events, self.workspace = events, workspace
+        self._feats: tuple[datetime, dict[str, dict[str, Any]]] | None = None
         self._cache: tuple[datetime, dict[str, tuple[list[str], set[str]]]] | None = None
         self._future: tuple[datetime, set[str]] | None = None
 
@@ -182,14 +187,23 @@ class RecommenderPolicy:
             self._cache = (as_of, user_state(self.events, as_of, self.history))
         return self._cache[1]
 
+    def _features(self, as_of: datetime) -> dict[str, dict[str, Any]]:
+        if self._feats is None or self._feats[0] != as_of:
+            from training.recommend import user_features_as_of
+
+            self._feats = (as_of, user_features_as_of(self.workspace, as_of) if self.workspace else {})
+        return self._feats[1]
+
     def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
         state = self._state(as_of)
+        feats = self._features(as_of)
         future = self._not_yet_created(as_of)
         out = np.full((len(user_ids), k), "", dtype=object)
         for row, user in enumerate(np.asarray(user_ids).astype(str)):
             recent, seen = state.get(user, ([], set()))
             rec = self.recommender.recommend(
-                user, k=k, exclude=future, as_of=as_of, history=recent or None, seen=seen
+                user, k=k, user_features=feats.get(user), exclude=future, as_of=as_of,
+                history=recent or None, seen=seen,
             )
             for j, (item, _, _) in enumerate(rec.items[:k]):
                 out[row, j] = item
