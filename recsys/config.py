@@ -8,6 +8,7 @@ by `RECSYS_CONFIG`) < environment variables `RECSYS_*` (nested with `__`, e.g.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +65,10 @@ class ServingConfig(ConfigModel):
         200_000, ge=0, description="recent (request_id, position) pairs kept to drop duplicates (0: off)")
     temperature: float = Field(1.0, gt=0, description="softmax exploration temperature over ranker scores")
     recent_clicks: int = Field(12, ge=0, le=100, description="recent clicks shown on /ui/users/{id}")
+    image_roots: list[str] = Field(
+        default_factory=list,
+        description="folders besides the workspace and import folders whose images /ui/images may serve",
+    )
 
 
 def _config_file() -> Path:
@@ -133,3 +138,26 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+SECRET_WORDS = ("key", "password", "secret", "token")
+MASK = "***"
+
+
+def is_secret(name: str) -> bool:
+    """A setting whose value must not be shown: its name contains key, password, secret or token."""
+    return any(word in name.lower() for word in SECRET_WORDS)
+
+
+def masked(values: Any, name: str = "") -> Any:
+    """`values` (a settings dump) with secrets as `***`: set values of secret-named settings and
+    the password in any `scheme://user:password@host` URL."""
+    if isinstance(values, dict):
+        return {k: masked(v, k) for k, v in values.items()}
+    if isinstance(values, list | tuple):
+        return [masked(v, name) for v in values]
+    if values is not None and is_secret(name):
+        return MASK
+    if isinstance(values, str):
+        return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", rf"\1{MASK}@", values)
+    return values

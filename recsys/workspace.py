@@ -33,6 +33,10 @@ class Workspace:
         """Path of a contract table: items, users, impressions, item_embeddings."""
         return self.data_dir / f"{name}.parquet"
 
+    def table_history(self, name: str) -> Path:
+        """Kept versions of a contract table and their manifest (see `recsys.data.history`)."""
+        return self._dir("data", "history", name)
+
     @property
     def images_dir(self) -> Path:
         return self._dir("data", "images")

@@ -75,7 +75,7 @@ def demo_stages(settings: Any, ws: Workspace, data: str = "world", path: Path | 
         if data == "movielens":
             from recsys.data.movielens import import_movielens
 
-            return import_movielens(path, ws, min_rating=settings.imports.min_rating)
+            return import_movielens(path, ws, min_rating=settings.imports.min_rating, replace=True)
         from recsys.data.world import generate_world
 
         return generate_world(settings.world, settings.seed, ws)

@@ -483,9 +483,9 @@ def _truth_check(
     notes: list[str],
 ):
     """The simulator's online A/B of both policies (embedded world only)."""
-    from recsys.data.truth import META_FILE, WorldTruth
+    from recsys.data.truth import WorldTruth
 
-    if not (ws.truth_dir / META_FILE).exists():
+    if not WorldTruth.applies(ws):
         return None, {}, "no simulator ground truth in this workspace (only the embedded world has one)"
     if logs is not None and Path(logs).resolve() != ws.table("impressions").resolve():
         return None, {}, "the log is not the embedded world's own impressions table"

@@ -37,6 +37,7 @@ GROUPS: dict[str, typer.Typer] = {}
 for _noun, _help in {
     "config": "Show the effective configuration.",
     "import": "Validate and import data into the workspace (MovieLens, or your own tables).",
+    "data": "Versions of the stored tables: history and rollback.",
     "models": "Registered models, versions and aliases in MLflow.",
     "train": "Train the retrieval model or the ranker from click logs.",
 }.items():

@@ -22,3 +22,7 @@ class WorldConfig(ConfigModel):
 class ImportConfig(ConfigModel):
     min_rating: float = Field(0.0, description="ratings >= this become clicks (0: every rating)")
     quarantine: bool = True
+    max_bad_share: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="an import with a larger share of quarantined rows fails (unless --allow-partial)",
+    )

@@ -8,6 +8,7 @@ that names the file, the column, the rule and up to five offending rows.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,8 +243,17 @@ def _later_duplicate(ids: pl.Series) -> pl.Series:
     return (ids.is_duplicated() & ~ids.is_first_distinct() & ids.is_not_null()).fill_null(False)
 
 
+def _stays_under(base_dir: Path, relative: Path) -> bool:
+    """Whether `base_dir / relative` stays inside `base_dir` once `..` parts are resolved
+    (lexically: a symbolic link inside the folder is the folder owner's choice)."""
+    base = os.path.normpath(os.path.abspath(base_dir))
+    target = os.path.normpath(os.path.join(base, relative))
+    return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) -> Validated:
-    """Validate an items table. Relative image paths resolve against `base_dir`.
+    """Validate an items table. Relative image paths resolve against `base_dir`; one that leads
+    outside it (`../../etc/passwd`) makes its row bad.
 
     An image path that does not exist is not a reason to lose the item: the row is kept without
     an image (`image_source = none`) and the fact is listed in `notes`.
@@ -260,13 +270,17 @@ def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) 
                          f"column '{C.IMAGE_SOURCE}': expected one of {list(C.IMAGE_SOURCES)}")
     notes: list[str] = []
     uris = cast[C.IMAGE_URI].to_list()
-    resolved, missing = [], []
+    resolved, missing, escaping = [], [], [False] * len(uris)
     for i, uri in enumerate(uris):
         if uri is None or "://" in uri:
             resolved.append(uri)
             continue
         path = Path(uri)
         if not path.is_absolute() and base_dir is not None:
+            if not _stays_under(base_dir, path):
+                escaping[i] = True
+                resolved.append(None)
+                continue
             path = base_dir / path
         if path.exists():
             resolved.append(str(path.resolve()))
@@ -274,6 +288,8 @@ def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) 
             resolved.append(None)
             missing.append(i)
     cast = cast.with_columns(pl.Series(C.IMAGE_URI, resolved, dtype=pl.String))
+    reason = _add_reason(reason, pl.Series(escaping, dtype=pl.Boolean),
+                         f"column '{C.IMAGE_URI}': relative path leads outside the file's folder")
     if missing:
         examples = [(cast[C.ITEM_ID][i], uris[i]) for i in missing[:5]]
         notes.append(

@@ -23,7 +23,13 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError, validate_impressions, validate_items, validate_users
-from recsys.data.tables import ImportReport, forget_world_truth, store_validated
+from recsys.data.tables import (
+    ImportReport,
+    check_validated,
+    load_table,
+    remember_image_root,
+    store_validated,
+)
 from recsys.workspace import Workspace
 
 POLICY = "movielens"
@@ -34,9 +40,14 @@ GENRES_100K = (
 
 
 def import_movielens(
-    path: str | Path, ws: Workspace, min_rating: float = 0.0, quarantine_bad: bool = True
+    path: str | Path, ws: Workspace, min_rating: float = 0.0, quarantine_bad: bool = True,
+    replace: bool = False, max_bad_share: float | None = None,
 ) -> list[ImportReport]:
-    """Import a MovieLens folder into `ws`; returns the reports of items, users and impressions."""
+    """Import a MovieLens folder into `ws`; returns the reports of items, users and impressions.
+
+    All three tables are validated and checked (`check_validated`) before any is stored, so a
+    refused import changes none of them. Like every import they are upserted by key unless
+    `replace`; the previous tables stay in their history."""
     path = Path(path).expanduser().resolve()
     if (path / "u.data").exists():
         items, items_src, users, users_src, ratings, ratings_src = _read_100k(path)
@@ -56,12 +67,15 @@ def import_movielens(
         raise ContractError(ratings_src, f"no rating is >= min_rating {min_rating}: nothing to import")
 
     checked_items = validate_items(items, items_src, base_dir=path)
-    reports = [store_validated(ws, checked_items, keep_bad=quarantine_bad)]
-    reports.append(store_validated(ws, validate_users(users, users_src), keep_bad=quarantine_bad))
-    # the stored items table is exactly the good rows: no need to read it back
-    checked = validate_impressions(clicks, ratings_src, known_items=checked_items.good[C.ITEM_ID])
-    reports.append(store_validated(ws, checked, keep_bad=quarantine_bad))
-    forget_world_truth(ws)
+    known = checked_items.good[C.ITEM_ID]
+    if not replace and ws.table("items").exists():  # an upsert keeps the stored items
+        known = pl.concat([known, load_table(ws, "items", columns=[C.ITEM_ID])[C.ITEM_ID]])
+    checked = [checked_items, validate_users(users, users_src),
+               validate_impressions(clicks, ratings_src, known_items=known)]
+    quarantined = [check_validated(ws, v, quarantine_bad, max_bad_share) for v in checked]
+    reports = [store_validated(ws, v, quarantine_bad, replace=replace, qpath=q, checked=True)
+               for v, q in zip(checked, quarantined, strict=True)]
+    remember_image_root(ws, path)  # the posters are read in place
     return reports
 
 

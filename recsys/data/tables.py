@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.data import history
 from recsys.data.contracts import (
     ContractError,
     Validated,
@@ -17,7 +19,7 @@ from recsys.data.contracts import (
     validate_items,
     validate_users,
 )
-from recsys.io import write_parquet
+from recsys.io import write_json, write_parquet
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,23 @@ class ImportReport:
     output: Path
     quarantine_file: Path | None = None
     notes: list[str] = field(default_factory=list)
+    added: int = 0  # rows with a key the stored table did not have
+    updated: int = 0  # rows that replaced a stored row with the same key
+    stored: int = 0  # rows of the table after the import
+    version: int | None = None  # the table's new version (`recsys data history TABLE`)
+    replaced: bool = False  # --replace: the table is exactly the file's good rows
 
     def summary(self) -> str:
-        text = f"{self.table}: {self.kept:,} of {self.rows:,} rows kept -> {self.output}"
+        how = "replaced the table" if self.replaced else f"{self.added:,} new, {self.updated:,} updated"
+        text = (f"{self.table}: {self.kept:,} of {self.rows:,} rows valid; {how} -> {self.stored:,} rows "
+                f"(v{self.version}) at {self.output}")
         if self.quarantined:
             text += f"; {self.quarantined:,} quarantined -> {self.quarantine_file} {self.reasons}"
         return text
+
+
+class TooManyBadRows(ContractError):
+    """More of a file's rows failed validation than `imports.max_bad_share` allows."""
 
 
 def quarantine(ws: Workspace, validated: Validated) -> Path | None:
@@ -74,26 +87,100 @@ def quarantine(ws: Workspace, validated: Validated) -> Path | None:
     return path
 
 
-def store_validated(ws: Workspace, validated: Validated, keep_bad: bool) -> ImportReport:
-    """Store the good rows; bad rows are quarantined (or raise when `keep_bad` is off)."""
+def check_validated(ws: Workspace, validated: Validated, keep_bad: bool,
+                    max_bad_share: float | None) -> Path | None:
+    """Everything that must hold before a table is stored: no bad row (`keep_bad` off), at
+    least one good row, at most `max_bad_share` of the rows bad (None: no limit). Bad rows are
+    quarantined first, so a refused import still leaves them for inspection. Returns the
+    quarantine file."""
     if not keep_bad:
         validated.raise_if_bad()
     qpath = quarantine(ws, validated)
+    bad, total = validated.bad.height, validated.bad.height + validated.good.height
     if validated.good.height == 0:  # never replace a stored table with an empty one
         raise ContractError(
             validated.source,
-            f"no row of table '{validated.table}' passed validation (all {validated.bad.height} "
+            f"no row of table '{validated.table}' passed validation (all {bad} "
             f"quarantined -> {qpath}); the stored {validated.table} table was left as it was",
         )
-    out = save_table(ws, validated.table, validated.good)
+    if max_bad_share is not None and bad > max_bad_share * total:
+        reason, count = next(iter(validated.reasons.items()))
+        raise TooManyBadRows(
+            validated.source,
+            f"{bad:,} of {total:,} rows ({bad / total:.1%}) of table '{validated.table}' failed "
+            f"validation, more than imports.max_bad_share ({max_bad_share:.1%}); nothing was stored and "
+            f"the stored {validated.table} table is unchanged. Most common: {reason} ({count:,} rows); "
+            f"bad rows -> {qpath}. Fix the file, or pass --allow-partial to store the "
+            f"{validated.good.height:,} good rows.",
+            validated.bad.filter(pl.col(C.REASON) == reason),
+        )
+    return qpath
+
+
+def store_validated(ws: Workspace, validated: Validated, keep_bad: bool, replace: bool = False,
+                    max_bad_share: float | None = None, qpath: Path | None = None,
+                    checked: bool = False) -> ImportReport:
+    """Store the good rows: upserted by key into the stored table (`replace`: as the whole
+    table). Bad rows are quarantined, or the import fails (see `check_validated`; `checked`
+    says the caller has run it already and `qpath` is its quarantine file). The previous table
+    stays in the history either way."""
+    if not checked:
+        qpath = check_validated(ws, validated, keep_bad, max_bad_share)
+    table, good = validated.table, validated.good
+    if replace or not ws.table(table).exists():
+        merged, added, updated = good, good.height, 0
+    else:
+        merged, added, updated = upsert(load_table(ws, table), good, table)
+    how = "replace" if replace else "upsert"
+    out = history.write_version(ws, table, merged, note=f"import ({how}) {Path(validated.source).name}")
     for note in validated.notes:
         log.warning("%s: %s", validated.source, note)
     return ImportReport(
-        table=validated.table, source=validated.source,
-        rows=validated.good.height + validated.bad.height, kept=validated.good.height,
+        table=table, source=validated.source,
+        rows=good.height + validated.bad.height, kept=good.height,
         quarantined=validated.bad.height, reasons=validated.reasons, output=out,
-        quarantine_file=qpath, notes=validated.notes,
+        quarantine_file=qpath, notes=validated.notes, added=added, updated=updated, stored=merged.height,
+        version=next((v.version for v in history.versions(ws, table) if v.current), None), replaced=replace,
     )
+
+
+def upsert_keys(table: str) -> list[list[str]]:
+    """The natural key(s) of a table (see `upsert`)."""
+    if table == "impressions":
+        return [[C.REQUEST_ID, C.POSITION], [C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP]]
+    return [[{"items": C.ITEM_ID, "item_embeddings": C.ITEM_ID, "users": C.USER_ID}[table]]]
+
+
+def upsert(stored: pl.DataFrame, new: pl.DataFrame, table: str) -> tuple[pl.DataFrame, int, int]:
+    """`stored` with the rows of `new` added, a stored row with the key of a new row replaced
+    as a whole (columns only the stored table has become null there), every other stored row
+    untouched. Returns (merged, added, updated).
+
+    Keys: items and item_embeddings `item_id`, users `user_id`. Impressions are an append log
+    whose rows are keyed by their slot, `(request_id, position)`, and click-only rows (no
+    position) by `(user_id, item_id, event_timestamp)`; re-importing a log therefore adds only
+    the events it did not have, and a corrected row replaces its earlier self. Within `new`
+    the first row of a key wins (validation has set later duplicates aside already); the
+    merged log is sorted by event time.
+    """
+    keys = upsert_keys(table)
+    if table == "impressions":
+        logged = pl.col(C.POSITION).is_not_null()
+        parts = [(stored.filter(logged), new.filter(logged), keys[0]),
+                 (stored.filter(~logged), new.filter(~logged), keys[1])]
+    else:
+        parts = [(stored, new, keys[0])]
+    frames, updated, added = [], 0, 0
+    for old, fresh, key in parts:
+        fresh = fresh.unique(subset=key, keep="first", maintain_order=True)
+        kept = old.join(fresh.select(key), on=key, how="anti", nulls_equal=True)
+        updated += old.height - kept.height
+        added += fresh.height - (old.height - kept.height)
+        frames += [kept, fresh]
+    merged = pl.concat([f for f in frames if f.width], how="diagonal_relaxed")
+    if table == "impressions":
+        merged = merged.sort(C.EVENT_TIMESTAMP, maintain_order=True)
+    return merged, added, updated
 
 
 def validate_file(table: str, path: str | Path, ws: Workspace | None = None) -> Validated:
@@ -112,24 +199,43 @@ def validate_file(table: str, path: str | Path, ws: Workspace | None = None) -> 
     raise ValueError(f"unknown table '{table}'; expected items, users or impressions")
 
 
-def import_file(ws: Workspace, table: str, path: str | Path, quarantine_bad: bool = True) -> ImportReport:
-    """Validate a user's table and store it in the workspace (`recsys import <table> PATH`)."""
-    report = store_validated(ws, validate_file(table, path, ws), keep_bad=quarantine_bad)
-    forget_world_truth(ws)
+def import_file(ws: Workspace, table: str, path: str | Path, quarantine_bad: bool = True,
+                replace: bool = False, max_bad_share: float | None = None) -> ImportReport:
+    """Validate a user's table and store it in the workspace (`recsys import <table> PATH`):
+    upserted by key (`replace`: as the whole table), the previous table kept as a version."""
+    validated = validate_file(table, path, ws)
+    report = store_validated(ws, validated, keep_bad=quarantine_bad, replace=replace,
+                             max_bad_share=max_bad_share)
+    if table == "items":
+        remember_image_root(ws, Path(path).parent)
     return report
 
 
-def forget_world_truth(ws: Workspace) -> None:
-    """Imported data is not the embedded world: drop the simulator's truth so nothing evaluates
-    the new tables against it."""
-    from recsys.data.truth import ARRAYS_FILE, META_FILE
-
-    for name in (META_FILE, ARRAYS_FILE):
-        (ws.truth_dir / name).unlink(missing_ok=True)
+IMAGE_ROOTS_FILE = "image_roots.json"  # in the workspace's data folder
 
 
-def save_table(ws: Workspace, name: str, df: pl.DataFrame) -> Path:
-    return write_parquet(df, ws.table(name))
+def image_roots(ws: Workspace) -> list[Path]:
+    """Folders items files were imported from: their images may be served (`/ui/images`)."""
+    path = ws.data_dir / IMAGE_ROOTS_FILE
+    if not path.exists():
+        return []
+    return [Path(p) if Path(p).is_absolute() else ws.root / p for p in json.loads(path.read_text())]
+
+
+def remember_image_root(ws: Workspace, folder: str | Path) -> None:
+    """Record the folder an items file came from (relative to the workspace when inside it).
+    Relative image paths were kept inside it by validation (`validate_items`)."""
+    folder = Path(folder).expanduser().resolve()
+    entry = str(folder.relative_to(ws.root)) if folder.is_relative_to(ws.root) else str(folder)
+    path = ws.data_dir / IMAGE_ROOTS_FILE
+    known = json.loads(path.read_text()) if path.exists() else []
+    if entry not in known:
+        write_json([*known, entry], path)
+
+
+def save_table(ws: Workspace, name: str, df: pl.DataFrame, note: str = "") -> Path:
+    """Write a contract table as its new version; the previous one stays in its history."""
+    return history.write_version(ws, name, df, note=note or f"{name} written")
 
 
 def load_table(ws: Workspace, name: str, columns: list[str] | None = None) -> pl.DataFrame:

@@ -34,6 +34,7 @@ that off-policy estimators try to predict from the log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import appearance as A
+from recsys.data import history
 from recsys.io import atomic_path, write_json
 from recsys.workspace import Workspace
 
@@ -278,8 +280,20 @@ class WorldTruth:
             "item_width": self.item_width,
             "user_width": self.user_width,
             "model": __doc__.split("\n\n")[1],
+            "tables": world_fingerprint(ws),
         }
         write_json(meta, ws.truth_dir / META_FILE)
+
+    @classmethod
+    def applies(cls, ws: Workspace) -> bool:
+        """Whether the workspace holds a truth that describes its current tables: the same click
+        log and the same item and user ids as when the world was generated. An import keeps the
+        truth files (a rollback can bring the world's tables back); it only stops applying."""
+        meta_path = ws.truth_dir / META_FILE
+        if not meta_path.exists() or not (ws.truth_dir / ARRAYS_FILE).exists():
+            return False
+        recorded = json.loads(meta_path.read_text()).get("tables")
+        return recorded is None or recorded == world_fingerprint(ws)  # None: written before fingerprints
 
     @classmethod
     def load(cls, ws: Workspace) -> WorldTruth:
@@ -302,6 +316,19 @@ class WorldTruth:
             user_width=meta["user_width"],
             **arrays,
         )
+
+
+def world_fingerprint(ws: Workspace) -> dict[str, str | None]:
+    """What the truth is about: the click log's content hash and digests of the item and user
+    id sets (the pipeline may rewrite other item columns, e.g. generated thumbnails)."""
+    def ids_digest(table: str, column: str) -> str | None:
+        if not ws.table(table).exists():
+            return None
+        ids = pl.read_parquet(ws.table(table), columns=[column])[column].sort()
+        return hashlib.sha256("\n".join(ids.to_list()).encode()).hexdigest()
+
+    return {"impressions": history.table_sha256(ws, "impressions"),
+            "item_ids": ids_digest("items", "item_id"), "user_ids": ids_digest("users", "user_id")}
 
 
 def _parse_ids(ids, prefix: str, width: int, n: int, what: str) -> np.ndarray:

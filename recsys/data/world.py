@@ -31,6 +31,7 @@ import polars as pl
 
 from recsys.data import appearance as A
 from recsys.data import columns as C
+from recsys.data import history
 from recsys.data.config import WorldConfig
 from recsys.data.contracts import validate_items, validate_users
 from recsys.data.tables import save_table
@@ -320,12 +321,14 @@ def generate_world(cfg: WorldConfig, seed: int, ws: Workspace) -> WorldResult:
     )
     checked_users = validate_users(users, "embedded world users")
     checked_users.raise_if_bad()
+    note = "generate (embedded world)"
     paths = {
         "data": ws.data_dir,
-        "items": save_table(ws, "items", checked.good),
-        "users": save_table(ws, "users", checked_users.good),
+        "items": save_table(ws, "items", checked.good, note=note),
+        "users": save_table(ws, "users", checked_users.good, note=note),
     }
-    n_imp, n_clicks = write_impressions(truth, cfg.impressions, rng["log"], ws.table("impressions"))
+    with history.new_version(ws, "impressions", note=note) as version_file:
+        n_imp, n_clicks = write_impressions(truth, cfg.impressions, rng["log"], version_file)
     paths["impressions"] = ws.table("impressions")
     truth.save(ws)
     paths["truth"] = ws.truth_dir
