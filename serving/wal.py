@@ -85,9 +85,8 @@ class Segment:
         self.sync_enabled = sync
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self.size = 0
-        self.write(record(json.dumps({"target": target}).encode()))
+        self.write(record(json.dumps({"target": target}).encode()))  # durable with the first sync()
         if sync:
-            self.sync()
             fsync_dir(wal_dir)
 
     def write(self, data: bytes) -> None:
