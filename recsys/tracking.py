@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsys.config import MASK, is_secret
 from recsys.io import file_sha256, write_json
 from recsys.workspace import Workspace
 
@@ -86,7 +87,7 @@ def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]
         if isinstance(value, Mapping) or hasattr(value, "model_dump"):
             out.update(flatten(value, f"{name}."))
         else:
-            out[name] = value
+            out[name] = MASK if value is not None and is_secret(str(key)) else value  # never log a secret
     return out
 
 

@@ -49,7 +49,14 @@ from serving.schemas import (
     RecommendedItem,
     SimilarItems,
 )
-from serving.state import Ranked, ServingState, current_materialization, load_state, registry_versions
+from serving.state import (
+    Ranked,
+    ServingState,
+    current_materialization,
+    load_state,
+    public_reason,
+    registry_versions,
+)
 
 log = logging.getLogger("serving")
 Loader = Callable[..., ServingState]
@@ -182,7 +189,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     async def recommend(req: RecommendationRequest) -> Recommendations:
         state: ServingState = app.state.holder.current
         if state.recommender is None and state.catalogue is None:
-            raise fail(503, "not ready: " + "; ".join(state.problems))
+            raise fail(503, "not ready: " + "; ".join(state.public_problems(str(ws.root))))
         request_id = uuid.uuid4().hex
         start = time.perf_counter()
         as_of = req.timestamp or datetime.now(UTC)
@@ -278,7 +285,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         state: ServingState = app.state.holder.current
         cat = state.catalogue
         if cat is None:
-            raise fail(503, "not ready: " + "; ".join(state.problems))
+            raise fail(503, "not ready: " + "; ".join(state.public_problems(str(ws.root))))
         if item_id not in cat.items:
             raise fail(404, f"unknown item_id '{item_id}'")
         t = time.perf_counter()
@@ -339,11 +346,14 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready, with the reasons"}})
-    async def readyz() -> JSONResponse:
-        """Models, index and feature store loaded: 200; otherwise 503 with the reasons."""
+    async def readyz(x_api_key: str | None = Header(None)) -> JSONResponse:
+        """Models, index and feature store loaded: 200; otherwise 503 with the reasons (without
+        paths or hosts; with the admin X-API-Key also `details`, the full text)."""
         state: ServingState = app.state.holder.current
-        body = {"ready": state.ready, "reasons": list(state.problems), "versions": state.versions,
-                "pid": os.getpid()}
+        body = {"ready": state.ready, "reasons": list(state.public_problems(str(ws.root))),
+                "versions": state.versions, "pid": os.getpid()}
+        if cfg.api_key and x_api_key and secrets.compare_digest(x_api_key.encode(), cfg.api_key.encode()):
+            body["details"] = list(state.problems)
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.get("/metrics", tags=["ops"])
@@ -401,7 +411,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal", "message": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        message = public_reason(f"{type(exc).__name__}: {exc}", os.path.abspath(app.state.settings.home))
+        return JSONResponse({"error": "internal", "message": message}, status_code=500)
 
 
 class Guard:

@@ -10,6 +10,7 @@ an old and half of a new model. Every component loads independently; what is mis
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Catalogue:
     vector_ids: tuple[str, ...] = ()
     vector_row: dict[str, int] = field(default_factory=dict)
     vector_source: str | None = None
+    image_roots: tuple[Path, ...] = ()  # resolved folders images may come from; first: the workspace
 
     def popular_for(self, k: int, exclude: set[str], category: str | None) -> list[tuple[str, float]]:
         """Top-k by clicks, within the filters: the cold-start and degraded answer."""
@@ -76,18 +78,47 @@ class Catalogue:
         return [(self.vector_ids[i], float(sims[i])) for i in top[:k]]
 
     def image_path(self, item_id: str) -> Path | None:
-        """The item's image file, only for items in the table and only local image files."""
+        """The item's image file: only for items in the table, only local image files, and only
+        from under `image_roots` once links and `..` are resolved (an item whose image_uri is
+        `../../etc/passwd` or a link out of the roots gets nothing). A relative image_uri is
+        relative to the workspace."""
         info = self.items.get(item_id)
-        if info is None or not info.image_uri or "://" in info.image_uri:
+        if info is None or not info.image_uri or "://" in info.image_uri or not self.image_roots:
             return None
         path = Path(info.image_uri)
+        if not path.is_absolute():
+            path = self.image_roots[0] / path
+        try:
+            path = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, a link loop
+            return None
+        if not any(path.is_relative_to(root) for root in self.image_roots):
+            log.warning("image of item %s is outside the allowed image roots; not served", item_id)
+            return None
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
             return None
         return path
 
 
-def load_catalogue(ws: Workspace, recent_clicks: int = 12) -> Catalogue:
-    """Read items, clicks and item vectors; raises FileNotFoundError without an items table."""
+def allowed_image_roots(ws: Workspace, configured: Sequence[str | Path] = ()) -> tuple[Path, ...]:
+    """Folders `/ui/images` may serve from: the workspace, the folders imports read their items
+    files from (`recsys.data.tables.image_roots`), and `serving.image_roots`."""
+    from recsys.data.tables import image_roots
+
+    roots: list[Path] = []
+    for folder in (ws.root, *image_roots(ws), *configured):
+        path = Path(folder).expanduser()
+        path = (path if path.is_absolute() else ws.root / path).resolve()
+        if path not in roots:
+            roots.append(path)
+    return tuple(roots)
+
+
+def load_catalogue(
+    ws: Workspace, recent_clicks: int = 12, image_roots: Sequence[str | Path] = ()
+) -> Catalogue:
+    """Read items, clicks and item vectors; raises FileNotFoundError without an items table.
+    `image_roots`: folders besides the workspace and the import folders that images may come from."""
     items_df = load_table(ws, "items")
     cols = set(items_df.columns)
     items = {
@@ -109,13 +140,14 @@ def load_catalogue(ws: Workspace, recent_clicks: int = 12) -> Catalogue:
             recent = {u: tuple(i for i in ids if i in items)
                       for u, ids in zip(last[C.USER_ID].to_list(), last[C.ITEM_ID].to_list(), strict=True)}
     popular = tuple(sorted(items, key=lambda i: (-clicks.get(i, 0), i)))
-    cat = Catalogue(items=items, popular=popular, clicks=clicks, recent=recent)
+    roots = allowed_image_roots(ws, image_roots)
+    cat = Catalogue(items=items, popular=popular, clicks=clicks, recent=recent, image_roots=roots)
     vectors = _load_item_vectors(ws, items)
     if vectors is not None:
         ids, mat = vectors
         cat = Catalogue(items=items, popular=popular, clicks=clicks, recent=recent, vectors=mat,
                         vector_ids=tuple(ids), vector_row={i: n for n, i in enumerate(ids)},
-                        vector_source="item_embeddings")
+                        vector_source="item_embeddings", image_roots=roots)
     return cat
 
 
@@ -130,6 +162,25 @@ def _load_item_vectors(ws: Workspace, items: dict[str, ItemInfo]) -> tuple[list[
     mat = np.asarray(df[C.EMBEDDING].to_list(), dtype=np.float32)
     mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
     return df[C.ITEM_ID].to_list(), mat
+
+
+_URI = re.compile(r"\b[A-Za-z][\w+.-]*://\S*")
+_HOST_PORT = re.compile(
+    r"\b(?:\d{1,3}(?:\.\d{1,3}){3}|(?:[\w-]+\.)*[A-Za-z][\w-]*|\[[0-9A-Fa-f:]+\]):\d{1,5}\b"
+)
+_PATH = re.compile(r"(?<![\w.])(?<!models:)(?:~|\.{1,2})?/[^\s'\",;)\]]+")
+
+
+def public_reason(text: str, *hide: str) -> str:
+    """`text` with URIs (database, Redis, file), host:port pairs and file paths replaced by
+    `<uri>`, `<host>` and `<path>`: a reason that says what is wrong, not where things live.
+    `hide`: literal strings (e.g. the workspace folder, which may contain spaces) to replace first."""
+    for literal in hide:
+        if literal:
+            text = re.sub(re.escape(literal) + r"[^\s'\",;)\]]*", "<path>", text)
+    text = _URI.sub("<uri>", text)
+    text = _HOST_PORT.sub("<host>", text)
+    return _PATH.sub("<path>", text)
 
 
 @dataclass(frozen=True)
@@ -157,6 +208,11 @@ class ServingState:
     @property
     def ready(self) -> bool:
         return not self.problems
+
+    def public_problems(self, *hide: str) -> tuple[str, ...]:
+        """The problems without paths, URIs or hosts (see `public_reason`): what an
+        unauthenticated caller may read; the full text is in the server log."""
+        return tuple(public_reason(p, *hide) for p in self.problems)
 
     def rank(self, user_id: str, k: int, user_features: dict[str, Any] | None, exclude: set[str],
              category: str | None, as_of: datetime) -> Ranked:
@@ -204,7 +260,7 @@ def load_state(settings: Any, previous: ServingState | None = None) -> ServingSt
     problems: list[str] = []
     catalogue = None
     try:
-        catalogue = load_catalogue(ws, settings.serving.recent_clicks)
+        catalogue = load_catalogue(ws, settings.serving.recent_clicks, settings.serving.image_roots)
     except FileNotFoundError as exc:
         problems.append(f"catalogue: {exc}")
     features = previous.features if previous is not None else None
