@@ -5,7 +5,7 @@
 2. Each policy ranks the catalogue for every user with a held-out click, as of the split time,
    with seen items excluded; ranking and beyond-accuracy metrics by segment, paired bootstrap.
 3. Where the held-out impressions carry logging propensities: off-policy CTR of both policies
-   (IPS, clipped IPS, SNIPS, DM, DR) with intervals. Otherwise the report says why not.
+   (IPS, clipped IPS, SNIPS, DM, DR, SNDR) with intervals. Otherwise the report says why not.
 4. On the embedded world: the simulator's online A/B of both policies, the truth to check
    every estimator against.
 5. Verdict, report (markdown + HTML) under the workspace's reports folder, MLflow run.

@@ -115,7 +115,10 @@ def compare_rankings(
 
 @dataclass(frozen=True)
 class OfflineEstimate:
-    """One estimator's CTR for both arms with intervals, and the paired delta."""
+    """One estimator's CTR for both arms with intervals, and the paired delta.
+
+    ess_*: the effective sample size of the estimator's own importance weights on each arm
+    (NaN for the direct method, which has none)."""
 
     estimator: str
     control: Interval
@@ -138,13 +141,11 @@ def compare_offline(
         raise ValueError("control and treatment inputs must come from the same log")
     stats = {}
     for est in estimators:
-        nc, dc = est.cluster_terms(control)
+        nc, dc = est.cluster_terms(control)  # (n_users, r): V is a sum of r ratios
         nt, dt = est.cluster_terms(treatment)
 
         def fn(w: np.ndarray, nc=nc, dc=dc, nt=nt, dt=dt) -> tuple[np.ndarray, np.ndarray]:
-            return ratio_replicates(w, nc[:, None], dc[:, None])[:, 0], ratio_replicates(
-                w, nt[:, None], dt[:, None]
-            )[:, 0]
+            return ratio_replicates(w, nc, dc).sum(axis=1), ratio_replicates(w, nt, dt).sum(axis=1)
 
         stats[f"ctr:{est.name}"] = (est.estimate(control), est.estimate(treatment), fn)
     deltas = paired_bootstrap({}, stats, n_boot=n_boot, alpha=alpha, seed=seed, n_users=control.n_clusters)
@@ -156,8 +157,8 @@ def compare_offline(
                 control=Interval(delta.control, *delta.control_interval),
                 treatment=Interval(delta.treatment, *delta.treatment_interval),
                 delta=delta,
-                ess_control=control.effective_sample_size,
-                ess_treatment=treatment.effective_sample_size,
+                ess_control=est.effective_sample_size(control),
+                ess_treatment=est.effective_sample_size(treatment),
             )
         )
     return out

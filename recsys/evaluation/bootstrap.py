@@ -131,6 +131,24 @@ def bootstrap_ratio(
     return [Interval(float(p), float(lo), float(hi)) for p, lo, hi in zip(point, low, high, strict=True)]
 
 
+def bootstrap_ratio_sum(
+    num: np.ndarray, den: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> Interval:
+    """Percentile interval of sum_c [sum(num[:, c]) / sum(den[:, c])] with units (rows) resampled.
+
+    A sum of ratios (one column each) over the same resamples; with one column it is
+    `bootstrap_ratio`. num, den: (n,) or (n, r) per-unit sums.
+    """
+    num2 = np.asarray(num, dtype=np.float64).reshape(len(num), -1)
+    den2 = np.broadcast_to(np.asarray(den, dtype=np.float64).reshape(len(den), -1), num2.shape)
+    point = float((num2.sum(axis=0) / den2.sum(axis=0)).sum())
+    reps = np.concatenate(
+        [ratio_replicates(w, num2, den2).sum(axis=1) for w in weight_blocks(num2.shape[0], n_boot, seed)]
+    )
+    low, high = _percentile(reps, alpha)
+    return Interval(point, float(low), float(high))
+
+
 def bootstrap_mean(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Interval:
     """Interval of the mean of per-unit values (n,), NaN units skipped."""
     values = np.asarray(values, dtype=np.float64)

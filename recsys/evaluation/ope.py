@@ -26,9 +26,20 @@ Arrays (one row per logged impression, m rows over n requests, any slate lengths
     q_target (m,)  sum_b pi(b, k_j | x_j) q(x_j, b, k_j)   reward model under the target, same slot
     cluster  (m,)  bootstrap unit (user index)
 
+and, for the estimators that need them (optional):
+
+    pi_cluster, pscore_cluster (m,)  p_pi(e(a_j) | x_j, k_j), p_mu(e(a_j) | x_j, k_j): both policies'
+                                     probability of the logged item's cluster in that slot (MIPS)
+    slate    (m,)  the logged slate (request) of each impression (pseudo-inverse)
+
 with the importance weight w_j = pi_j / pscore_j. Every estimator below is a ratio of sums of
-per-impression terms, `V = sum(num) / sum(den)`, which is also how its bootstrap interval
-(users resampled, `recsys.evaluation.bootstrap`) is computed.
+per-impression terms, `V = sum(num) / sum(den)` (SNDR: a sum of two such ratios), which is
+also how its bootstrap interval (users resampled, `recsys.evaluation.bootstrap`) is computed.
+
+For large catalogues, where a target rarely shows the very item logged in a slot, MIPS
+reweights item clusters instead of items (Saito & Joachims 2022); where whole slates are logged
+by a per-slot independent policy, the pseudo-inverse estimator (Swaminathan et al. 2017) needs
+only a slate reward linear in the slots.
 
 Off-policy estimates are only as good as the overlap: mass the target puts on items the logging
 policy never showed cannot be reweighted. `support_deficiency` measures it and the report shows
@@ -42,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recsys.evaluation.bootstrap import Interval, bootstrap_ratio, cluster_sums
+from recsys.evaluation.bootstrap import Interval, bootstrap_ratio_sum, cluster_sums
 
 __all__ = [
     "OPEInput",
@@ -57,6 +68,10 @@ __all__ = [
     "SNIPS",
     "DirectMethod",
     "DoublyRobust",
+    "SNDR",
+    "MIPS",
+    "cluster_probability",
+    "PseudoInverse",
     "PositionBasedModel",
     "fit_position_based_model",
     "SupportReport",
@@ -94,6 +109,9 @@ class OPEInput:
     n_clusters: int
     q_logged: np.ndarray | None = None
     q_target: np.ndarray | None = None
+    pi_cluster: np.ndarray | None = None
+    pscore_cluster: np.ndarray | None = None
+    slate: np.ndarray | None = None
     source: str = field(default="logged impressions", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +168,9 @@ def _validated(data: OPEInput) -> dict[str, object]:
         "cluster": data.cluster,
         "q_logged": data.q_logged,
         "q_target": data.q_target,
+        "pi_cluster": data.pi_cluster,
+        "pscore_cluster": data.pscore_cluster,
+        "slate": data.slate,
     }
     for name, arr in arrays.items():
         if arr is not None and np.shape(arr) != (m,):
@@ -184,6 +205,33 @@ def _validated(data: OPEInput) -> dict[str, object]:
             if bad.any():
                 raise OPEInputError(f"{source}: reward-model output {name} must lie in [0, 1]; {_rows(bad)}")
             out[name] = q
+    if (data.pi_cluster is None) != (data.pscore_cluster is None):
+        raise OPEInputError(f"{source}: pi_cluster and pscore_cluster come together (MIPS needs both)")
+    if data.pscore_cluster is not None:
+        ps_c = np.asarray(data.pscore_cluster, dtype=np.float64)
+        pi_c = np.asarray(data.pi_cluster, dtype=np.float64)
+        # the logged item's cluster holds at least the logged item's own probability
+        bad = np.isnan(ps_c) | (ps_c > 1) | ~(ps_c >= pscore * (1 - 1e-9))
+        if bad.any():
+            raise OPEInputError(
+                f"{source}: pscore_cluster (logging probability of the logged item's cluster) must lie "
+                f"in [pscore, 1]; {_rows(bad)}"
+            )
+        bad = np.isnan(pi_c) | (pi_c < 0) | (pi_c > 1) | (pi_c < pi * (1 - 1e-9))
+        if bad.any():
+            raise OPEInputError(
+                f"{source}: pi_cluster (target probability of the logged item's cluster) must lie in "
+                f"[pi, 1]; {_rows(bad)}"
+            )
+        out["pscore_cluster"], out["pi_cluster"] = ps_c, pi_c
+    if data.slate is not None:
+        slate = np.asarray(data.slate)
+        if slate.dtype.kind not in "iu":
+            raise OPEInputError(
+                f"{source}: slate must hold integer slate (request) indices, got dtype {slate.dtype}; "
+                "build the input with check_ope_inputs to map request ids to indices"
+            )
+        out["slate"] = slate.astype(np.int64)
     cluster = np.asarray(data.cluster)
     if cluster.shape != (m,):
         raise OPEInputError(f"{source}: cluster has shape {cluster.shape}, expected ({m},) like reward")
@@ -216,11 +264,15 @@ def check_ope_inputs(
     q_logged: np.ndarray | None = None,
     q_target: np.ndarray | None = None,
     source: str = "logged impressions",
+    pi_cluster: np.ndarray | None = None,
+    pscore_cluster: np.ndarray | None = None,
+    slate: np.ndarray | None = None,
 ) -> OPEInput:
     """The one door into the estimators: shapes, missing/zero/>1 propensities, ranges.
 
     `cluster` holds any labels (user ids); they become indices 0..n_clusters-1 here, and a
-    missing (NaN / None) label is refused rather than merged into one unit. Raises
+    missing (NaN / None) label is refused rather than merged into one unit. `slate` (request
+    ids, for the slate estimators) is mapped the same way. Raises
     `OPEInputError` naming the field, the rule and the first offending row numbers.
     """
     reward = _as_vector(reward, "reward", source)
@@ -239,6 +291,15 @@ def check_ope_inputs(
             )
         _, cluster_idx = np.unique(labels, return_inverse=True)
         n_clusters = int(cluster_idx.max()) + 1
+    slate_idx = None
+    if slate is not None:
+        labels = np.asarray(slate)
+        if labels.shape != (m,):
+            raise OPEInputError(f"{source}: slate has shape {labels.shape}, expected ({m},) like reward")
+        if _missing_labels(labels).any():
+            missing = _missing_labels(labels)
+            raise OPEInputError(f"{source}: slate (request) id is missing in {_rows(missing)}")
+        slate_idx = np.unique(labels, return_inverse=True)[1].astype(np.int64)
     return OPEInput(
         reward=reward,
         pscore=pscore,
@@ -247,23 +308,45 @@ def check_ope_inputs(
         n_clusters=n_clusters,
         q_logged=q_logged,
         q_target=q_target,
+        pi_cluster=pi_cluster,
+        pscore_cluster=pscore_cluster,
+        slate=slate_idx,
         source=source,
     )
 
 
 @dataclass
 class SlateEstimator(ABC):
-    """An off-policy estimator: per-impression terms, a point estimate, a bootstrap interval."""
+    """An off-policy estimator: per-impression terms, a point estimate, a bootstrap interval.
+
+    `terms` returns per-impression numerators and denominators, (m,) each for a ratio estimator
+    V = sum(num) / sum(den), or (m, r) each for a sum of r ratios
+    V = sum_c sum_j num[j, c] / sum_j den[j, c] (self-normalised DR: a mean plus a
+    self-normalised correction). Either way the clustered bootstrap resamples users and
+    recomputes the same ratios, so every estimator shares one interval method.
+    """
 
     name: str = "base"
 
     @abstractmethod
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
-        """Per-impression numerator and denominator (m,), (m,); V = sum(num) / sum(den)."""
+        """Per-impression numerator and denominator (m,) or (m, r); see the class docstring."""
+
+    def weights(self, data: OPEInput) -> np.ndarray | None:
+        """The importance weights the estimator puts on the logged impressions (m,), for the
+        effective sample size; None for an estimator without weights (the direct method)."""
+        return data.weight
+
+    def effective_sample_size(self, data: OPEInput) -> float:
+        """Kish's ESS of `weights` (NaN when the estimator has none)."""
+        w = self.weights(data)
+        return float("nan") if w is None else effective_sample_size(w)
 
     def _checked_terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         num, den = self.terms(data)
-        if not np.any(den):
+        num = np.asarray(num, dtype=np.float64).reshape(len(num), -1)
+        den = np.broadcast_to(np.asarray(den, dtype=np.float64).reshape(len(den), -1), num.shape)
+        if not (den != 0).any(axis=0).all():
             raise NoOverlapError(
                 f"{self.name}: the target policy gives zero weight to every one of the {len(den):,} "
                 f"{data.source} (it never shows a logged item where it was logged), so the "
@@ -273,10 +356,10 @@ class SlateEstimator(ABC):
 
     def estimate(self, data: OPEInput) -> float:
         num, den = self._checked_terms(data)
-        return float(num.sum() / den.sum())
+        return float((num.sum(axis=0) / den.sum(axis=0)).sum())
 
     def cluster_terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
-        """The terms summed per bootstrap unit (user): (n_clusters,), (n_clusters,)."""
+        """The terms summed per bootstrap unit (user): (n_clusters, r), (n_clusters, r)."""
         num, den = self._checked_terms(data)
         return cluster_sums(num, data.cluster, data.n_clusters), cluster_sums(
             den, data.cluster, data.n_clusters
@@ -285,7 +368,7 @@ class SlateEstimator(ABC):
     def interval(self, data: OPEInput, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Interval:
         """Percentile interval with users (clusters) resampled."""
         num, den = self.cluster_terms(data)
-        return bootstrap_ratio(num, den, n_boot, alpha, seed)[0]
+        return bootstrap_ratio_sum(num, den, n_boot, alpha, seed)
 
 
 def _require_model(data: OPEInput, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -327,8 +410,11 @@ class ClippedIPS(SlateEstimator):
                 f"got {self.clip!r}; use IPS for no clipping"
             )
 
+    def weights(self, data: OPEInput) -> np.ndarray:
+        return np.minimum(data.weight, self.clip)
+
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
-        return np.minimum(data.weight, self.clip) * data.reward, np.ones_like(data.reward)
+        return self.weights(data) * data.reward, np.ones_like(data.reward)
 
 
 @dataclass
@@ -357,6 +443,9 @@ class DirectMethod(SlateEstimator):
 
     name: str = "dm"
 
+    def weights(self, data: OPEInput) -> None:
+        return None
+
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         _, q_target = _require_model(data, self.name)
         return q_target, np.ones_like(data.reward)
@@ -379,8 +468,122 @@ class DoublyRobust(SlateEstimator):
         return q_target + data.weight * (data.reward - q_logged), np.ones_like(data.reward)
 
 
+@dataclass
+class SNDR(SlateEstimator):
+    """Self-normalised doubly robust (SNDR):
+
+        V = 1/m sum_j q_target_j  +  sum_j w_j (c_j - q_logged_j) / sum_j w_j
+
+    DR with its correction term normalised by the realised weights instead of m, as SNIPS
+    normalises IPS: bounded by the reward model's range plus the largest residual, far less
+    variance than DR when a few weights are large, consistent under the same assumptions
+    (PBM, mu > 0 wherever pi > 0) with a small, vanishing bias. Two ratios, so `terms` returns
+    (m, 2): [q_target | w (c - q_logged)] over [1 | w].
+    Thomas & Brunskill (2016), "Data-Efficient Off-Policy Policy Evaluation for Reinforcement
+    Learning", ICML (weighted DR); Kallus & Uehara (2019), NeurIPS; `SelfNormalizedDR` in
+    Open Bandit Pipeline (Saito et al. 2021).
+    """
+
+    name: str = "sndr"
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        q_logged, q_target = _require_model(data, self.name)
+        w = data.weight
+        num = np.stack([q_target, w * (data.reward - q_logged)], axis=1)
+        den = np.stack([np.ones_like(w), w], axis=1)
+        return num, den
+
+
+@dataclass
+class MIPS(SlateEstimator):
+    """Marginalised IPS over item clusters (MIPS), slot by slot:
+
+        V = 1/m sum_j  w_j^e c_j,   w_j^e = p_pi(e_j | x_j, k_j) / p_mu(e_j | x_j, k_j)
+
+    where e_j = e(a_j) is the cluster of the logged item (e.g. k-means of CLIP or two-tower
+    vectors) and p(e | x, k) = sum_{b: e(b) = e} p(b, k | x) is a policy's probability of
+    putting *some* item of that cluster in slot k. Inputs: `pscore_cluster` = p_mu(e_j | x_j, k_j)
+    and `pi_cluster` = p_pi(e_j | x_j, k_j), (m,) each (see `cluster_probability`).
+
+    Assumptions: the PBM, and *no direct effect*: the click depends on the item only through its
+    cluster, E[c | x, a, k] = E[c | x, e(a), k]; support is needed only per cluster
+    (p_mu(e | x, k) > 0 wherever p_pi(e | x, k) > 0), not per item, which is what makes it
+    usable with thousands of items. Coarser clusters: lower variance, more bias where the
+    assumption fails. Saito & Joachims (2022), "Off-Policy Evaluation for Large Action Spaces
+    via Embeddings", ICML.
+    """
+
+    name: str = "mips"
+
+    def weights(self, data: OPEInput) -> np.ndarray:
+        if data.pi_cluster is None or data.pscore_cluster is None:
+            raise OPEInputError(
+                f"{self.name} needs cluster probabilities pi_cluster and pscore_cluster "
+                "(check_ope_inputs(..., pi_cluster=, pscore_cluster=); see cluster_probability)"
+            )
+        return data.pi_cluster / data.pscore_cluster
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        return self.weights(data) * data.reward, np.ones_like(data.reward)
+
+
+def cluster_probability(dist: np.ndarray, item_cluster: np.ndarray, logged_item: np.ndarray) -> np.ndarray:
+    """p(e(a_j) | x_j, k_j): the mass a policy's slot distribution puts on the logged item's cluster.
+
+    dist (m, n_items): row j is the policy's distribution over items in slot k_j for request x_j
+    (a one-hot row for a deterministic policy); item_cluster (n_items,) int cluster ids;
+    logged_item (m,) item indices. Returns (m,) = sum_b dist[j, b] 1[item_cluster[b] = item_cluster[a_j]].
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    item_cluster = np.asarray(item_cluster)
+    logged_item = np.asarray(logged_item, dtype=np.int64)
+    if dist.ndim != 2 or dist.shape[1] != item_cluster.shape[0] or dist.shape[0] != logged_item.shape[0]:
+        raise OPEInputError(
+            f"cluster_probability: dist {dist.shape}, item_cluster {item_cluster.shape} and logged_item "
+            f"{logged_item.shape} must be (m, n_items), (n_items,), (m,)"
+        )
+    if _missing_labels(item_cluster).any():
+        missing = _missing_labels(item_cluster)
+        raise OPEInputError(f"cluster_probability: item cluster id missing for {_rows(missing)}")
+    same = item_cluster[None, :] == item_cluster[logged_item][:, None]
+    return (dist * same).sum(axis=1)
+
+
+@dataclass
+class PseudoInverse(SlateEstimator):
+    """Pseudo-inverse slate estimator (PI) for a whole logged slate s_i = (s_i1, ..., s_iL):
+
+        V = 1/(n L) sum_i  R_i W_i,   R_i = sum_k c_ik,
+        W_i = 1_{s_i}^T Gamma_x^+ theta_pi = sum_k pi(s_ik, k | x_i) / mu(s_ik, k | x_i) - (L - 1)
+
+    The closed form of W holds when the logging policy picks slots independently,
+    mu(s | x) = prod_k mu(s_k, k | x) (Swaminathan et al., sec. 3: product logging policies); the
+    estimator is then unbiased whenever the slate reward is *linear* in the slots,
+    E[R | x, s] = sum_k phi_x(s_k, k), a weaker assumption than the PBM (no per-slot clicks are
+    used, only their sum). W can be negative. Each impression row j of slate i contributes
+    c_j W_i / m, so V is one ratio of per-impression sums like the others. Needs `slate` (the
+    request of each row) and every slate logged whole.
+    Swaminathan, Krishnamurthy, Agarwal, Dudik, Langford, Jose & Zitouni (2017), "Off-policy
+    evaluation for slate recommendation", NeurIPS.
+    """
+
+    name: str = "pi_slate"
+
+    def weights(self, data: OPEInput) -> np.ndarray:
+        if data.slate is None:
+            raise OPEInputError(f"{self.name} needs the slate (request) of every impression (slate=)")
+        n_slates = int(data.slate.max()) + 1
+        length = np.bincount(data.slate, minlength=n_slates)
+        per_slate = np.bincount(data.slate, weights=data.weight, minlength=n_slates) - (length - 1)
+        return per_slate[data.slate]
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        return self.weights(data) * data.reward, np.ones_like(data.reward)
+
+
 def default_estimators(clip: float = 10.0) -> list[SlateEstimator]:
-    return [IPS(), ClippedIPS(clip=clip), SNIPS(), DirectMethod(), DoublyRobust()]
+    """The estimators the A/B report runs on a log of marginal item-slot propensities."""
+    return [IPS(), ClippedIPS(clip=clip), SNIPS(), DirectMethod(), DoublyRobust(), SNDR()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,12 +722,14 @@ def build_slate_input(
     reward_model: PositionBasedModel | None = None,
     item_vocab: np.ndarray | None = None,
     source: str = "impressions",
+    request_ids: np.ndarray | None = None,
 ) -> tuple[OPEInput, SupportReport]:
     """Estimator input for a deterministic target from a log and the target's slate per user.
 
     user_ids, item_ids, positions, clicked, propensity: (m,) logged impressions.
     target_users (u,), target_slates (u, L): the target's slate for each user ('' pads).
     reward_model + item_vocab: PBM fitted on item indices of `item_vocab` (sorted ids), for DM/DR.
+    request_ids (m,): the logged slate of each impression, for the pseudo-inverse estimator.
     pi_j = 1[target_slates[user_j, position_j] == item_j]; users missing from target_users
     raise, since they would silently drop out of the estimate.
     """
@@ -561,7 +766,14 @@ def build_slate_input(
             in_slate & (target_item != _PAD), reward_model.q(index(target_item), positions), 0.0
         )
     data = check_ope_inputs(
-        clicked, propensity, pi, cluster=user_ids, q_logged=q_logged, q_target=q_target, source=source
+        clicked,
+        propensity,
+        pi,
+        cluster=user_ids,
+        q_logged=q_logged,
+        q_target=q_target,
+        source=source,
+        slate=request_ids,
     )
     support = support_deficiency(target_slates[np.unique(row)], item_ids, positions)
     return data, support

@@ -8,6 +8,7 @@ import pytest
 from recsys.evaluation.ab import compare_offline, sign_agrees
 from recsys.evaluation.ope import (
     IPS,
+    SNDR,
     SNIPS,
     ClippedIPS,
     DirectMethod,
@@ -59,7 +60,7 @@ def test_estimators_are_close_to_the_true_value(world) -> None:
     data, support = _input(world, log, strong)
     truth = world.value(strong)
     assert not support.deficient
-    for est in (IPS(), SNIPS(), DoublyRobust()):
+    for est in (IPS(), SNIPS(), DoublyRobust(), SNDR()):
         assert est.estimate(data) == pytest.approx(truth, rel=0.15), est.name
     # the user-blind reward model is biased for a personalised target; DR fixes that
     assert abs(DoublyRobust().estimate(data) - truth) < abs(DirectMethod().estimate(data) - truth)
@@ -104,7 +105,7 @@ def test_clipping_lowers_the_estimate_and_every_default_estimator_runs(world) ->
     data, _ = _input(world, log, strong)
     assert ClippedIPS(clip=5.0).estimate(data) < IPS().estimate(data)
     names = [e.name for e in default_estimators()]
-    assert names == ["ips", "clipped_ips", "snips", "dm", "dr"]
+    assert names == ["ips", "clipped_ips", "snips", "dm", "dr", "sndr"]
     for est in default_estimators():
         iv = est.interval(data, 100)
         assert iv.low <= iv.estimate <= iv.high
