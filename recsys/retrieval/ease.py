@@ -88,7 +88,7 @@ class EaseModel:
     version: str = "ease"
 
     @classmethod
-    def fit(cls, clicks: pl.DataFrame, lam: float, max_items: int = 20_000) -> EaseModel:
+    def fit(cls, clicks: pl.DataFrame, lam: float, max_items: int = 10_000) -> EaseModel:
         """Fit on a click log (user_id, item_id) over its `max_items` most-clicked items."""
         items = top_items(clicks, max_items)
         x, _ = click_matrix(clicks, items)
@@ -141,7 +141,7 @@ def ndcg_of_scores(scores: np.ndarray, seen: sparse.csr_matrix, truth: sparse.cs
 
 
 def choose_lambda(train: pl.DataFrame, valid: pl.DataFrame, lambdas: Sequence[float], k: int = 10,
-                  max_items: int = 20_000) -> tuple[float, dict[float, float]]:
+                  max_items: int = 10_000) -> tuple[float, dict[float, float]]:
     """λ with the best validation NDCG@k: fit on `train`, rank for `valid`'s users (their train
     clicks excluded). Returns (best λ, {λ: NDCG@k}). One Gram matrix serves every λ."""
     items = top_items(train, max_items)
