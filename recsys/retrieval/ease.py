@@ -11,8 +11,8 @@ they clicked. One hyper-parameter, λ, is chosen on a validation part (`choose_l
 
 Cost: G and P are dense n × n float32 (4 n² bytes each; 10k items: 400 MB each) and the inverse
 is O(n³) (a Cholesky factorisation and inverse, LAPACK `potrf` + `potri`). Catalogues past
-`max_items` keep the `max_items` most-clicked items in the model (the others score 0 and reach
-users through the other candidate sources); the memory is then bounded by 12 · max_items² bytes.
+`max_items` keep the `max_items` most-clicked items in the model (the others have no EASE score
+and reach users through the other candidate sources); the memory is then bounded by 12 · max_items² bytes.
 """
 
 from __future__ import annotations
