@@ -8,7 +8,9 @@
    (IPS, clipped IPS, SNIPS, DM, DR, SNDR) with intervals. Otherwise the report says why not.
 4. On the embedded world: the simulator's online A/B of both policies, the truth to check
    every estimator against.
-5. Verdict, report (markdown + HTML) under the workspace's reports folder, MLflow run.
+5. Verdict: on the off-policy CTR of the estimator the support diagnostics pick (effective
+   sample size, support deficiency; `ab.choose_primary`), else on the ranking metric; report
+   (markdown + HTML) under the workspace's reports folder, MLflow run.
 """
 
 from __future__ import annotations
@@ -331,13 +333,7 @@ def evaluate_ab(
     offline, support, ope_note, slates = _offline(
         policy_c, policy_t, history, holdout, split, vocab, cfg, seed, notes
     )
-    if offline and min(offline[0].ess_control, offline[0].ess_treatment) < 100:
-        notes.append(
-            f"off-policy estimates rest on an effective sample size of only "
-            f"{min(offline[0].ess_control, offline[0].ess_treatment):,.0f} impressions (the policies "
-            "rarely show what the logging policy showed, where it showed it): treat their "
-            "intervals as unreliable"
-        )
+    primary = ab.choose_primary(offline, support, cfg)  # the verdict's first check line says why
     truth_rows, truth_ctr, truth_note = _truth_check(
         ws, policy_c, policy_t, offline, split, cfg, seed, logs, slates, notes
     )
@@ -358,8 +354,9 @@ def evaluate_ab(
         truth_note=truth_note,
         notes=notes,
         config={**cfg.model_dump(), "seed": seed, "logs": str(logs or ws.table("impressions"))},
+        primary=primary,
     )
-    result.verdict = ab.decide(result.deltas(), cfg)
+    result.verdict = ab.decide_ab(result.deltas(), cfg, primary)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     folder = ws.reports_dir / f"ab-{stamp}-{_slug(label_t)}-vs-{_slug(label_c)}"
     paths = write_report(result, folder)
@@ -509,6 +506,8 @@ def _truth_check(
             mu = truth.logging_propensity(
                 np.broadcast_to(users[:, None], slate.shape)[ok], slate[ok], slots[ok], split
             )
+            if not mu.size:
+                continue  # the policy showed nothing: no slot to check
             notes.append(
                 f"simulator: {(mu == 0).mean():.1%} of the {label} policy's slots have zero logging "
                 "probability (e.g. a logged item moved to another position); no estimator can "

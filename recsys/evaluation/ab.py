@@ -283,6 +283,114 @@ def decide(deltas: Mapping[str, Delta], config: EvaluationConfig) -> Verdict:
     )
 
 
+#: off-policy estimators that may carry the verdict, most preferred first: self-normalised and
+#: doubly robust ones before plain reweighting; DM (no support check possible, biased where the
+#: reward model is wrong) and clipped IPS (biased by construction) never do.
+PRIMARY_PREFERENCE = ("sndr", "dr", "snips", "mips", "pi_slate", "ips")
+#: estimators whose weights are per cluster, not per (item, slot): item-level deficiency does not apply
+CLUSTER_LEVEL = ("mips",)
+
+
+@dataclass(frozen=True)
+class PrimaryChoice:
+    """Which off-policy estimator the verdict rests on, and why (None: too little support).
+
+    ess: {"control": n, "treatment": n}, the effective sample size of the chosen estimator, or
+    of the best-supported candidate when none qualified (what support there was)."""
+
+    estimator: str | None
+    reason: str
+    ess: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str | None:
+        return None if self.estimator is None else f"ctr:{self.estimator}"
+
+
+def _support_problem(
+    o: OfflineEstimate, support: Mapping[str, SupportReport], min_ess: float, max_deficiency: float
+) -> str | None:
+    """Why `o` cannot carry the verdict (None: it can)."""
+    ess = min(o.ess_control, o.ess_treatment)
+    if not np.isfinite(ess) or ess < min_ess:
+        return f"ESS {o.ess_control:,.0f} / {o.ess_treatment:,.0f} < {min_ess:,.0f}"
+    if o.estimator not in CLUSTER_LEVEL:
+        worst = max((s.pair_share for s in support.values()), default=0.0)
+        if worst > max_deficiency:
+            return f"support deficiency {worst:.1%} > {max_deficiency:.1%} of the target's (item, slot) pairs"
+    if not (np.isfinite(o.delta.lift_low) and np.isfinite(o.delta.lift_high)):
+        return "no finite lift interval"
+    return None
+
+
+def choose_primary(
+    offline: Sequence[OfflineEstimate] | None,
+    support: Mapping[str, SupportReport],
+    config: EvaluationConfig,
+) -> PrimaryChoice:
+    """The off-policy estimator to decide on, from support diagnostics alone (never from results).
+
+    Candidates in `PRIMARY_PREFERENCE` order (or only config.offline_primary when it names one);
+    the first whose effective sample size is >= config.offline_min_ess on both arms, whose
+    target (item, slot) support deficiency is <= config.offline_max_support_deficiency (item-level
+    estimators) and whose lift interval is finite wins. None qualifies: estimator None, and the
+    reason lists each candidate's problem.
+    """
+    mode = config.offline_primary
+    if not offline:
+        return PrimaryChoice(None, "no off-policy estimates")
+    if mode == "none":
+        return PrimaryChoice(None, "evaluation.offline_primary is 'none'")
+    by_name = {o.estimator: o for o in offline}
+    if mode == "auto":
+        names = [n for n in PRIMARY_PREFERENCE if n in by_name]
+    elif mode in by_name:
+        names = [mode]
+    else:
+        return PrimaryChoice(
+            None, f"evaluation.offline_primary '{mode}' was not computed (computed: {sorted(by_name)})"
+        )
+    problems = []
+    for name in names:
+        o = by_name[name]
+        problem = _support_problem(o, support, config.offline_min_ess, config.offline_max_support_deficiency)
+        ess = {"control": o.ess_control, "treatment": o.ess_treatment}
+        if problem is None:
+            return PrimaryChoice(
+                name,
+                f"{name}: effective sample size {o.ess_control:,.0f} (control) / {o.ess_treatment:,.0f} "
+                f"(treatment) >= {config.offline_min_ess:,.0f}"
+                + ("" if not problems else f"; passed over: {'; '.join(problems)}"),
+                ess,
+            )
+        problems.append(f"{name}: {problem}")
+    best = max(
+        (by_name[n] for n in names),
+        key=lambda o: np.nan_to_num(min(o.ess_control, o.ess_treatment), nan=-1.0),
+        default=None,
+    )
+    ess = {} if best is None else {"control": best.ess_control, "treatment": best.ess_treatment}
+    return PrimaryChoice(None, "too little support for an off-policy verdict: " + "; ".join(problems), ess)
+
+
+def decide_ab(deltas: Mapping[str, Delta], config: EvaluationConfig, choice: PrimaryChoice) -> Verdict:
+    """The verdict: on the chosen off-policy CTR when support allows, else on config.primary_metric.
+
+    A primary_metric that already names an off-policy CTR ('ctr:dr') is the user's choice and is
+    kept; the support diagnostics are then only reported.
+    """
+    if choice.metric is not None and not config.primary_metric.startswith("ctr:"):
+        verdict = decide(deltas, config.model_copy(update={"primary_metric": choice.metric}))
+        note = f"off-policy primary: {choice.reason}"
+    else:
+        verdict = decide(deltas, config)
+        if config.primary_metric.startswith("ctr:"):
+            note = f"off-policy primary set by primary_metric; diagnostics: {choice.reason}"
+        else:
+            note = f"off-policy primary: none ({choice.reason}); verdict on {config.primary_metric}"
+    return Verdict(verdict.decision, verdict.reason, verdict.primary, [note, *verdict.checks])
+
+
 @dataclass
 class ABResult:
     """Everything the report shows about one control-vs-treatment comparison."""
@@ -302,6 +410,7 @@ class ABResult:
     truth_note: str | None = None
     notes: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    primary: PrimaryChoice | None = None
 
     def deltas(self) -> dict[str, Delta]:
         """All overall deltas by metric name: ranking ('all' segment) and off-policy ('ctr:*')."""

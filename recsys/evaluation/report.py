@@ -24,6 +24,10 @@ def _f(x: float, digits: int = 4) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _count(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:,.0f}"
+
+
 def _pct(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.1%}"
 
@@ -57,11 +61,13 @@ def tables(result: ABResult) -> list[tuple[str, list[str], list[list[str]], str]
         note = f"Paired bootstrap over users ({reps} replicates, {conf} intervals)."
         out.append((f"Ranking metrics — {seg}", DELTA_HEAD, _delta_rows(deltas), note))
     if result.offline:
+        primary = result.primary.estimator if result.primary else None
         rows = []
         for o in result.offline:
             rows.append(
                 [
                     o.estimator,
+                    "yes" if o.estimator == primary else "",
                     _f(o.control.estimate),
                     f"[{_f(o.control.low)}, {_f(o.control.high)}]",
                     _f(o.treatment.estimate),
@@ -69,18 +75,33 @@ def tables(result: ABResult) -> list[tuple[str, list[str], list[list[str]], str]
                     _pct(o.delta.lift),
                     f"[{_pct(o.delta.lift_low)}, {_pct(o.delta.lift_high)}]",
                     f"{o.delta.p_value:.3g}",
+                    _count(o.ess_control),
+                    _count(o.ess_treatment),
                 ]
             )
-        ess = result.offline[0]
+        choice = f"Primary: {result.primary.reason}. " if result.primary else ""
         note = (
-            f"CTR per shown slot under the position-based click model. Effective sample size of the "
-            f"importance weights: control {ess.ess_control:,.0f}, treatment {ess.ess_treatment:,.0f}. "
+            "CTR per shown slot under the position-based click model. ESS: effective sample size of "
+            "each estimator's importance weights (n/a: no weights). "
+            + choice
             + " ".join(f"{arm}: {rep.describe()}." for arm, rep in result.support.items())
         )
         out.append(
             (
                 "Off-policy CTR estimates",
-                ["estimator", "control", "CI", "treatment", "CI", "lift", "lift CI", "p"],
+                [
+                    "estimator",
+                    "primary",
+                    "control",
+                    "CI",
+                    "treatment",
+                    "CI",
+                    "lift",
+                    "lift CI",
+                    "p",
+                    "ESS control",
+                    "ESS treatment",
+                ],
                 rows,
                 note,
             )
@@ -223,6 +244,14 @@ def figures(result: ABResult) -> dict[str, bytes]:
     return out
 
 
+def _ess(result: ABResult) -> dict[str, float | None] | None:
+    """{"control": n, "treatment": n}: ESS of the primary estimator (or of the best-supported one
+    when none qualified); None without off-policy estimates. JSON has no NaN: NaN becomes None."""
+    if not result.primary or not result.primary.ess:
+        return None
+    return {arm: (v if math.isfinite(v) else None) for arm, v in result.primary.ess.items()}
+
+
 def summary_dict(result: ABResult) -> dict:
     """JSON-able summary (verdict, deltas, truth) written beside the report."""
     return {
@@ -242,6 +271,9 @@ def summary_dict(result: ABResult) -> dict:
             }
             for o in result.offline or []
         ],
+        "offline_primary": result.primary.estimator if result.primary else None,
+        "offline_primary_reason": result.primary.reason if result.primary else None,
+        "ess": _ess(result),
         "support": {arm: asdict(s) for arm, s in result.support.items()},
         "truth": [{**asdict(t), "covered": t.covered} for t in result.truth or []],
         "truth_ctr": result.truth_ctr,
@@ -273,6 +305,7 @@ def log_report(result: ABResult, paths: dict[str, Path]) -> None:
             "ab.control": result.control,
             "ab.treatment": result.treatment,
             "ab.verdict": result.verdict.decision,
+            "ab.offline_primary": (result.primary.estimator if result.primary else None) or "none",
         }
     )
     for d in result.deltas().values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,12 @@ def test_cli_on_the_embedded_world_writes_report_truth_check_and_mlflow_run(worl
     md = (reports[-1] / "report.md").read_text()
     assert "data:image/png;base64," in html and "<img alt='estimators_vs_truth'" in html
     assert "src='http" not in html  # self-contained
+    summary = json.loads((reports[-1] / "summary.json").read_text())
+    # the off-policy primary is named (or None with too little support) with the ESS it rests on
+    assert "offline_primary" in summary and set(summary["ess"]) == {"control", "treatment"}
+    assert set(summary["truth_ctr"]) == {"control", "treatment"}
+    assert {"lift", "lift_low", "lift_high"} <= set(summary["offline"][0]["delta"])
+    assert "off-policy primary" in md
     for text in (
         "## Off-policy CTR estimates",
         "## Truth check",
