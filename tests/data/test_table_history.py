@@ -73,7 +73,8 @@ def test_all_rows_bad_leaves_the_table(stocked: Workspace, tmp_path: Path) -> No
 
 def test_replace_swaps_the_whole_table_and_rollback_restores_it(stocked: Workspace, tmp_path: Path) -> None:
     before = load_table(stocked, "items")
-    path = write_text(tmp_path / "two.csv", "item_id,title,description,category\na,A,About a,x\nb,B,About b,x\n")
+    path = write_text(tmp_path / "two.csv",
+                      "item_id,title,description,category\na,A,About a,x\nb,B,About b,x\n")
     report = import_file(stocked, "items", path, replace=True)
     assert report.replaced and report.stored == 2 and set(titles(stocked)) == {"a", "b"}
 
@@ -99,7 +100,8 @@ def test_history_adopts_an_untracked_table_and_keeps_the_last_versions(ws: Works
     for n in range(history.KEEP_VERSIONS + 2):
         save_table(ws, "users", pl.DataFrame({C.USER_ID: [f"u{i}" for i in range(n + 3)]}))
     kept = history.versions(ws, "users")
-    assert len(kept) == history.KEEP_VERSIONS and kept[-1].current and kept[-1].rows == history.KEEP_VERSIONS + 4
+    assert len(kept) == history.KEEP_VERSIONS and kept[-1].current
+    assert kept[-1].rows == history.KEEP_VERSIONS + 4
     assert sorted(p.name for p in ws.table_history("users").glob("v*.parquet")) == sorted(
         f"v{v.version}.parquet" for v in kept)
     history.rollback(ws, "users", kept[0].version)
@@ -136,7 +138,8 @@ def test_impressions_are_an_append_log_keyed_by_slot(stocked: Workspace, tmp_pat
     assert (report.added, report.updated, report.stored) == (1, 1, 4)
     log = load_table(stocked, "impressions")
     assert log[C.EVENT_TIMESTAMP].is_sorted()
-    assert log.filter((pl.col(C.REQUEST_ID) == "r1") & (pl.col(C.POSITION) == 1))[C.CLICKED].to_list() == [True]
+    late = log.filter((pl.col(C.REQUEST_ID) == "r1") & (pl.col(C.POSITION) == 1))
+    assert late[C.CLICKED].to_list() == [True]
 
     clicks = write_text(tmp_path / "clicks.csv", "user_id,item_id,event_timestamp\n"
                         "u1,i5,2024-01-04T10:00:00Z\nu1,i5,2024-01-04T11:00:00Z\n")
