@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from recsys.ranking.dataset import CandidateSource
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
 from recsys.retrieval.index import ItemIndex
+from recsys.rules import Rules, select
 
 log = logging.getLogger(__name__)
 USER_PREFIX, ITEM_PREFIX = "user_behaviour__", "item_behaviour__"
@@ -47,6 +48,7 @@ class Recommendation:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     fallback: str | None = None  # "popularity" for users the system does not know
     candidates: int = 0
+    reasons: list[str] = field(default_factory=list)  # one short reason per item
 
 
 def _strip(features: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
@@ -212,13 +214,18 @@ class Recommender:
     def recommend(self, user_id: str, k: int = 10, user_features: Mapping[str, Any] | None = None,
                   exclude: Collection[str] = (), category: str | None = None,
                   as_of: datetime | None = None, history: Sequence[str] | None = None,
-                  seen: Collection[str] | None = None) -> Recommendation:
+                  seen: Collection[str] | None = None, rules: Rules | None = None) -> Recommendation:
         """Top-k items for a user. `user_features` is the online `user_behaviour` row (keys with
         or without the `user_behaviour__` prefix); `history` (recent clicks, oldest first)
         overrides its `last_clicked_items`; `seen` (every item the user clicked) overrides the
         known log held since load. What is never recommended follows `exclude_seen`: all seen
-        items, the recent clicks only, or none; `exclude` always."""
+        items, the recent clicks only, or none; `exclude` always. `rules` (`recsys.rules`): the
+        shop's filters, per-category caps and diversity; `category` is `rules.categories = {category}`."""
         t0 = time.perf_counter()
+        rules = rules or Rules()
+        if category is not None:
+            rules = replace(rules, categories=frozenset({category}))
+        exclude = set(exclude) | set(rules.exclude)
         as_of = as_of or datetime.now(UTC)
         feats = _strip(user_features, USER_PREFIX)
         hist = self.history_rows(feats, history)
@@ -232,7 +239,7 @@ class Recommender:
             v is not None for n, v in feats.items() if n in self.spec.user_behaviour)
         timings: dict[str, float] = {}
         if not known:
-            return self._popular(k, self._allowed(bad, category), timings, t0, "popularity")
+            return self._popular(k, self._allowed(bad, rules), timings, t0, "popularity", rules)
         # stage 1: retrieval (popularity order when the ranker was trained without a two-tower)
         t = time.perf_counter()
         top = tt_score = q = None
@@ -245,11 +252,11 @@ class Recommender:
                            if isinstance(v, int | float | np.integer | np.floating | np.bool_)}
                 uf = pl.DataFrame([scalars]) if scalars else None
             q = self.retrieval.user_vectors([user_id], hist, uf)[0]
-            if self._ann is not None and category is None:
+            if self._ann is not None and not rules.filters:
                 top, tt_score = self._ann_candidates(q, bad)
         allowed = None
         if top is None:
-            allowed = self._allowed(bad, category)
+            allowed = self._allowed(bad, rules)
             if self.retrieval is not None:
                 scores = self._vectors @ q
                 scores[~(allowed & self._present)] = -np.inf
@@ -266,7 +273,7 @@ class Recommender:
             ease_in = seen_rows if len(seen_rows) else hist[hist >= 0]
             e = self.ease.scores([ease_in])[0]
             if allowed is None:
-                allowed = self._allowed(bad, category)
+                allowed = self._allowed(bad, rules)
             masked = np.where(allowed, e, np.nan)
             top, (rank_a, ease_rank) = merge_candidates([top, top_rows(masked, self.n_ease)],
                                                      max(self.n_candidates, self.n_ease))
@@ -279,7 +286,7 @@ class Recommender:
                        "user_clicks": np.full(len(top), np.log1p(len(np.unique(ease_in))), np.float32)}
         n = len(top)
         if n == 0:
-            return self._popular(k, self._allowed(bad, category), timings, t0, "no-candidates")
+            return self._popular(k, self._allowed(bad, rules), timings, t0, "no-candidates", rules)
         timings["retrieval"] = time.perf_counter() - t
         # stage 2: features + ranker
         t = time.perf_counter()
@@ -291,19 +298,43 @@ class Recommender:
         timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
         s = self.ranker.predict(x)
-        order = np.argsort(-s, kind="stable")[:k]
+        vectors = self.items.emb[top] if rules.diversity > 0 and self.items.emb.shape[1] else None
+        order = select(s, self.items.category[top], vectors, k, rules)
         timings["ranking"] = time.perf_counter() - t
         ids = self.items.ids
         out = [(str(ids[top[i]]), float(s[i]), r + 1) for r, i in enumerate(order)]
+        if len(out) < k:  # per-category caps cut the candidates short: fill by popularity
+            out += self._popular(k, self._allowed(np.concatenate([bad, top[order]]), rules), {}, t0,
+                                 "fill", rules, taken=self.items.category[top[order]]).items[:k - len(out)]
+            out = [(i, sc, r + 1) for r, (i, sc, _) in enumerate(out)]
+        reasons = self.reasons([row for row in self.items.rows([i for i, _, _ in out])], hist, seen_rows)
         timings["total"] = time.perf_counter() - t0
-        return Recommendation(out, dict(self.versions), timings, None, n)
+        return Recommendation(out, dict(self.versions), timings, None, n, reasons)
 
-    def _allowed(self, bad: np.ndarray, category: str | None) -> np.ndarray:
-        """(N,) bool: items that may be recommended (not in `bad`, in `category` if given)."""
+    def reasons(self, rows: Sequence[int], hist: np.ndarray, seen_rows: np.ndarray) -> list[str]:
+        """A short reason per recommended row: the clicked item that EASE weighs most towards it
+        ("often clicked with <title>"), else the recent click closest by CLIP vector ("because you
+        clicked <title>"), else "popular now"."""
+        out = []
+        recent = hist[hist >= 0]
+        for row in rows:
+            why = None
+            if self.ease is not None and len(seen_rows):
+                w = self.ease.weight_from(seen_rows, int(row))
+                if w is not None and w[1] > 0:
+                    why = f"often clicked with {self.items.title(w[0])}"
+            if why is None and len(recent) and self.items.emb.shape[1] and self.items.has_emb[row]:
+                sims = self.items.emb[recent] @ self.items.emb[row]
+                why = f"because you clicked {self.items.title(int(recent[int(np.argmax(sims))]))}"
+            out.append(why or "popular now")
+        return out
+
+    def _allowed(self, bad: np.ndarray, rules: Rules) -> np.ndarray:
+        """(N,) bool: items that may be recommended (not in `bad`, within the rules' filters)."""
         allowed = np.ones(len(self.items), bool)
         allowed[bad] = False
-        if category is not None:
-            allowed &= self.items.category == self._cat_index.get(category, -2)
+        if rules.filters:
+            allowed &= rules.mask(self.items.category, self.items.categories, self.items.price)
         return allowed
 
     def _ann_candidates(self, q: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -325,14 +356,28 @@ class Recommender:
             return None, None
         return rows, sc
 
-    def _popular(self, k: int, allowed: np.ndarray, timings: dict[str, float], t0: float,
-                 why: str) -> Recommendation:
+    def _popular(self, k: int, allowed: np.ndarray, timings: dict[str, float], t0: float, why: str,
+                 rules: Rules | None = None, taken: np.ndarray = _NO_ROWS) -> Recommendation:
+        """The most clicked allowed items, at most `rules.max_per_category` per category counting
+        the categories already `taken` (codes)."""
         ok = allowed[self._pop_rows]
-        rows, scores = self._pop_rows[ok][:k], self._pop_scores[ok][:k]
+        rows, scores = self._pop_rows[ok], self._pop_scores[ok]
+        if rules is not None and rules.max_per_category is not None:
+            cats = self.items.category[rows]
+            count = {int(c): int((taken == c).sum()) for c in np.unique(cats)}
+            keep = np.zeros(len(rows), bool)
+            for j, c in enumerate(cats.tolist()):
+                if count[c] < rules.max_per_category:
+                    keep[j], count[c] = True, count[c] + 1
+                    if keep.sum() == k:
+                        break
+            rows, scores = rows[keep], scores[keep]
+        rows, scores = rows[:k], scores[:k]
         ids = self.items.ids
         out = [(str(ids[r]), float(s), i + 1) for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
         timings["total"] = time.perf_counter() - t0
-        return Recommendation(out, dict(self.versions), timings, why, len(self._pop_rows))
+        return Recommendation(out, dict(self.versions), timings, why, len(self._pop_rows),
+                              ["popular now"] * len(out))
 
 
 def _ann_index(retrieval: CandidateSource, items: ItemTable,

@@ -87,6 +87,18 @@ class EaseSource:
         self.item_popularity = np.full(len(items), np.nan, np.float32)  # share of users who clicked it
         self.item_popularity[self.item_rows] = model.item_clicks[ok] / max(model.users, 1)
 
+    def weight_from(self, seen: np.ndarray, row: int) -> tuple[int, float] | None:
+        """The seen ItemTable row with the largest EASE weight towards `row`, and that weight
+        (None when `row` or every seen row is outside the model): why EASE ranks `row`."""
+        col = self._col[row]
+        cols = self._col[np.asarray(seen, np.int64)]
+        ok = cols >= 0
+        if col < 0 or not ok.any():
+            return None
+        w = self._weights[cols[ok], col]
+        best = int(np.argmax(w))
+        return int(np.asarray(seen)[ok][best]), float(w[best])
+
     def scores(self, seen: Sequence[np.ndarray]) -> np.ndarray:
         """(M, N) float32 scores x_u B over ItemTable rows from each user's known item rows;
         NaN for items outside the model."""

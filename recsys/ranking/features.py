@@ -147,7 +147,13 @@ class ItemTable:
     created_at: np.ndarray  # (N,) float64 unix seconds, NaN where unknown
     behaviour: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, B)
     behaviour_names: tuple[str, ...] = ()
+    titles: np.ndarray | None = None  # (N,) object, for reasons shown to users
     _frame: pl.DataFrame | None = field(default=None, repr=False)
+
+    def title(self, row: int) -> str:
+        """The item's title (its id where it has none)."""
+        title = self.titles[row] if self.titles is not None else None
+        return str(title) if title else str(self.ids[row])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -192,7 +198,8 @@ class ItemTable:
         return cls(ids=ids, index=index, emb=emb, has_emb=has, category=category,
                    categories=tuple(categories), price=np.asarray(price, np.float32),
                    image_source=image_source, created_at=np.asarray(created, np.float64),
-                   behaviour=np.zeros((len(ids), 0), np.float32))
+                   behaviour=np.zeros((len(ids), 0), np.float32),
+                   titles=items[C.TITLE].to_numpy().astype(object) if C.TITLE in items.columns else None)
 
     def with_behaviour(self, df: pl.DataFrame | None, names: Sequence[str]) -> ItemTable:
         """A copy holding the latest item-behaviour features (one row per item id) for serving."""

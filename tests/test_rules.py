@@ -1,0 +1,69 @@
+"""Request-time rules (`recsys.rules`) alone and through the Recommender on the tiny shop."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from test_recommender import rec, trained  # noqa: F401  (module-scoped fixtures)
+
+from recsys.rules import RuleError, Rules, select
+
+WHEN = datetime(2024, 2, 1, tzinfo=UTC)
+
+
+def test_mask_filters_categories_and_prices() -> None:
+    cats = ("bags", "hats", "shoes")
+    category = np.array([0, 1, 2, -1, 0])
+    price = np.array([10.0, 50.0, np.nan, 5.0, 99.0])
+    rules = Rules.build(exclude_categories="hats", max_price=60)
+    assert rules.mask(category, cats, price).tolist() == [True, False, False, True, False]
+    only = Rules.build(categories=["shoes", "bags"], min_price=20)
+    assert only.mask(category, cats, price).tolist() == [False, False, False, False, True]
+    assert not Rules().filters and rules.filters
+
+
+def test_select_caps_categories_and_diversifies() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    category = np.array([0, 0, 0, 1, 2])
+    assert select(scores, category, None, 3, Rules()).tolist() == [0, 1, 2]
+    assert select(scores, category, None, 3, Rules(max_per_category=1)).tolist() == [0, 3, 4]
+    # items 0-2 point the same way, 3-4 elsewhere: with strong diversity the second pick changes
+    v = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0.6, 0.8]], float)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert select(scores, category, v, 2, Rules(diversity=0.9)).tolist() == [0, 3]
+    assert select(scores, category, v, 2, Rules(diversity=0.0)).tolist() == [0, 1]
+    with pytest.raises(RuleError, match="diversity"):
+        Rules(diversity=1.5)
+    with pytest.raises(RuleError, match="max_per_category"):
+        Rules(max_per_category=0)
+
+
+def test_recommender_obeys_rules_and_gives_reasons(rec) -> None:  # noqa: F811
+    cats = rec.items.categories
+    banned = cats[0]
+    out = rec.recommend("u1", 10, history=["i1", "i2"], as_of=WHEN,
+                        rules=Rules.build(exclude_categories=banned))
+    got = rec.items.category[rec.items.rows([i for i, _, _ in out.items])]
+    assert len(out.items) == 10 and cats.index(banned) not in got.tolist()
+    capped = rec.recommend("u1", 10, history=["i1", "i2"], as_of=WHEN, rules=Rules(max_per_category=2))
+    counts = np.bincount(rec.items.category[rec.items.rows([i for i, _, _ in capped.items])] + 1)
+    eligible = 2 * len(cats)  # the tiny shop has 4 categories: at most 8 items can come back
+    assert len(capped.items) == min(10, eligible) and counts.max() <= 2
+    plain = rec.recommend("u1", 10, history=["i1", "i2"], as_of=WHEN)
+    diverse = rec.recommend("u1", 10, history=["i1", "i2"], as_of=WHEN, rules=Rules(diversity=0.7))
+
+    def distinct(r) -> int:
+        return len(set(rec.items.category[rec.items.rows([i for i, _, _ in r.items])].tolist()))
+
+    assert distinct(diverse) >= distinct(plain)
+    assert len(plain.reasons) == len(plain.items) and all(plain.reasons)
+    assert any(r.startswith("because you clicked") for r in plain.reasons)
+    # five eligible items under the price bound, minus what the user already clicked: all come back
+    price = rec.items.price
+    cheap = float(np.sort(price[np.isfinite(price)])[4])
+    few = rec.recommend("u1", 10, history=["i1"], as_of=WHEN, rules=Rules(max_price=cheap))
+    known = set(rec.seen_by_user.get("u1", []).tolist()) | {rec.items.index["i1"]}
+    eligible = {r for r in np.flatnonzero(price <= cheap).tolist() if r not in known}
+    assert {rec.items.index[i] for i, _, _ in few.items} == eligible
