@@ -90,7 +90,8 @@ def test_batch_cli_writes_topk_without_seen_items(trained, tmp_path) -> None:
                                    "--k", "5", "--out", str(out), "--as-of", "2024-01-10T00:00:00"])
     assert res.exit_code == 0, res.output
     df = pl.read_parquet(out)
-    assert df.columns == [C.USER_ID, C.ITEM_ID, "rank", "score"]
+    assert df.columns == [C.USER_ID, C.ITEM_ID, "rank", "score", "reason"]
+    assert df["reason"].str.len_chars().min() > 0
     assert df.group_by(C.USER_ID).len()["len"].to_list() == [5, 5, 5]
     seen = world["impressions"].filter(pl.col(C.CLICKED) & (pl.col(C.EVENT_TIMESTAMP) < datetime(2024, 1, 10,
                                                                                                   tzinfo=UTC)))

@@ -22,11 +22,13 @@ from recsys.data.tables import load_table
 from recsys.io import write_parquet
 from recsys.progress import bar
 from recsys.recommender import Recommender, latest_item_behaviour, user_state
+from recsys.rules import Rules
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
-OUT_SCHEMA = {C.USER_ID: pl.String, C.ITEM_ID: pl.String, "rank": pl.Int32, "score": pl.Float64}
+OUT_SCHEMA = {C.USER_ID: pl.String, C.ITEM_ID: pl.String, "rank": pl.Int32, "score": pl.Float64,
+              "reason": pl.String}
 
 
 @dataclass
@@ -68,8 +70,9 @@ def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, A
 
 
 def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: int, as_of: datetime | None,
-                    out: Path, recommender: Recommender | None = None) -> BatchResult:
-    """Write (user_id, item_id, rank, score) parquet for `users` (None: every user)."""
+                    out: Path, recommender: Recommender | None = None,
+                    rules: Rules | None = None) -> BatchResult:
+    """Write (user_id, item_id, rank, score, reason) parquet for `users` (None: every user)."""
     configure_threads(settings.threads)
     t0 = time.perf_counter()
     log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
@@ -89,12 +92,14 @@ def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: in
             users = log_df[C.USER_ID].unique(maintain_order=True).to_list()
     state = user_state(log_df, as_of, rec.history)
     feats = user_features_as_of(ws, as_of)
-    rows_u, rows_i, rows_r, rows_s = [], [], [], []
+    rows_u, rows_i, rows_r, rows_s, rows_why = [], [], [], [], []
     fallback = 0
     with bar("recommend", len(users), unit="users") as b:
         for u in users:
             hist, seen = state.get(u, ([], set()))
-            r = rec.recommend(u, k, user_features=feats.get(u), as_of=as_of, history=hist, seen=seen)
+            r = rec.recommend(u, k, user_features=feats.get(u), as_of=as_of, history=hist, seen=seen,
+                              rules=rules)
+            rows_why.extend(r.reasons or [""] * len(r.items))
             fallback += r.fallback is not None
             for item, score, rank in r.items:
                 rows_u.append(u)
@@ -102,8 +107,8 @@ def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: in
                 rows_r.append(rank)
                 rows_s.append(score)
             b.advance(1)
-    df = pl.DataFrame({C.USER_ID: rows_u, C.ITEM_ID: rows_i, "rank": rows_r, "score": rows_s},
-                      schema=OUT_SCHEMA)
+    df = pl.DataFrame({C.USER_ID: rows_u, C.ITEM_ID: rows_i, "rank": rows_r, "score": rows_s,
+                       "reason": rows_why}, schema=OUT_SCHEMA)
     write_parquet(df, out)
     seconds = time.perf_counter() - t0
     return BatchResult(Path(out), len(users), df.height, fallback, dict(rec.versions), seconds)

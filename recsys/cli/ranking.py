@@ -55,8 +55,16 @@ def recommend(
     k: int = typer.Option(10, "--k", help="Items per user"),
     out: Path = typer.Option(..., "--out", help="Output parquet (user_id, item_id, rank, score)"),
     as_of: str = typer.Option(None, "--as-of", help="ISO time; default: the last logged event"),
+    categories: str = typer.Option(None, "--categories", help="Only these categories (comma list)"),
+    exclude_categories: str = typer.Option(None, "--exclude-categories", help="Never these (comma list)"),
+    min_price: float = typer.Option(None, "--min-price"),
+    max_price: float = typer.Option(None, "--max-price"),
+    max_per_category: int = typer.Option(None, "--max-per-category", help="At most N items per category"),
+    diversity: float = typer.Option(0.0, "--diversity", help="0 (ranker order) to 1 (most diverse), MMR"),
 ) -> None:
-    """Top-K recommendations per user from the two-stage system (the serving code path)."""
+    """Top-K recommendations per user from the two-stage system (the serving code path), with a
+    short reason per item; the shop's rules apply before the cut to K."""
+    from recsys.rules import RuleError, Rules
     from training.recommend import read_users, recommend_batch
 
     if (users is None) == (not all_users):
@@ -68,12 +76,17 @@ def recommend(
         except ValueError as exc:
             raise fail(f"--as-of '{as_of}' is not an ISO time (e.g. 2024-03-01T00:00:00Z)") from exc
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:
+        rules = Rules.build(categories, exclude_categories, min_price, max_price, None, max_per_category,
+                            diversity)
+    except RuleError as exc:
+        raise fail(str(exc)) from exc
     settings = settings_from(ctx)
     ws = workspace(settings)
     with step("recommend") as info:
         try:
             ids = read_users(users) if users is not None else None
-            result = recommend_batch(settings, ws, ids, k, when, out)
+            result = recommend_batch(settings, ws, ids, k, when, out, rules=rules)
         except (FileNotFoundError, LookupError, ValueError) as exc:
             raise fail(str(exc)) from exc
         info["summary"] = result.summary()
