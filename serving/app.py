@@ -317,7 +317,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             metrics.events_rejected.inc(len(rows))
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from exc
         try:
-            await asyncio.wrap_future(receipt.durable)  # group commit: one fsync for every waiting request
+            await receipt.wait()  # group commit: one fsync for every request waiting
         except OSError as exc:
             metrics.events_rejected.inc(len(rows))
             raise HTTPException(503, f"events could not be written: {exc}",

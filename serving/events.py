@@ -24,6 +24,7 @@ window of recent keys).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -34,8 +35,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -217,17 +218,42 @@ class KeyWindow:
 
 @dataclass(frozen=True)
 class Receipt:
-    """What `append` made of a batch: `durable` resolves when the accepted events are on disk."""
+    """What `append` made of a batch: `durable` resolves when the accepted events are on disk
+    (one future for every batch in the same group commit: wait on it, never cancel it)."""
 
     accepted: int
     duplicates: int
     durable: Future[None]
 
+    async def wait(self) -> None:
+        """Until durable, from the event loop. Unlike `asyncio.wrap_future`, a request that is
+        cancelled (its client went away) does not cancel the future the others share."""
+        if self.durable.done():
+            self.durable.result()
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def settle(done: Future[None]) -> None:
+            if waiter.done():
+                return
+            if (exc := done.exception()) is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(None)
+
+        self.durable.add_done_callback(lambda done: loop.call_soon_threadsafe(settle, done))
+        await waiter
+
 
 @dataclass
-class _Waiter:
-    future: Future[None]
-    keys: list[Hashable]
+class _Group:
+    """The batches waiting for the next write + fsync, and their one future."""
+
+    future: Future[None] = field(default_factory=Future)
+    keys: list[Hashable] = field(default_factory=list)
+    records: list[bytes] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
 
 
 @dataclass
@@ -243,6 +269,9 @@ def _done() -> Future[None]:
     f: Future[None] = Future()
     f.set_result(None)
     return f
+
+
+DONE = _done()  # the receipt of every batch when nothing has to reach the disk first
 
 
 class EventWriter:
@@ -268,9 +297,8 @@ class EventWriter:
         self._seen = KeyWindow(dedup_window)
         self._seen.seed(self.dir)
         self._cond = threading.Condition()
-        self._pending: list[bytes] = []  # encoded records not yet written
-        self._pending_rows: list[Row] = []
-        self._waiters: list[_Waiter] = []
+        self._group: _Group | None = None  # batches waiting for the next write + fsync
+        self._memory_rows: list[Row] = []  # durability="memory": rows for the next file
         self._depth = 0  # accepted, not yet in parquet
         self._closing = False
         self._seq = 0
@@ -308,17 +336,20 @@ class EventWriter:
                     keys.append(k)
             self._depth += len(fresh)
             self.duplicates += len(rows) - len(fresh)
-            self._pending_rows.extend(fresh)
             if self.durability == "memory":
-                if len(self._pending_rows) >= self.batch:
+                self._memory_rows.extend(fresh)
+                if len(self._memory_rows) >= self.batch:
                     self._cond.notify()
-                return Receipt(len(fresh), len(rows) - len(fresh), _done())
+                return Receipt(len(fresh), len(rows) - len(fresh), DONE)
+            if self._group is None:
+                self._group = _Group()
+                self._cond.notify()
+            group = self._group
             if fresh:
-                self._pending.append(wal.record(encode_rows(fresh)))
-            future: Future[None] = Future()
-            self._waiters.append(_Waiter(future, keys))
-            self._cond.notify()
-        return Receipt(len(fresh), len(rows) - len(fresh), future)
+                group.records.append(wal.record(encode_rows(fresh)))
+                group.rows.extend(fresh)
+                group.keys.extend(keys)
+        return Receipt(len(fresh), len(rows) - len(fresh), group.future)
 
     def submit(self, rows: Sequence[Row]) -> int:
         """`append` and wait until it is durable; returns how many events were accepted."""
@@ -352,20 +383,19 @@ class EventWriter:
                     if self.durability == "memory":  # no log: the pending rows are the segment
                         self._take_memory_rows()
                     now = time.monotonic()
-                    if self._waiters or self._closing or self._rotation_due(now):
+                    if self._group is not None or self._closing or self._rotation_due(now):
                         break
                     wait = (self.flush_seconds - (now - self._segment_since)) if self._segment_rows else None
                     self._cond.wait(wait)
-                records, rows, waiters = self._pending, self._pending_rows, self._waiters
-                self._pending, self._pending_rows, self._waiters = [], [], []
+                group, self._group = self._group, None
                 closing = self._closing
-            if waiters:
-                self._persist(records, rows, waiters)
+            if group is not None:
+                self._persist(group)
             if self._segment_rows and (closing or self._rotation_due(time.monotonic())):
                 self._rotate()
             if closing:
                 with self._cond:
-                    if not self._waiters and not self._pending_rows:
+                    if self._group is None and not self._memory_rows:
                         break
         if self._segment is not None:  # opened, never used
             self._segment.close()
@@ -373,11 +403,11 @@ class EventWriter:
         self._closed.put(None)
 
     def _take_memory_rows(self) -> None:
-        if self._pending_rows:
+        if self._memory_rows:
             if not self._segment_rows:
                 self._segment_since = time.monotonic()
-            self._segment_rows.extend(self._pending_rows)
-            self._pending_rows = []
+            self._segment_rows.extend(self._memory_rows)
+            self._memory_rows = []
 
     def _target(self) -> str:
         self._seq += 1
@@ -385,25 +415,25 @@ class EventWriter:
         # pid: several uvicorn workers write into the same folder
         return f"impressions-{stamp}-{os.getpid()}-{self._seq:06d}.parquet"
 
-    def _persist(self, records: list[bytes], rows: list[Row], waiters: list[_Waiter]) -> None:
-        """Write and fsync the records, then resolve their futures (or fail them, and forget
-        their keys and count: nothing of them was accepted)."""
+    def _persist(self, group: _Group) -> None:
+        """Write and fsync the group's records, then resolve its future (or fail it, and forget
+        its keys and count: nothing of it was accepted)."""
+        rows = group.rows
         if self._segment_rows and len(self._segment_rows) + len(rows) > self.batch:
             self._rotate()  # files of at most `batch` events, unless one group commit holds more
         try:
-            if records:
+            if group.records:
                 if self._segment is None:
                     target = self._target()
                     self._segment = wal.Segment(self.dir / "wal", self.writer, self._seq, target,
                                                 sync=self.durability == "fsync")
-                self._segment.write(b"".join(records))
+                self._segment.write(b"".join(group.records))
             if self._segment is not None:
                 self._segment.sync()
         except OSError as exc:
             log.error("the write-ahead log failed (%s); %d events refused", exc, len(rows))
             with self._cond:
-                for w in waiters:
-                    self._seen.discard(w.keys)
+                self._seen.discard(group.keys)
                 self._depth -= len(rows)
             if self._segment is not None and self._segment_rows:
                 self._rotate()  # keep what was durable; the next batch starts a new segment
@@ -411,14 +441,14 @@ class EventWriter:
                 self._segment.close()
                 self._segment.path.unlink(missing_ok=True)
                 self._segment = None
-            for w in waiters:
-                w.future.set_exception(exc)
+            with contextlib.suppress(InvalidStateError):
+                group.future.set_exception(exc)
             return
         if rows and not self._segment_rows:
             self._segment_since = time.monotonic()
         self._segment_rows.extend(rows)
-        for w in waiters:
-            w.future.set_result(None)
+        with contextlib.suppress(InvalidStateError):  # a caller cancelled it: the others still wait
+            group.future.set_result(None)
 
     def _rotate(self) -> None:
         rows, self._segment_rows = self._segment_rows, []
