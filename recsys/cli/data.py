@@ -95,7 +95,8 @@ def import_movielens(
 def _import_table(table: str):
     def command(
         ctx: typer.Context,
-        path: Path = typer.Argument(..., help="Parquet or CSV file in the contract's columns"),
+        path: Path = typer.Argument(..., help="Parquet or CSV file in the contract's columns, or a folder "
+                                    "of parquet parts (impressions: the server's events folder)"),
         quarantine: bool = QUARANTINE,
         replace: bool = REPLACE,
         allow_partial: bool = ALLOW_PARTIAL,

@@ -28,10 +28,14 @@ TABLES = ("items", "users", "impressions", "item_embeddings")
 
 def read_raw(path: str | Path) -> pl.DataFrame:
     """Read parquet or CSV as found. CSV columns stay text (the contract casts them), and text
-    that is not UTF-8 is decoded lossily so validation can point at the offending rows."""
+    that is not UTF-8 is decoded lossily so validation can point at the offending rows. A folder
+    is read as its parquet parts (the server's events folder: `impressions-*.parquet`; its `wal/`
+    holds events not yet flushed to a part, which the server writes at its next flush or start)."""
     path = Path(path)
     if not path.exists():
         raise ContractError(str(path), "file not found")
+    if path.is_dir():
+        return _read_parts(path)
     if path.stat().st_size == 0:
         raise ContractError(str(path), "the file is empty (expected a header and at least one row)")
     suffix = path.suffix.lower()
@@ -44,6 +48,17 @@ def read_raw(path: str | Path) -> pl.DataFrame:
     except pl.exceptions.PolarsError as exc:
         raise ContractError(str(path), f"cannot be read as {suffix[1:]}: {exc}") from exc
     raise ContractError(str(path), f"unknown format '{suffix}'; expected .parquet or .csv")
+
+
+def _read_parts(folder: Path) -> pl.DataFrame:
+    parts = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not parts:
+        raise ContractError(str(folder), "a folder without parquet parts (expected files such as "
+                            "impressions-*.parquet, as in the server's events folder)")
+    try:
+        return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise ContractError(str(folder), f"its parquet parts cannot be read together: {exc}") from exc
 
 
 @dataclass

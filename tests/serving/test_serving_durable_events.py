@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from serving_helpers import build_world, make_settings
 
 from recsys.data import columns as C
 from serving import wal
+from serving.app import create_app
 from serving.events import EventWriter, encode_rows, read_events, write_events_file
 from serving.process import start_server
 
@@ -196,3 +198,20 @@ def test_memory_durability_keeps_no_log(tmp_path: Path) -> None:
     assert writer.submit([_row(i) for i in range(3)]) == 3
     writer.close()
     assert read_events(tmp_path).height == 3 and not (tmp_path / "wal").exists()
+
+
+def test_the_events_folder_imports_as_an_impressions_log(world, loader) -> None:
+    """`recsys import impressions <events folder>`: what the server recorded becomes training data."""
+    from recsys.data.tables import import_file, load_table
+
+    before = load_table(world, "impressions").height
+    with TestClient(create_app(make_settings(world.root), loader=loader)) as c:
+        events = [_event(i, clicked=i % 3 == 0) for i in range(30)]
+        assert c.post("/v1/events", json={"events": events}).json() == {"accepted": 30}
+    assert list(world.events_dir.glob("impressions-*.parquet"))
+    report = import_file(world, "impressions", world.events_dir)
+    assert report.kept == 30 and report.quarantined == 0 and report.added == 30
+    stored = load_table(world, "impressions")
+    assert stored.height == before + 30
+    posted = stored.filter(pl.col(C.REQUEST_ID).str.starts_with("req"))
+    assert posted.height == 30 and posted[C.CLICKED].sum() == 10
