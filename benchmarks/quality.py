@@ -8,8 +8,8 @@ Per protocol (every rating is a positive click):
 1. Split the ratings: `recbole` = per-user random 80/10/10 (`recsys.data.splits`); `temporal` =
    each user's last 10% by time (at least one). known = train + valid, test = test.
 2. In a fresh workspace run the `recsys` executable of this interpreter's environment, one
-   subprocess per stage, each timed: `import movielens`, `import impressions known.parquet`
-   (the known clicks replace the rating log, as a plain click-only log: user_id, item_id,
+   subprocess per stage, each timed: `import movielens`, `import impressions known.parquet
+   --replace` (the known clicks replace the rating log, as a plain click-only log: user_id, item_id,
    event_timestamp), `clip finetune`, `backfill`, `features build`, `features
    materialize`, `train retrieval`, `train ranker --promote`, `recommend --all --k 10`.
 3. Score the recommendations on the test part with `recsys.retrieval.evaluate.evaluate_methods`
@@ -246,7 +246,8 @@ def run_protocol(protocol: str, data: Path, ws: Path, seed: int, lambdas: Sequen
           flush=True)
 
     recs_path = ws / "recs.parquet"
-    run_stage("import impressions", ["import", "impressions", str(ws / "known.parquet")], ws, env, timings)
+    known_args = ["import", "impressions", str(ws / "known.parquet"), "--replace"]
+    run_stage("import impressions", known_args, ws, env, timings)
     run_pipeline(ws, env, timings, ["--out", str(recs_path)])
     t = time.perf_counter()
     recs = pl.read_parquet(recs_path)
