@@ -39,5 +39,7 @@ def test_imports_quarantine_setting_decides_without_a_flag(
     monkeypatch.setenv("RECSYS_IMPORTS__QUARANTINE", "false")
     strict = run_recsys("import", "items", str(items), cwd=tmp_path)
     assert strict.returncode == 1 and "price" in strict.stderr
-    lenient = run_recsys("import", "items", str(items), "--quarantine", cwd=tmp_path)
+    refused = run_recsys("import", "items", str(items), "--quarantine", cwd=tmp_path)  # 1 of 2 rows bad
+    assert refused.returncode == 1 and "max_bad_share" in refused.stderr and "Traceback" not in refused.stderr
+    lenient = run_recsys("import", "items", str(items), "--quarantine", "--allow-partial", cwd=tmp_path)
     assert lenient.returncode == 0, lenient.stderr
