@@ -44,7 +44,7 @@ from recsys.ranking.dataset import (
 )
 from recsys.ranking.features import FeatureSpec, ItemTable, numeric_columns
 from recsys.ranking.model import RankerModel, RankSet, fit, lgb_params, ndcg_at, popularity
-from recsys.ranking.stacking import stacked_candidates
+from recsys.ranking.stacking import stacked_candidates, with_ease
 from recsys.retrieval.ease import EaseModel
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
@@ -249,6 +249,22 @@ def stacked_training_set(settings: Any, log_df: pl.DataFrame, items: ItemTable,
                               n_ease=settings.retrieval.ease_candidates)
 
 
+def ease_split(settings: Any, log_df: pl.DataFrame, items: ItemTable,
+               ease: EaseSource) -> tuple[pl.DataFrame, pl.DataFrame, EaseSource]:
+    """(label log, earlier log, EASE fit on the earlier clicks) of a log of impressions: the cut is
+    the candidate models' temporal split (`candidate_split`), so the ranker learns from the
+    impressions after the clicks the two-tower and this EASE were fit on."""
+    clicks = log_df.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
+    split = candidate_split(clicks, split_protocol(settings.retrieval.split, click_only=False), settings.seed)
+    cut = split.valid[C.EVENT_TIMESTAMP].min() if split.valid.height else split.test[C.EVENT_TIMESTAMP].min()
+    if cut is None:
+        raise TrainingDataError("the log is too short for a label period after the candidate models' part")
+    base = EaseModel.fit(split.train, ease.lam, settings.retrieval.ease_max_items)
+    earlier = log_df.filter(pl.col(C.EVENT_TIMESTAMP) < cut)
+    return (log_df.filter(pl.col(C.EVENT_TIMESTAMP) >= cut), earlier.select(C.USER_ID, C.ITEM_ID,
+            C.EVENT_TIMESTAMP, C.CLICKED), EaseSource(base, items, "ease(base)"))
+
+
 def source_orders(rs: RankSet, spec: FeatureSpec) -> dict[str, float]:
     """NDCG@10 of each candidate source's own order on a held-out set (what the ranker must beat)."""
     names = spec.names
@@ -296,18 +312,26 @@ def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote
     seconds["read"] = time.perf_counter() - t0
     items, _ = load_items(ws)
     source = load_retrieval(settings, items, retrieval_uri)
-    ease = load_ease(settings, items) if is_click_only(log_df) else None
+    ease = load_ease(settings, items)
     t = time.perf_counter()
-    if ease is not None:  # stacking on the candidate models' split (recsys.ranking.stacking)
+    if ease is not None and is_click_only(log_df):  # stacking on the candidate models' split
         user_f = item_f = None
         views: dict[str, Any] = {}
         cands = stacked_training_set(settings, log_df, items, source, ease)
         w = None
     else:
-        user_f, user_view = user_behaviour_rows(settings, log_df)
-        cands = build_candidates(log_df, items, history=cfg.history, negatives=cfg.candidates, source=source,
-                                 rank_cap=settings.retrieval.candidates, seed=settings.seed,
-                                 debias=cfg.debias, user_features=user_f)
+        label_log, history_log, base_ease = log_df, None, None
+        if ease is not None:  # temporal stacking: learn from the part the candidate models never saw
+            label_log, history_log, base_ease = ease_split(settings, log_df, items, ease)
+            counts["rows_before_label_period"] = history_log.height
+        user_f, user_view = user_behaviour_rows(settings, label_log)
+        cands = build_candidates(label_log, items, history=cfg.history, negatives=cfg.candidates,
+                                 source=source, rank_cap=settings.retrieval.candidates, seed=settings.seed,
+                                 debias=cfg.debias, user_features=user_f, history_log=history_log)
+        if base_ease is not None:
+            cands = with_ease(cands, log_df, items, base_ease, source,
+                              n_ease=settings.retrieval.ease_candidates, negatives=cfg.candidates,
+                              cap=settings.retrieval.candidates, seed=settings.seed)
         item_f, item_view = item_behaviour_rows(settings, cands)
         views = {k: v for k, v in ((USER_VIEW, user_view), (ITEM_VIEW, item_view)) if v}
         w = ips_weights(cands.rows, cands.examination, cfg.ips_clip) if cfg.debias == "ips" else None

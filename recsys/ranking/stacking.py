@@ -104,3 +104,101 @@ def _rows_by_user(clicks: pl.DataFrame, items: ItemTable, users: list[str]) -> l
     pairs = pairs.with_columns(pl.Series("_row", items.rows(pairs[C.ITEM_ID]))).filter(pl.col("_row") >= 0)
     grouped = dict(pairs.group_by(C.USER_ID).agg(pl.col("_row")).iter_rows())
     return [np.sort(np.asarray(grouped.get(u, []), np.int64)) for u in users]
+
+
+def with_ease(cands: Candidates, past: pl.DataFrame, items: ItemTable, ease: EaseSource,
+              source: CandidateSource | None, *, n_ease: int, negatives: int, cap: int, seed: int = 0,
+              max_cells: int = 20_000_000) -> Candidates:
+    """The impressions path's EASE features (temporal stacking): `ease` was fit on clicks before
+    the first query of `cands`; each query's user is x_u = every item they clicked before the
+    query's day (`past`, all clicks), as serving sees them.
+
+    Adds to every row `ease_score`, `ease_rank` (in EASE's top `n_ease` of items the user never
+    clicked before, `cap` outside it), `item_popularity` and `user_clicks`; and per query up to
+    `negatives` items drawn (seeded) from EASE's top `n_ease` that were not logged in the query and
+    that the user never clicks: the ranker then also learns to order EASE's candidates, which
+    serving unions with the two-tower's (their `tt_score`/`tt_rank` computed as for any item)."""
+    rng = np.random.default_rng(seed)
+    q = cands.queries.select("q", C.USER_ID, FEATURE_TS)
+    clicks = past.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
+    clicks = clicks.with_columns(pl.Series("item_row", items.rows(clicks[C.ITEM_ID]))).filter(
+        pl.col("item_row") >= 0)
+    before = (q.join(clicks, on=C.USER_ID).filter(pl.col(C.EVENT_TIMESTAMP) < pl.col(FEATURE_TS))
+              .select("q", "item_row").unique())
+    ever = q.join(clicks.select(C.USER_ID, "item_row").unique(), on=C.USER_ID).select("q", "item_row")
+    m, n = q.height, len(items)
+    seen = _by_query(before, m)
+    avoid = _by_query(ever, m)
+    rows = cands.rows
+    rq, ri = rows["q"].to_numpy(), rows["item_row"].to_numpy()
+    e_score = np.full(len(rq), np.nan, np.float32)
+    e_rank = np.full(len(rq), float(cap), np.float32)
+    vecs = present = None
+    if source is not None:
+        vecs = np.zeros((n, source.item_vectors.shape[1]), np.float32)
+        vecs[source.item_rows] = source.item_vectors
+        present = np.zeros(n, bool)
+        present[source.item_rows] = True
+    order = np.argsort(rq, kind="stable")
+    chunk = max(1, max_cells // max(n, 1))
+    bounds = np.searchsorted(rq[order], np.arange(0, m + chunk, chunk))
+    extra: list[dict[str, np.ndarray]] = []
+    for c, s in enumerate(range(0, m, chunk)):
+        e = min(s + chunk, m)
+        scores = ease.scores(seen[s:e])
+        sel = order[bounds[c]:bounds[c + 1]]
+        e_score[sel] = scores[rq[sel] - s, ri[sel]]
+        tt = None
+        if source is not None:
+            hist = cands.history[s:e]
+            tt = np.asarray(source.user_vectors(cands.queries[C.USER_ID][s:e].to_list(), hist), np.float32) \
+                @ vecs.T
+            tt[:, ~present] = np.nan
+        logged = {(int(a), int(b)) for a, b in zip(rq[sel], ri[sel], strict=True)}
+        for r in range(e - s):
+            qq = s + r
+            masked = scores[r].copy()
+            masked[seen[qq]] = np.nan
+            top = top_rows(masked, n_ease)
+            pos = {int(i): j for j, i in enumerate(top.tolist())}
+            mine = sel[rq[sel] == qq]
+            e_rank[mine] = [pos.get(int(i), cap) for i in ri[mine]]
+            never = set(avoid[qq].tolist())
+            free = [i for i in top.tolist() if (qq, i) not in logged and i not in never]
+            if not free or not negatives:
+                continue
+            pick = np.asarray(rng.choice(free, size=min(negatives, len(free)), replace=False), np.int64)
+            tt_rank = np.full(len(pick), np.nan, np.float32)
+            tt_score = np.full(len(pick), np.nan, np.float32)
+            if tt is not None:
+                row = np.where(np.isfinite(tt[r]), tt[r], -np.inf)
+                row[seen[qq]] = -np.inf
+                tt_score = tt[r, pick]
+                tt_rank = np.array([min(int((row > row[p]).sum()), cap) for p in pick], np.float32)
+            extra.append({"q": np.full(len(pick), qq, np.int64), "item_row": pick,
+                          "tt_score": tt_score, "tt_rank": tt_rank, "ease_score": scores[r, pick],
+                          "ease_rank": np.array([pos[int(p)] for p in pick], np.float32)})
+    rows = rows.with_columns(pl.Series("ease_score", e_score), pl.Series("ease_rank", e_rank))
+    if extra:
+        add = pl.DataFrame({k: np.concatenate([x[k] for x in extra]) for k in extra[0]})
+        id_col = pl.Series(C.ITEM_ID, list(items.ids), dtype=pl.String)
+        add = add.with_columns(pl.lit(0, dtype=pl.Int32).alias("label"), pl.lit(None, dtype=pl.Int32)
+                               .alias(C.POSITION), pl.lit("ease").alias("source"),
+                               id_col.gather(add["item_row"].to_numpy()).alias(C.ITEM_ID))
+        rows = pl.concat([rows, add.select(rows.columns)], how="vertical_relaxed")
+        rows = rows.unique(["q", "item_row"], keep="first", maintain_order=True)
+    n_seen = np.array([len(s) for s in seen], np.float32)
+    rows = rows.with_columns(
+        pl.Series("item_popularity", ease.item_popularity[rows["item_row"].to_numpy()]),
+        pl.Series("user_clicks", np.log1p(n_seen[rows["q"].to_numpy()])),
+        pl.Series("_r", rng.permutation(rows.height)))
+    rows = rows.sort(["q", "_r"]).drop("_r")
+    counts = {**cands.counts, "ease_negatives": int(sum(len(x["q"]) for x in extra)), "rows": rows.height}
+    return Candidates(queries=cands.queries, rows=rows, history=cands.history, counts=counts,
+                      examination=cands.examination)
+
+
+def _by_query(pairs: pl.DataFrame, m: int) -> list[np.ndarray]:
+    """(q, item_row) pairs as a list of m row arrays."""
+    grouped = dict(pairs.group_by("q").agg(pl.col("item_row")).iter_rows())
+    return [np.asarray(grouped.get(i, []), np.int64) for i in range(m)]
