@@ -189,6 +189,15 @@ class Recommender:
                    ease=ease, n_ease=settings.retrieval.ease_candidates, seen=seen,
                    exclude_seen=settings.ranker.exclude_seen)
 
+    def set_available(self, item_ids: Sequence[str], available: bool) -> int:
+        """Mark items in or out of stock (one atomic swap of the item table); returns how many
+        of `item_ids` are in the catalogue."""
+        rows = _rows(self.items, item_ids)
+        mask = np.ones(len(self.items), bool) if self.items.available is None else self.items.available.copy()
+        mask[rows] = available
+        self.items = replace(self.items, available=mask)
+        return len(rows)
+
     def refresh_item_features(self, item_features: pl.DataFrame | None) -> None:
         """Swap in new item-behaviour rows (after a materialization); one atomic assignment."""
         self.items = self.items.with_behaviour(_strip_frame(item_features, ITEM_PREFIX),
@@ -331,7 +340,8 @@ class Recommender:
 
     def _allowed(self, bad: np.ndarray, rules: Rules) -> np.ndarray:
         """(N,) bool: items that may be recommended (not in `bad`, within the rules' filters)."""
-        allowed = np.ones(len(self.items), bool)
+        allowed = np.ones(len(self.items), bool) if self.items.available is None else \
+            self.items.available.copy()
         allowed[bad] = False
         if rules.filters:
             allowed &= rules.mask(self.items.category, self.items.categories, self.items.price)
@@ -347,6 +357,8 @@ class Recommender:
         pos, sc = pos[0], sc[0]
         rows = self._ann_rows[np.maximum(pos, 0)]
         ok = (pos >= 0) & (rows >= 0)
+        if self.items.available is not None:
+            ok &= self.items.available[np.maximum(rows, 0)]
         if len(bad):
             ok &= ~np.isin(rows, bad)
         rows, sc = rows[ok][:self.n_candidates], sc[ok][:self.n_candidates]

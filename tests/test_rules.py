@@ -67,3 +67,17 @@ def test_recommender_obeys_rules_and_gives_reasons(rec) -> None:  # noqa: F811
     known = set(rec.seen_by_user.get("u1", []).tolist()) | {rec.items.index["i1"]}
     eligible = {r for r in np.flatnonzero(price <= cheap).tolist() if r not in known}
     assert {rec.items.index[i] for i, _, _ in few.items} == eligible
+
+
+def test_unavailable_items_are_never_recommended(trained) -> None:  # noqa: F811
+    from recsys.recommender import Recommender
+
+    rec = Recommender.load(trained[0])  # noqa: F811  (its own copy: availability is state)
+    first = rec.recommend("u1", 5, history=["i1", "i2"], as_of=WHEN)
+    gone = [i for i, _, _ in first.items[:2]]
+    assert rec.set_available(gone + ["no-such-item"], False) == 2
+    again = rec.recommend("u1", 5, history=["i1", "i2"], as_of=WHEN)
+    assert len(again.items) == 5 and not set(gone) & {i for i, _, _ in again.items}
+    rec.set_available(gone, True)
+    assert [i for i, _, _ in rec.recommend("u1", 5, history=["i1", "i2"], as_of=WHEN).items] == \
+        [i for i, _, _ in first.items]

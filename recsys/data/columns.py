@@ -12,6 +12,7 @@ PRICE = "price"
 IMAGE_URI = "image_uri"
 IMAGE_SOURCE = "image_source"  # original | generated | none
 CREATED_AT = "created_at"
+AVAILABLE = "available"  # in stock / may be recommended (bool; missing: true)
 
 # users
 USER_ID = "user_id"

@@ -148,6 +148,7 @@ class ItemTable:
     behaviour: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, B)
     behaviour_names: tuple[str, ...] = ()
     titles: np.ndarray | None = None  # (N,) object, for reasons shown to users
+    available: np.ndarray | None = None  # (N,) bool: may be recommended (None: every item)
     _frame: pl.DataFrame | None = field(default=None, repr=False)
 
     def title(self, row: int) -> str:
@@ -199,7 +200,9 @@ class ItemTable:
                    categories=tuple(categories), price=np.asarray(price, np.float32),
                    image_source=image_source, created_at=np.asarray(created, np.float64),
                    behaviour=np.zeros((len(ids), 0), np.float32),
-                   titles=items[C.TITLE].to_numpy().astype(object) if C.TITLE in items.columns else None)
+                   titles=items[C.TITLE].to_numpy().astype(object) if C.TITLE in items.columns else None,
+                   available=items[C.AVAILABLE].fill_null(True).to_numpy().astype(bool)
+                   if C.AVAILABLE in items.columns else None)
 
     def with_behaviour(self, df: pl.DataFrame | None, names: Sequence[str]) -> ItemTable:
         """A copy holding the latest item-behaviour features (one row per item id) for serving."""
