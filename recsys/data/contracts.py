@@ -51,6 +51,7 @@ ITEMS = (
     Column(C.IMAGE_URI, pl.String(), required=False),
     Column(C.IMAGE_SOURCE, pl.String(), required=False),
     Column(C.CREATED_AT, TIMESTAMP, required=False),
+    Column(C.AVAILABLE, pl.Boolean(), required=False),  # in stock; missing or empty: true
 )
 USERS = (
     Column(C.USER_ID, pl.String(), nullable=False),
@@ -304,7 +305,8 @@ def validate_items(df: pl.DataFrame, source: str, base_dir: Path | None = None) 
     cast = cast.with_columns(src.alias(C.IMAGE_SOURCE))
     cast = cast.with_columns(
         pl.when(pl.col(C.IMAGE_URI).is_null()).then(pl.lit("none")).otherwise(pl.col(C.IMAGE_SOURCE))
-        .alias(C.IMAGE_SOURCE)
+        .alias(C.IMAGE_SOURCE),
+        pl.col(C.AVAILABLE).fill_null(True),
     )
     return _split("items", source, df, cast, reason, ITEMS, notes)
 

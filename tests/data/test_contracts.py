@@ -194,3 +194,16 @@ def test_a_file_with_no_good_row_leaves_the_stored_table_as_it_was(ws: Workspace
         import_file(ws, "items", bad)
     assert load_table(ws, "items").equals(before)
     assert len(list(ws.quarantine_dir.glob("items-*.parquet"))) == 1  # the bad rows are kept to inspect
+
+
+def test_availability_is_optional_and_updated_by_an_import(ws: Workspace, tmp_path: Path) -> None:
+    _with_items(ws, tmp_path)  # no `available` column: every item is in stock
+    assert load_table(ws, "items").sort(C.ITEM_ID)[C.AVAILABLE].to_list() == [True, True, True]
+    stock = ITEMS.replace("item_id,title,description,category,price,image_uri,created_at",
+                          "item_id,title,description,category,price,image_uri,created_at,available")
+    stock = stock.replace("2024-01-01\n", "2024-01-01,no\n").replace("10:00:00Z\n", "10:00:00Z,\n")
+    stock = stock.replace("3,,\n", "3,,,1\n") + "d,Odd sock,An odd sock,sock,1,,,maybe\n"
+    report = import_file(ws, "items", write_text(tmp_path / "stock.csv", stock))
+    assert report.updated == 3 and report.quarantined == 1  # "maybe" is no boolean: quarantined
+    items = load_table(ws, "items").sort(C.ITEM_ID)
+    assert items[C.AVAILABLE].to_list() == [False, True, True]  # empty means in stock
