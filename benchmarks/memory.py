@@ -1,0 +1,264 @@
+"""Peak memory and time of every default command on a long-span, click-only log (issue 21).
+
+    .venv/bin/python -m benchmarks.memory [--home DIR] [--clicks 100000] [--items 10000]
+
+1. Generate a seeded click-only log shaped like a real one: `--users` users (activity
+   log-normal), `--items` items with title, description and category (Zipf-like popularity,
+   exponent `--zipf`), `--pictures` of them with a small generated PNG, `--clicks` clicks spread
+   uniformly over `--years` years. Only CLIP looks at the pictures.
+2. In a fresh workspace run the user's commands, one subprocess each: `import items / users /
+   impressions`, `clip finetune` (with `RECSYS_CLIP__EPOCHS=2`, to keep it short), `backfill`,
+   `features build`, `features materialize`, `train retrieval`, `train ranker --promote`,
+   `recommend --all --k 10`.
+3. Each command's peak resident memory comes from `/usr/bin/time -f %M` (the largest RSS of the
+   process and its children) where it exists, else from polling the process tree with psutil
+   every 50 ms (which can miss a short spike). A poller also kills a command whose tree passes
+   `--kill-above` GiB, so a blow-up is reported instead of taking the machine down.
+
+Prints a markdown table (step, peak RSS, seconds, status) and writes it as JSON to
+`<home>/memory.json`. Logs of each command are under `<home>/ws/logs/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import psutil
+
+GIB = 1024**3
+TIME = "/usr/bin/time"
+CATEGORIES = [f"category {c:02d}" for c in range(20)]
+WORDS = ["red", "blue", "green", "soft", "warm", "light", "dark", "small", "large", "classic", "modern",
+         "cotton", "wool", "leather", "steel", "wooden", "round", "square", "striped", "plain"]
+
+
+# ---------------------------------------------------------------- the synthetic log
+
+
+def _png(path: Path, rgb: tuple[int, int, int], size: int = 32) -> None:
+    """A tiny solid-colour PNG written by hand (zlib + CRCs): no imaging library needed."""
+    row = b"\x00" + bytes(rgb) * size
+    raw = zlib.compress(row * size, 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = size.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def generate_log(folder: Path, users: int, items: int, clicks: int, years: float, pictures: int,
+                 zipf: float, seed: int) -> dict[str, Path]:
+    """items.parquet, users.parquet, clicks.parquet (user_id, item_id, event_timestamp) and
+    `images/` under `folder`; returns the three table paths."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    item_ids = [f"i{i:06d}" for i in range(items)]
+    cats = rng.integers(0, len(CATEGORIES), items)
+    words = rng.integers(0, len(WORDS), (items, 4))
+    pairs = list(zip(words, cats, strict=True))
+    titles = [f"{WORDS[w[0]]} {WORDS[w[1]]} {CATEGORIES[c]}" for w, c in pairs]
+    descriptions = [f"a {WORDS[w[2]]}, {WORDS[w[3]]} {CATEGORIES[c]} item" for w, c in pairs]
+    with_picture = set(rng.choice(items, size=min(pictures, items), replace=False).tolist())
+    (folder / "images").mkdir(exist_ok=True)
+    uris: list[str | None] = []
+    for i in range(items):
+        if i in with_picture:
+            rel = f"images/{item_ids[i]}.png"
+            _png(folder / rel, tuple(int(x) for x in rng.integers(0, 256, 3)))  # type: ignore[arg-type]
+            uris.append(rel)
+        else:
+            uris.append(None)
+    end = datetime(2026, 1, 1, tzinfo=UTC)
+    start = end - timedelta(days=365.25 * years)
+    pl.DataFrame(
+        {"item_id": item_ids, "title": titles, "description": descriptions,
+         "category": [CATEGORIES[c] for c in cats], "image_uri": uris,
+         "created_at": [start - timedelta(days=1)] * items},
+        schema_overrides={"image_uri": pl.String, "created_at": pl.Datetime("us", "UTC")},
+    ).write_parquet(folder / "items.parquet")
+    user_ids = [f"u{u:05d}" for u in range(users)]
+    pl.DataFrame({"user_id": user_ids, "created_at": [start - timedelta(days=1)] * users},
+                 schema_overrides={"created_at": pl.Datetime("us", "UTC")}
+                 ).write_parquet(folder / "users.parquet")
+    # Zipf-like item popularity over a random order of the catalogue; log-normal user activity
+    weight = 1.0 / np.arange(1, items + 1) ** zipf
+    order = rng.permutation(items)
+    item_p = np.empty(items)
+    item_p[order] = weight / weight.sum()
+    activity = rng.lognormal(0.0, 1.0, users)
+    span_us = int((end - start).total_seconds() * 1e6)
+    offsets = np.sort(rng.integers(0, span_us, clicks))
+    pl.DataFrame({
+        "user_id": np.array(user_ids)[rng.choice(users, clicks, p=activity / activity.sum())],
+        "item_id": np.array(item_ids)[rng.choice(items, clicks, p=item_p)],
+        "event_timestamp": pl.Series(offsets + int(start.timestamp() * 1e6)).cast(pl.Datetime("us", "UTC")),
+    }).write_parquet(folder / "clicks.parquet")
+    return {n: folder / f"{n}.parquet" for n in ("items", "users", "clicks")}
+
+
+# ---------------------------------------------------------------- running a command
+
+
+@dataclass
+class Step:
+    step: str
+    command: str
+    peak_mib: float | None
+    seconds: float
+    status: str  # ok, failed (exit N), killed above X GiB
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a child that just ended
+            total += p.memory_info().rss
+    return total
+
+
+def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_above: float) -> Step:
+    """Run `recsys ARGS` in `ws` under the RSS measurement; one printed line per step."""
+    exe = Path(sys.executable).parent / "recsys"
+    logs = ws / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{name.replace(' ', '-').replace('/', '-')}.log"
+    timed = Path(TIME).exists()
+    rss_file = logs / f".{log_path.stem}.rss"
+    cmd = [TIME, "-f", "%M", "-o", str(rss_file), str(exe), *args] if timed else [str(exe), *args]
+    peak = 0
+    killed = False
+    t = time.perf_counter()
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        stop = threading.Event()
+
+        def poll() -> None:
+            nonlocal peak, killed
+            while not stop.wait(0.05):
+                try:
+                    rss = _tree_rss(ps)
+                except psutil.Error:
+                    return
+                peak = max(peak, rss)
+                if rss > kill_above * GIB:
+                    killed = True
+                    for p in [*ps.children(recursive=True), ps]:
+                        with contextlib.suppress(psutil.Error):
+                            p.kill()
+                    return
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        rc = proc.wait()
+        stop.set()
+        poller.join()
+    seconds = time.perf_counter() - t
+    peak_mib: float | None = peak / 2**20 if peak else None
+    if timed and rss_file.exists():
+        lines = rss_file.read_text().split()
+        if lines and lines[-1].isdigit():
+            peak_mib = int(lines[-1]) / 1024  # GNU time: KiB
+    status = f"killed above {kill_above:g} GiB" if killed else ("ok" if rc == 0 else f"failed (exit {rc})")
+    step = Step(name, "recsys " + " ".join(args), peak_mib, seconds, status)
+    print(f"  {name:<24} {_fmt_mib(peak_mib):>10} {seconds:8.1f} s  {status}", flush=True)
+    if rc != 0 and not killed:
+        tail = "\n".join(log_path.read_text().splitlines()[-15:])
+        print(f"    --- last lines of {log_path.name}:\n{tail}", flush=True)
+    return step
+
+
+def _fmt_mib(mib: float | None) -> str:
+    if mib is None:
+        return "?"
+    return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
+STEPS = (
+    ("import items", ["import", "items", "{data}/items.parquet"]),
+    ("import users", ["import", "users", "{data}/users.parquet"]),
+    ("import impressions", ["import", "impressions", "{data}/clicks.parquet"]),
+    ("clip finetune", ["clip", "finetune"]),
+    ("backfill", ["backfill"]),
+    ("features build", ["features", "build"]),
+    ("features materialize", ["features", "materialize"]),
+    ("train retrieval", ["train", "retrieval"]),
+    ("train ranker --promote", ["train", "ranker", "--promote"]),
+    ("recommend --all", ["recommend", "--all", "--k", "10", "--out", "{home}/recommendations.parquet"]),
+)
+
+
+def table(steps: list[Step]) -> str:
+    lines = ["| step | peak RSS | seconds | status |", "| --- | --- | --- | --- |"]
+    lines += [f"| {s.step} | {_fmt_mib(s.peak_mib)} | {s.seconds:.1f} | {s.status} |" for s in steps]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", type=Path, help="benchmark folder (default: a new temp folder); must be empty")
+    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--clicks", type=int, default=100_000)
+    ap.add_argument("--years", type=float, default=20.0)
+    ap.add_argument("--pictures", type=int, default=2_000, help="items with a generated PNG")
+    ap.add_argument("--zipf", type=float, default=1.0, help="popularity exponent")
+    ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--clip-epochs", type=int, default=2, help="RECSYS_CLIP__EPOCHS of `clip finetune`")
+    ap.add_argument("--steps", help="comma list of step names to run (default: all, in order)")
+    ap.add_argument("--kill-above", type=float, default=8.0, help="GiB: kill a command whose tree passes it")
+    args = ap.parse_args()
+
+    home = (args.home or Path(tempfile.mkdtemp(prefix="recsys-memory-"))).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if any(home.iterdir()):
+        raise SystemExit(f"{home} is not empty: the benchmark needs a fresh folder")
+    t = time.perf_counter()
+    generate_log(home / "data", args.users, args.items, args.clicks, args.years, args.pictures, args.zipf,
+                 args.seed)
+    print(f"log: {args.users} users, {args.items} items ({args.pictures} with a picture), "
+          f"{args.clicks} clicks over {args.years:g} years, Zipf {args.zipf:g} (seed {args.seed}); "
+          f"generated in {time.perf_counter() - t:.1f} s -> {home / 'data'}", flush=True)
+    print(f"peak RSS from {'/usr/bin/time -f %M' if Path(TIME).exists() else 'psutil polling (50 ms)'}; "
+          f"clip finetune with RECSYS_CLIP__EPOCHS={args.clip_epochs}", flush=True)
+    ws = home / "ws"
+    ws.mkdir()
+    # the workspace's own settings only: no RECSYS_* of the caller's shell, no recsys.toml (cwd = ws)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env.update({"RECSYS_HOME": str(ws), "RECSYS_PROGRESS": "0", "RECSYS_SEED": str(args.seed),
+                "RECSYS_CLIP__EPOCHS": str(args.clip_epochs), "OMP_WAIT_POLICY": "passive",
+                "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "1000"})
+    wanted = set(args.steps.split(",")) if args.steps else None
+    steps = []
+    for name, template in STEPS:
+        if wanted is not None and name not in wanted:
+            continue
+        cmd = [a.format(data=home / "data", home=home) for a in template]
+        steps.append(run_step(name, cmd, ws, env, args.kill_above))
+    print("\n" + table(steps))
+    (home / "memory.json").write_text(json.dumps(
+        {"log": {k: getattr(args, k) for k in ("users", "items", "clicks", "years", "pictures", "zipf",
+                                               "seed")},
+         "clip_epochs": args.clip_epochs, "rss_source": "time" if Path(TIME).exists() else "psutil",
+         "steps": [asdict(s) for s in steps]}, indent=2))
+    print(f"\nresults -> {home / 'memory.json'}")
+
+
+if __name__ == "__main__":
+    main()
