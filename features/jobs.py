@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from features.definitions import (
@@ -120,85 +119,190 @@ def _floor_day(ts: datetime) -> datetime:
     return ts.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def _daily_counts(events: pl.DataFrame, key: str, last_stamp: datetime) -> pl.LazyFrame:
+    """(key, day, impressions, clicks) per event day, `day` in days since the epoch."""
+    return (
+        events.lazy()
+        .filter(pl.col(TS) < last_stamp)
+        .group_by(key, pl.col(TS).dt.epoch("d").cast(pl.Int64).alias("day"))
+        .agg(impressions=pl.len().cast(pl.Int64), clicks=pl.col(C.CLICKED).sum().cast(pl.Int64))
+    )
+
+
+def _snapshot_days(daily: pl.LazyFrame, key: str, last_day: int) -> pl.LazyFrame:
+    """The days t (snapshot stamped t + 1 day) on which a key gets a snapshot.
+
+    A window count changes only when an event day d enters it (t = d) or leaves it
+    (t = d + w for each window w), so those days carry every change of the counts, CTRs,
+    category shares and last clicks. `days_since_last_click` and `popularity_rank` also move
+    with the calendar alone: they are refreshed at t = d + 2^k (k = 0, 1, ...) until the key's
+    next event day, so on a quiet key a snapshot is at most as old as the quiet spell before it
+    (the value read between snapshots is within a factor 2 of its daily value).
+    """
+    span = max(last_day, 1)
+    refresh = [2**k for k in range(span.bit_length() + 1)]
+    changes = sorted({0, *WINDOWS})
+    days = daily.select(key, "day").unique().sort(key, "day")
+    days = days.with_columns(next=pl.col("day").shift(-1).over(key))
+    offsets = pl.DataFrame(
+        {"offset": [*changes, *refresh], "change": [True] * len(changes) + [False] * len(refresh)},
+        schema={"offset": pl.Int64, "change": pl.Boolean},
+    ).lazy()
+    t = pl.col("day") + pl.col("offset")
+    return (
+        days.join(offsets, how="cross")
+        .filter((t <= last_day) & (pl.col("change") | pl.col("next").is_null() | (t < pl.col("next"))))
+        .select(key, t.alias("day"))
+        .unique()
+    )
+
+
 def _windowed_counts(
     events: pl.DataFrame, key: str, last_stamp: datetime, params: BehaviourParams
 ) -> pl.DataFrame:
-    """One row per (key, snapshot) with impressions/clicks/CTR over each window.
+    """One row per (key, snapshot day) with impressions/clicks/CTR over each window.
 
-    Counts per (key, day) are laid on a dense daily grid; a window sum is a difference of
-    cumulative sums, so each snapshot costs O(1) whatever the window.
+    Snapshot days come from `_snapshot_days`; a window sum is a difference of the key's
+    cumulative sums, read with as-of joins at t and t - w, so the work grows with the event
+    days, not with the calendar.
     """
     last_day = int((last_stamp - DAY).timestamp() // 86_400)  # days since the epoch
-    daily = (
-        events.lazy()
-        .filter(pl.col(TS) < last_stamp)
-        .group_by(key, pl.col(TS).dt.epoch("d").cast(pl.Int32).alias("day"))
-        .agg(impressions=pl.len().cast(pl.Int64), clicks=pl.col(C.CLICKED).sum().cast(pl.Int64))
-        .sort(key, "day")
-    )
-    # the dense grid: every day from a key's first event day to the last day, laid out in key
-    # order; each daily row lands at offset(key) + day - first(key), so no join is needed
-    per_key = (
-        daily.group_by(key, maintain_order=True)
-        .agg(pl.col("day"), pl.col("impressions"), pl.col("clicks"), first=pl.col("day").first())
-        .with_columns(length=pl.lit(last_day + 1, dtype=pl.Int64) - pl.col("first"))
-        .with_columns(offset=pl.col("length").cum_sum() - pl.col("length"))
-        .collect()
-    )
-    total = int(per_key["length"].sum() or 0)
-    sparse = per_key.select(
-        (pl.col("day") - pl.col("first") + pl.col("offset")).alias("pos"), "impressions", "clicks"
-    ).explode("pos", "impressions", "clicks")
-    pos = sparse["pos"].to_numpy()
-    frame = per_key.select(
-        pl.col(key).repeat_by("length").explode(),
-        pl.int_ranges(pl.col("first"), pl.col("first") + pl.col("length")).explode().alias("day"),
-        pl.col("offset").repeat_by("length").explode().alias("start"),
-    ).with_row_index("row")
-    counts = {}
-    for kind in ("impressions", "clicks"):
-        dense = np.zeros(total, dtype=np.int64)
-        dense[pos] = sparse[kind].to_numpy()
-        counts[f"cum_{kind}"] = np.cumsum(dense)
-    frame = frame.with_columns(pl.Series(k, v) for k, v in counts.items())
-    # window sum over d days = cum(t) - cum(t - d), or cum(t) - cum(before the key's first row)
-    a, b = params.prior_clicks, params.prior_impressions
-    cols = []
-    row, start = pl.col("row").cast(pl.Int64), pl.col("start").cast(pl.Int64)
+    daily = _daily_counts(events, key, last_stamp).sort(key, "day")
+    cum = daily.select(
+        key,
+        "day",
+        pl.col("impressions").cum_sum().over(key).alias("cum_impressions"),
+        pl.col("clicks").cum_sum().over(key).alias("cum_clicks"),
+    ).collect()
+    frame = _snapshot_days(daily, key, last_day).sort("day").collect()
+    kinds = ("impressions", "clicks")
+
+    def cum_at(shift: int, suffix: str) -> pl.DataFrame:
+        probe = frame.select(key, (pl.col("day") - shift).alias("at")).unique().sort("at")
+        return probe.join_asof(
+            cum.sort("day"), left_on="at", right_on="day", by=key, strategy="backward", check_sortedness=False
+        ).select(
+            key,
+            (pl.col("at") + shift).alias("day"),
+            *[pl.col(f"cum_{k}").fill_null(0).alias(f"{k}{suffix}") for k in kinds],
+        )
+
+    frame = frame.join(cum_at(0, "_now"), on=[key, "day"], how="left")
     for d in WINDOWS:
-        for kind in ("impressions", "clicks"):
-            cum = pl.col(f"cum_{kind}")
-            before_key = cum.shift(1).gather(start).fill_null(0)
-            window = pl.when(row - d >= start).then(cum - cum.shift(d)).otherwise(cum - before_key)
-            cols.append(window.alias(f"{kind}_{d}d"))
-    frame = frame.with_columns(cols).with_columns(
+        frame = (
+            frame.join(cum_at(d, "_before"), on=[key, "day"], how="left")
+            .with_columns([(pl.col(f"{k}_now") - pl.col(f"{k}_before")).alias(f"{k}_{d}d") for k in kinds])
+            .drop([f"{k}_before" for k in kinds])
+        )
+    a, b = params.prior_clicks, params.prior_impressions
+    frame = frame.with_columns(
         [
             ((pl.col(f"clicks_{d}d") + a) / (pl.col(f"impressions_{d}d") + b)).alias(f"ctr_{d}d")
             for d in WINDOWS
         ]
     )
-    stamp = (pl.col("day").cast(pl.Int64) * 86_400_000_000).cast(TIMESTAMP)
+    stamp = (pl.col("day") * 86_400_000_000).cast(TIMESTAMP)
     return frame.with_columns(stamp.alias("day"), (stamp + pl.duration(days=1)).alias(TS)).drop(
-        "row", "start", "cum_impressions", "cum_clicks"
+        [f"{k}_now" for k in kinds]
     )
+
+
+def _popularity_rank(events: pl.DataFrame, frame: pl.DataFrame, last_stamp: datetime) -> pl.Series:
+    """`popularity_rank` of each (item, day) row of `frame`: 1 + the number of items with more
+    clicks over the 7 days before the stamp, among all items seen so far (ties share the best
+    rank), as the daily job ranked them. Only items with a click in the window can outrank, so
+    the ranking runs over (item, day) pairs with clicks, and every other item of that day ranks
+    one below the last of them."""
+    key = C.ITEM_ID
+    active = (
+        _daily_counts(events, key, last_stamp)
+        .filter(pl.col("clicks") > 0)
+        .with_columns(pl.int_ranges(pl.col("day"), pl.col("day") + 7).alias("t"))
+        .explode("t")
+        .group_by(key, "t")
+        .agg(c7=pl.col("clicks").sum())
+        .with_columns(
+            rank=pl.col("c7").rank("min", descending=True).over("t").cast(pl.Int64),
+            n_active=pl.len().over("t").cast(pl.Int64),
+        )
+    )
+    n_active = active.group_by("t").agg(pl.col("n_active").first())
+    t = frame.lazy().select(key, (pl.col("day").dt.epoch("d")).alias("t")).with_row_index("row")
+    ranked = (
+        t.join(active.select(key, "t", "rank"), on=[key, "t"], how="left")
+        .join(n_active, on="t", how="left")
+        .select("row", pl.coalesce("rank", pl.col("n_active").fill_null(0) + 1).alias("popularity_rank"))
+        .sort("row")
+        .collect()
+    )
+    return ranked["popularity_rank"]
 
 
 def item_behaviour(
     impressions: pl.DataFrame, params: BehaviourParams = BehaviourParams(), until: datetime | None = None
 ) -> pl.DataFrame:
-    """Daily item snapshots: impressions, clicks, CTR over 1/7/30 days and popularity rank.
+    """Item snapshots: impressions, clicks, CTR over 1/7/30 days and popularity rank.
 
-    `popularity_rank` ranks the items of one snapshot by clicks over 7 days (1 = most; ties
-    share the best rank).
+    `popularity_rank` ranks the items of one day by clicks over 7 days (1 = most; ties share
+    the best rank), among every item with an event before that day.
     """
     events = normalize_events(impressions)
     last = _last_stamp(events, until)
     if last is None:
         return pl.DataFrame(schema=source_schema(ITEM_BEHAVIOUR))
-    frame = _windowed_counts(events, C.ITEM_ID, last, params).with_columns(
-        pl.col("clicks_7d").rank("min", descending=True).over(TS).cast(pl.Int64).alias("popularity_rank")
-    )
+    frame = _windowed_counts(events, C.ITEM_ID, last, params)
+    frame = frame.with_columns(_popularity_rank(events, frame, last))
     return frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID)
+
+
+def _last_clicks(clicks: pl.DataFrame, key: str, n: int) -> pl.DataFrame:
+    """(key, day, last_click, last_clicked_items) at the end of each click day: the last `n`
+    clicked items up to that day's last click, most recent first. Each click carries the `n`
+    items ending at it (shifted columns), so the work is clicks x n whatever a user's history."""
+    item = pl.col(C.ITEM_ID)
+    recent = (
+        pl.concat_list([item.shift(i).over(key) for i in range(n)]).list.drop_nulls()
+        if n > 0
+        else (pl.lit([], dtype=pl.List(pl.String)))
+    )
+    return (
+        clicks.with_columns(recent.alias("last_clicked_items"))
+        .group_by(key, "day", maintain_order=True)
+        .agg(pl.col(TS).last().alias("last_click"), pl.col("last_clicked_items").last())
+        .sort("day")
+    )
+
+
+def _category_shares(
+    clicks: pl.DataFrame, items: pl.DataFrame, frame: pl.DataFrame, key: str
+) -> pl.DataFrame:
+    """(key, day, click_categories_30d, click_category_shares_30d) for the snapshot days of
+    `frame`: each click day's category counts are spread over the 30 snapshot days that see it
+    and joined to the snapshots that exist, so the work is clicks x 30, not users x days."""
+    cat_daily = (
+        clicks.lazy()
+        .join(items.lazy().select(pl.col(C.ITEM_ID).cast(pl.String), C.CATEGORY), on=C.ITEM_ID, how="left")
+        .with_columns(pl.col(C.CATEGORY).fill_null("unknown"))
+        .group_by(key, pl.col("day").alias("click_day"), C.CATEGORY)
+        .agg(n=pl.len())
+        .with_columns(
+            pl.datetime_ranges("click_day", pl.col("click_day") + timedelta(days=29), "1d").alias("day")
+        )
+        .explode("day")
+        .with_columns(pl.col("day").cast(frame.schema["day"]))
+    )
+    return (
+        frame.lazy()
+        .select(key, "day")
+        .join(cat_daily, on=[key, "day"])
+        .group_by(key, "day", C.CATEGORY)
+        .agg(n=pl.col("n").sum())
+        .with_columns(share=pl.col("n") / pl.col("n").sum().over(key, "day"))
+        .sort(key, "day", "n", C.CATEGORY, descending=[False, False, True, False])
+        .group_by(key, "day", maintain_order=True)
+        .agg(click_categories_30d=pl.col(C.CATEGORY), click_category_shares_30d=pl.col("share"))
+        .collect()
+    )
 
 
 def user_behaviour(
@@ -207,7 +311,7 @@ def user_behaviour(
     params: BehaviourParams = BehaviourParams(),
     until: datetime | None = None,
 ) -> pl.DataFrame:
-    """Daily user snapshots: windowed clicks/CTR, 30-day category click shares, last clicks.
+    """User snapshots: windowed clicks/CTR, 30-day category click shares, last clicks.
 
     `items` (item_id, category) gives the categories; without it the shares are empty.
     """
@@ -221,30 +325,11 @@ def user_behaviour(
     clicks = (
         events.filter(pl.col(C.CLICKED) & (pl.col(TS) < last))
         .sort(key, TS, C.ITEM_ID)
-        .with_columns(
-            pl.col(TS).dt.truncate("1d").alias("day"), pl.int_range(pl.len()).over(key).alias("rank")
-        )
+        .with_columns(pl.col(TS).dt.truncate("1d").alias("day"))
     )
     # last N clicked items and the last click time as of the end of each click day, carried
     # forward to the following snapshots with an as-of join
-    n = params.last_clicked
-    per_user = clicks.group_by(key, maintain_order=True).agg(all_items=pl.col(C.ITEM_ID))
-    per_day = (
-        clicks.group_by(key, "day")
-        .agg(upto=pl.col("rank").max(), last_click=pl.col(TS).max())
-        .join(per_user, on=key)
-        .with_columns(
-            pl.col("all_items")
-            .list.slice(
-                pl.max_horizontal(pl.col("upto") - n + 1, pl.lit(0)),
-                pl.min_horizontal(pl.col("upto") + 1, pl.lit(n)),
-            )
-            .list.reverse()
-            .alias("last_clicked_items")
-        )
-        .select(key, "day", "last_click", "last_clicked_items")
-        .sort("day")
-    )
+    per_day = _last_clicks(clicks, key, params.last_clicked)
     frame = frame.sort("day").join_asof(
         per_day, on="day", by=key, strategy="backward", check_sortedness=False
     )
@@ -257,29 +342,7 @@ def user_behaviour(
 
     # category shares over the 30 days before each snapshot
     if items is not None and C.CATEGORY in items.columns and clicks.height:
-        cat_daily = (
-            clicks.join(items.select(pl.col(C.ITEM_ID).cast(pl.String), C.CATEGORY), on=C.ITEM_ID, how="left")
-            .with_columns(pl.col(C.CATEGORY).fill_null("unknown"))
-            .group_by(key, pl.col("day").alias("click_day"), C.CATEGORY)
-            .agg(n=pl.len())
-        )
-        shares = (
-            frame.lazy()
-            .select(key, "day")
-            .join(cat_daily.lazy(), on=key)
-            .filter(
-                (pl.col("click_day") <= pl.col("day"))
-                & (pl.col("click_day") > pl.col("day") - timedelta(days=30))
-            )
-            .group_by(key, "day", C.CATEGORY)
-            .agg(n=pl.col("n").sum())
-            .with_columns(share=pl.col("n") / pl.col("n").sum().over(key, "day"))
-            .sort(key, "day", "n", C.CATEGORY, descending=[False, False, True, False])
-            .group_by(key, "day", maintain_order=True)
-            .agg(click_categories_30d=pl.col(C.CATEGORY), click_category_shares_30d=pl.col("share"))
-            .collect()
-        )
-        frame = frame.join(shares, on=[key, "day"], how="left")
+        frame = frame.join(_category_shares(clicks, items, frame, key), on=[key, "day"], how="left")
     else:
         frame = frame.with_columns(
             pl.lit(None, dtype=pl.List(pl.String)).alias("click_categories_30d"),
