@@ -1,11 +1,14 @@
 """The HTTP API: `create_app(settings)` builds one FastAPI app; everything it holds lives in
 `app.state` (loaded in the lifespan), never in module globals.
 
-Request path of a recommendation: the user's features from the Feast online store → the
-recommender (user tower → ANN top-N, seen items filtered → in-process item features → LightGBM
-→ business filters) → optional exploration (propensities recorded) → response. The work per
-request is a few milliseconds of CPU under the GIL, so endpoints are `async def` and run it
-inline: a thread pool would add hand-offs, not parallelism (scale with workers instead).
+Request path of a recommendation: admission (`Guard`: past `serving.max_in_flight` requests held,
+503 + Retry-After) → the user's features from the Feast online store → the recommender with the
+request's `recsys.rules.Rules` (filters and unavailable items masked before the candidate search,
+then user tower → ANN top-N, seen items filtered → in-process item features → LightGBM →
+per-category caps and diversity, a reason per item) → optional exploration (propensities
+recorded) → response. Without models or features the answer is popularity within the same rules.
+The work per request is a few milliseconds of CPU under the GIL, so endpoints are `async def` and
+run it inline: a thread pool would add hand-offs, not parallelism (scale with workers instead).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Header, Path, Query, Request
@@ -31,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from recsys.data import columns as C
+from recsys.rules import RuleError, Rules
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 from serving import ui
@@ -41,9 +45,12 @@ from serving.schemas import (
     ID_MAX,
     ID_PATTERN,
     MAX_K,
+    AvailabilityChange,
+    AvailabilityChanged,
     Error,
     EventBatch,
     EventsAccepted,
+    RecommendationQuery,
     RecommendationRequest,
     Recommendations,
     RecommendedItem,
@@ -65,8 +72,9 @@ ItemId = Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN, description="
 K = Query(10, ge=1, le=MAX_K, description="number of items, 1..100")
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": Error, "description": "invalid input"},
-    503: {"model": Error, "description": "not ready"},
+    503: {"model": Error, "description": "not ready, or overloaded (with Retry-After)"},
 }
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Error}, 403: {"model": Error}}
 
 
 class StateHolder:
@@ -95,8 +103,16 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     metrics = Metrics()
     unavailable = _feature_store_errors()
 
+    # item_id -> available, as set by POST /v1/admin/availability; re-applied to every state this
+    # worker loads until it restarts (durable stock changes go through `recsys import items`)
+    availability: dict[str, bool] = {}
+
     def load(previous: ServingState | None) -> ServingState:
         state = loader(settings, previous=previous)
+        for flag in (False, True):
+            ids = [i for i, a in availability.items() if a is flag]
+            if ids:
+                state = state.with_availability(ids, flag)[0]
         if "torch" in sys.modules:  # one torch thread per process; scale by workers
             sys.modules["torch"].set_num_threads(1)
         gc.unfreeze()  # let a previous state's objects be collected once no request holds them
@@ -179,7 +195,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.add_middleware(Guard, metrics=metrics, max_body=cfg.max_body_bytes)
+    app.add_middleware(Guard, metrics=metrics, max_body=cfg.max_body_bytes, max_in_flight=cfg.max_in_flight)
     _install_error_handlers(app)
 
     # ---------------------------------------------------------------- the request path
@@ -195,7 +211,7 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         as_of = req.timestamp or datetime.now(UTC)
         if as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
-        exclude = set(req.exclude)
+        rules = rules_of(req)
         timings: dict[str, float] = {}
         degraded: str | None = None
         user_features: dict[str, Any] | None = None
@@ -220,17 +236,18 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         if degraded is None:
             pool = req.k if explore == "none" else min(max(3 * req.k, 20), 300)
             try:
-                ranked = state.rank(req.user_id, pool, user_features, exclude, req.category, as_of)
+                ranked = state.rank(req.user_id, pool, user_features, rules, as_of)
                 timings.update(ranked.timings)
             except Exception:  # one bad request must not take the endpoint down: degrade, loudly
                 log.exception("ranking failed for user %s; serving popularity", req.user_id)
                 degraded = "ranker_error"
         if ranked is None:
             t = time.perf_counter()
-            seen = exclude | set(state.catalogue.recent.get(req.user_id, ()) if state.catalogue else ())
-            items = state.catalogue.popular_for(req.k, seen, req.category) if state.catalogue else []
+            seen = set(state.catalogue.recent.get(req.user_id, ()) if state.catalogue else ())
+            items = state.catalogue.popular_for(req.k, seen, rules=rules) if state.catalogue else []
             ranked = Ranked(items, "popular", state.versions.get("ranker"),
-                            state.versions.get("retrieval"), {})
+                            state.versions.get("retrieval"), {}, reasons=dict.fromkeys(
+                                (i for i, _ in items), POPULAR_REASON))
             timings["popular"] = time.perf_counter() - t
             metrics.degraded.labels(degraded).inc()
             explore = "none"
@@ -251,7 +268,8 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
             out.append(RecommendedItem(
                 item_id=item_id, rank=rank, score=score, propensity=propensity,
                 title=info.title if info else None, category=info.category if info else None,
-                image_source=info.image_source if info else None))
+                image_source=info.image_source if info else None,
+                reason=ranked.reasons.get(item_id, POPULAR_REASON if ranked.fallback else None)))
         policy = "popular" if ranked.fallback else (
             f"{ranked.ranker_version or 'ranker'}+{ranked.retrieval_version or 'retrieval'}:{explore}")
         ms = {k: round(v * 1000, 3) for k, v in timings.items()}
@@ -267,16 +285,17 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     # ---------------------------------------------------------------- routes
     @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=ERRORS,
              tags=["recommendations"])
-    async def user_recommendations(user_id: str = UserId, k: int = K,
-                                   category: str | None = Query(None, min_length=1, max_length=ID_MAX)
-                                   ) -> Recommendations:
-        """Top-k items for a user (popularity within the filters for an unknown user)."""
-        return await recommend(RecommendationRequest(user_id=user_id, k=k, category=category))
+    async def user_recommendations(params: Annotated[RecommendationQuery, Query()],
+                                   user_id: str = UserId) -> Recommendations:
+        """Top-k items for a user within the shop's rules (popularity within them for an unknown
+        user); every item says why it is there (`reason`)."""
+        return await recommend(RecommendationRequest(user_id=user_id, **params.model_dump()))
 
     @app.post("/v1/recommendations", response_model=Recommendations, responses=ERRORS,
               tags=["recommendations"])
     async def post_recommendations(body: RecommendationRequest) -> Recommendations:
-        """Top-k items with exclusions, a category filter and a context time."""
+        """Top-k items within the shop's rules (filters, exclusions, per-category caps, diversity)
+        at a context time."""
         return await recommend(body)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, tags=["items"])
@@ -293,8 +312,10 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         if found is None:
             raise fail(503, f"no item vector for '{item_id}': run `recsys backfill` first")
         metrics.child(metrics.stage, "similar").observe(time.perf_counter() - t)
+        reason = f"similar to {cat.items[item_id].title or item_id}"
         items = [RecommendedItem(item_id=i, rank=r, score=s, propensity=1.0, title=cat.items[i].title,
-                                 category=cat.items[i].category, image_source=cat.items[i].image_source)
+                                 category=cat.items[i].category, image_source=cat.items[i].image_source,
+                                 reason=reason)
                  for r, (i, s) in enumerate(found, start=1)]
         return SimilarItems(item_id=item_id, items=items, retrieval_version=state.versions.get("retrieval"))
 
@@ -326,19 +347,46 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
         metrics.events_duplicates.inc(receipt.duplicates)
         return EventsAccepted(accepted=receipt.accepted, duplicates=receipt.duplicates)
 
-    @app.post("/v1/admin/reload", tags=["admin"], responses={401: {"model": Error}, 403: {"model": Error}})
-    async def admin_reload(x_api_key: str | None = Header(None)) -> dict[str, Any]:
-        """Reload models by alias; in-flight requests finish on the old ones. Needs X-API-Key."""
+    def require_admin(x_api_key: str | None) -> None:
         if not cfg.api_key:
             raise fail(403, "admin is disabled: set serving.api_key (RECSYS_SERVING__API_KEY)")
         if not x_api_key:
             raise HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "ApiKey"})
         if not secrets.compare_digest(x_api_key.encode(), cfg.api_key.encode()):
             raise fail(403, "wrong API key")
+
+    @app.post("/v1/admin/reload", tags=["admin"], responses=ADMIN_ERRORS)
+    async def admin_reload(x_api_key: str | None = Header(None)) -> dict[str, Any]:
+        """Reload models by alias; in-flight requests finish on the old ones. Needs X-API-Key."""
+        require_admin(x_api_key)
         swapped, new = await reload()
         if not swapped:
             raise fail(503, "reload failed, kept the previous models: " + "; ".join(new.problems))
         return {"swapped": True, "versions": new.versions, "ready": new.ready, "problems": list(new.problems)}
+
+    @app.post("/v1/admin/availability", tags=["admin"], response_model=AvailabilityChanged,
+              responses={**ADMIN_ERRORS, 422: {"model": Error}, 503: {"model": Error}})
+    async def admin_availability(body: AvailabilityChange,
+                                 x_api_key: str | None = Header(None)) -> AvailabilityChanged:
+        """Mark items in or out of stock at once: an unavailable item is never recommended. Needs
+        X-API-Key. Applies to the worker that answers, and to every model it reloads, until it
+        restarts; the items table's `available` column (`recsys import items`) is the durable record."""
+        require_admin(x_api_key)
+        holder: StateHolder = app.state.holder
+        async with holder.lock:  # not between a reload's read of the tables and its swap
+            state: ServingState = holder.current
+            if state.catalogue is None and state.recommender is None:
+                raise fail(503, "not ready: " + "; ".join(state.public_problems(str(ws.root))))
+            new, changed, unknown = state.with_availability(body.item_ids, body.available)
+            for item_id in body.item_ids:
+                if item_id not in unknown:
+                    availability[item_id] = body.available
+            holder.current = new
+        matched = len(set(body.item_ids)) - len(set(unknown))
+        metrics.availability_changes.inc(changed)
+        log.info("availability: %d of %d items set %s (%d changed, %d unknown)", matched, len(body.item_ids),
+                 "available" if body.available else "unavailable", changed, len(unknown))
+        return AvailabilityChanged(matched=matched, changed=changed, unknown=unknown[:20])
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
@@ -387,6 +435,22 @@ def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
     return app
 
 
+POPULAR_REASON = "popular now"
+
+
+def rules_of(req: RecommendationRequest) -> Rules:
+    """The request's rules; `category` and `categories` together allow what both allow."""
+    categories = frozenset(req.categories) if req.categories else None
+    if req.category is not None:
+        categories = frozenset({req.category}) if categories is None else categories & {req.category}
+    try:
+        return Rules(categories=categories, exclude_categories=frozenset(req.exclude_categories),
+                     min_price=req.min_price, max_price=req.max_price, exclude=frozenset(req.exclude),
+                     max_per_category=req.max_per_category, diversity=req.diversity)
+    except RuleError as exc:  # the schema checks the same bounds; kept for rules it does not know
+        raise RequestValidationError([{"loc": ("query",), "msg": str(exc), "type": "value_error"}]) from exc
+
+
 # -------------------------------------------------------------------- errors as JSON
 def _install_error_handlers(app: FastAPI) -> None:
     names = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -415,13 +479,32 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal", "message": message}, status_code=500)
 
 
-class Guard:
-    """ASGI middleware: caps request bodies (413) and counts requests and latency per route."""
+def sheddable(path: str) -> bool:
+    """The routes that do model work (recommendations, similar items, the user page); health,
+    metrics, events and admin are never shed."""
+    return (path == "/v1/recommendations" or path.startswith(("/v1/items/", "/ui/users/"))
+            or (path.startswith("/v1/users/") and path.endswith("/recommendations")))
 
-    def __init__(self, app: Any, metrics: Metrics, max_body: int):
+
+class Guard:
+    """ASGI middleware: caps request bodies (413), sheds load (503) and counts requests and
+    latency per route.
+
+    Load shedding: the request path runs inline on the event loop, so requests do not wait
+    inside the app but in the loop's queue of started tasks. A request on a `sheddable` route
+    counts itself in, then yields once, so every request that has arrived meanwhile has counted
+    itself in too before any model work runs; one that finds `max_in_flight` already held is
+    answered 503 with `Retry-After` at once (no body read, no model work). The wait of a
+    request that is served is thereby bounded by about `max_in_flight` requests' work. A
+    request counts from its headers on: a client that stalls its upload holds its slot until
+    it finishes, so put a proxy that buffers bodies (as nginx does by default) in front."""
+
+    def __init__(self, app: Any, metrics: Metrics, max_body: int, max_in_flight: int = 0):
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -435,7 +518,16 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        counted = self.max_in_flight > 0 and sheddable(scope["path"])
+        if counted:
+            if self.in_flight >= self.max_in_flight:
+                await self._shed(scope, send_status, start)
+                return
+            self.in_flight += 1
+            self.metrics.in_flight.set(self.in_flight)
         try:
+            if counted:
+                await asyncio.sleep(0)  # let the requests that arrived meanwhile count themselves in
             length = dict(scope.get("headers") or ()).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 await self._too_large(send_status)
@@ -448,11 +540,24 @@ class Guard:
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_status)
         finally:
+            if counted:
+                self.in_flight -= 1
+                self.metrics.in_flight.set(self.in_flight)
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             m = self.metrics
             m.child(m.requests, label, scope["method"], str(status["code"])).inc()
             m.child(m.latency, label).observe(time.perf_counter() - start)
+
+    async def _shed(self, scope: dict, send: Callable, start: float) -> None:
+        m = self.metrics
+        m.shed.inc()
+        message = f"this worker holds {self.max_in_flight} requests (serving.max_in_flight); retry shortly"
+        response = JSONResponse({"error": "overloaded", "message": message}, status_code=503,
+                                headers={"Retry-After": "1"})
+        await response({"type": "http"}, _replay(b"", None), send)
+        m.child(m.requests, "shed", scope["method"], "503").inc()
+        m.child(m.latency, "shed").observe(time.perf_counter() - start)
 
     async def _read_body(self, receive: Callable) -> tuple[bytes, bool]:
         chunks, size = [], 0

@@ -36,6 +36,12 @@ class Metrics:
                                          "Events dropped: their (request_id, position) was recorded before",
                                          registry=r)
         self.events_queued = Gauge("recsys_events_queued", "Events waiting to be written", registry=r)
+        self.shed = Counter("recsys_requests_shed", "Requests refused with 503 because this worker already "
+                            "held serving.max_in_flight", registry=r)
+        self.in_flight = Gauge("recsys_requests_in_flight", "Recommendation requests this worker holds now",
+                               registry=r)
+        self.availability_changes = Counter(
+            "recsys_availability_changes", "Items flipped in or out of stock by the admin API", registry=r)
 
         self._children: dict[tuple, Any] = {}
 

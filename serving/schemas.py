@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
 ID_MAX = 64
 MAX_K = 100
 MAX_EXCLUDE = 500
+MAX_CATEGORIES = 100
 MAX_EVENTS = 1000
 EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(days=1)
@@ -23,12 +24,60 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RecommendationRequest(Strict):
+Category = Annotated[str, Field(min_length=1, max_length=ID_MAX)]
+
+
+def _comma_list(value: object) -> object:
+    """"a,b" and ["a,b", "c"] (repeated query parameters) -> ["a", "b", "c"]; blanks dropped."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        return [p.strip() for v in value for p in (v.split(",") if isinstance(v, str) else [v])
+                if not isinstance(p, str) or p.strip()]
+    return value
+
+
+class RuleParams(BaseModel):
+    """The shop's request-time rules (`recsys.rules.Rules`); lists are JSON arrays or comma lists.
+    They apply before the cut to k: k items come back whenever k eligible items exist."""
+
+    categories: list[Category] = Field(default_factory=list, max_length=MAX_CATEGORIES,
+                                       description="only these categories (comma list; empty: any)")
+    exclude_categories: list[Category] = Field(default_factory=list, max_length=MAX_CATEGORIES,
+                                               description="never these categories (comma list)")
+    min_price: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                    description="lowest price (items without a price are left out)")
+    max_price: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                    description="highest price (items without a price are left out)")
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
+                              description="item ids never to return, e.g. already in the basket (comma list)")
+    max_per_category: int | None = Field(None, ge=1, le=MAX_K, description="at most this many per category")
+    diversity: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
+                             description="0 (ranker's order) .. 1 (most diverse): MMR over item vectors")
+
+    @field_validator("categories", "exclude_categories", "exclude", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @model_validator(mode="after")
+    def _price_range(self) -> RuleParams:
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(f"min_price {self.min_price} is above max_price {self.max_price}")
+        return self
+
+
+class RecommendationQuery(RuleParams):
+    """Query parameters of GET /v1/users/{id}/recommendations (unknown parameters are ignored)."""
+
+    k: int = Field(10, ge=1, le=MAX_K, description="number of items, 1..100")
+    category: Category | None = Field(None, description="only this category (with `categories`: both)")
+
+
+class RecommendationRequest(RuleParams, Strict):
     user_id: Id
     k: int = Field(10, ge=1, le=MAX_K)
-    exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
-                              description="item ids never to return (e.g. already in the basket)")
-    category: str | None = Field(None, min_length=1, max_length=ID_MAX, description="only this category")
+    category: Category | None = Field(None, description="only this category (with `categories`: both)")
     timestamp: datetime | None = Field(None, description="context time (default: now, UTC)")
 
 
@@ -40,6 +89,7 @@ class RecommendedItem(BaseModel):
     title: str | None = None
     category: str | None = None
     image_source: str | None = None
+    reason: str | None = Field(None, description="why it is here, in a few words")
 
 
 class Recommendations(BaseModel):
@@ -95,6 +145,17 @@ class EventsAccepted(BaseModel):
     accepted: int = Field(description="events recorded (on disk before this answer)")
     duplicates: int = Field(0, description="events dropped: their (request_id, position) was recorded "
                             "before; omitted when 0")
+
+
+class AvailabilityChange(Strict):
+    item_ids: list[Id] = Field(min_length=1, max_length=10_000)
+    available: bool
+
+
+class AvailabilityChanged(BaseModel):
+    matched: int = Field(description="item ids found in the catalogue")
+    changed: int = Field(description="items whose availability this call flipped")
+    unknown: list[str] = Field(description="item ids not in the catalogue (at most 20 shown)")
 
 
 class Error(BaseModel):

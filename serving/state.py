@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.data.tables import load_table
+from recsys.rules import Rules
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,25 @@ class ItemInfo:
     category: str | None
     image_uri: str | None
     image_source: str | None
+    price: float | None = None
+    available: bool = True  # in stock; an unavailable item is never recommended
+
+    def allowed_by(self, rules: Rules) -> bool:
+        """Whether the rules' filters let this item through (`recsys.rules.Rules.mask`, per item)."""
+        if not self.available:
+            return False
+        if rules.categories is not None and self.category not in rules.categories:
+            return False
+        if self.category in rules.exclude_categories:
+            return False
+        if rules.min_price is not None or rules.max_price is not None:
+            if self.price is None or self.price != self.price:  # no price: outside every bound
+                return False
+            if rules.min_price is not None and self.price < rules.min_price:
+                return False
+            if rules.max_price is not None and self.price > rules.max_price:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -52,18 +72,38 @@ class Catalogue:
     vector_source: str | None = None
     image_roots: tuple[Path, ...] = ()  # resolved folders images may come from; first: the workspace
 
-    def popular_for(self, k: int, exclude: set[str], category: str | None) -> list[tuple[str, float]]:
-        """Top-k by clicks, within the filters: the cold-start and degraded answer."""
+    def popular_for(self, k: int, exclude: set[str], category: str | None = None,
+                    rules: Rules | None = None) -> list[tuple[str, float]]:
+        """Top-k available items by clicks within the filters and per-category caps of `rules`:
+        the cold-start and degraded answer (no diversity: popularity has no item vectors to spread)."""
+        rules = rules or Rules()
+        if category is not None:
+            rules = replace(rules, categories=frozenset({category}))
+        exclude = exclude | rules.exclude
+        cap = rules.max_per_category
+        per_category: dict[str | None, int] = {}
         out: list[tuple[str, float]] = []
         for item_id in self.popular:
-            if item_id in exclude:
+            info = self.items[item_id]
+            if item_id in exclude or not info.allowed_by(rules):
                 continue
-            if category is not None and self.items[item_id].category != category:
-                continue
+            if cap is not None:
+                if per_category.get(info.category, 0) >= cap:
+                    continue
+                per_category[info.category] = per_category.get(info.category, 0) + 1
             out.append((item_id, float(self.clicks.get(item_id, 0))))
             if len(out) == k:
                 break
         return out
+
+    def with_availability(self, item_ids: Sequence[str], available: bool) -> tuple[Catalogue, int, list[str]]:
+        """A copy with `item_ids` marked in or out of stock -> (catalogue, how many changed, unknown ids)."""
+        changed = {i: replace(self.items[i], available=available) for i in dict.fromkeys(item_ids)
+                   if i in self.items and self.items[i].available != available}
+        unknown = [i for i in item_ids if i not in self.items]
+        if not changed:
+            return self, 0, unknown
+        return replace(self, items={**self.items, **changed}), len(changed), unknown
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """Nearest items by cosine of their vectors; None when the item has no vector."""
@@ -124,7 +164,9 @@ def load_catalogue(
     items = {
         r[C.ITEM_ID]: ItemInfo(r[C.ITEM_ID], r.get(C.TITLE), r.get(C.CATEGORY),
                                r.get(C.IMAGE_URI) if C.IMAGE_URI in cols else None,
-                               r.get(C.IMAGE_SOURCE) if C.IMAGE_SOURCE in cols else None)
+                               r.get(C.IMAGE_SOURCE) if C.IMAGE_SOURCE in cols else None,
+                               price=r.get(C.PRICE) if C.PRICE in cols else None,
+                               available=r.get(C.AVAILABLE) is not False)  # missing or null: in stock
         for r in items_df.iter_rows(named=True)
     }
     clicks: dict[str, int] = {}
@@ -193,6 +235,7 @@ class Ranked:
     retrieval_version: str | None
     timings: dict[str, float]  # stage -> seconds
     fallback_reason: str | None = None  # why, as the recommender said it (e.g. unknown user)
+    reasons: dict[str, str] = field(default_factory=dict)  # item_id -> why it is recommended
 
 
 @dataclass(frozen=True)
@@ -214,12 +257,25 @@ class ServingState:
         unauthenticated caller may read; the full text is in the server log."""
         return tuple(public_reason(p, *hide) for p in self.problems)
 
-    def rank(self, user_id: str, k: int, user_features: dict[str, Any] | None, exclude: set[str],
-             category: str | None, as_of: datetime) -> Ranked:
-        """Ask the recommender for k ranked items."""
-        result = self.recommender.recommend(user_id, k, user_features=user_features, exclude=exclude,
-                                            category=category, as_of=as_of)
+    def rank(self, user_id: str, k: int, user_features: dict[str, Any] | None, rules: Rules,
+             as_of: datetime) -> Ranked:
+        """Ask the recommender for k ranked items within the shop's rules."""
+        result = self.recommender.recommend(user_id, k, user_features=user_features,
+                                            exclude=set(rules.exclude), category=None, as_of=as_of,
+                                            rules=rules)
         return _normalise(result, self.versions)
+
+    def with_availability(self, item_ids: Sequence[str],
+                          available: bool) -> tuple[ServingState, int, list[str]]:
+        """Mark items in or out of stock in the recommender (in place: `Recommender.set_available`
+        swaps its item table atomically) and in a new catalogue -> (state, how many changed, unknown
+        ids). The caller swaps the returned state in."""
+        if self.recommender is not None and hasattr(self.recommender, "set_available"):
+            self.recommender.set_available(list(item_ids), available)
+        if self.catalogue is None:
+            return self, 0, []
+        catalogue, changed, unknown = self.catalogue.with_availability(item_ids, available)
+        return replace(self, catalogue=catalogue), changed, unknown
 
 
 def _get(obj: Any, *names: str, default: Any = None) -> Any:
@@ -242,6 +298,7 @@ def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
     timings = dict(_get(result, "timings", "stage_seconds", default={}) or {})
     model_versions = _get(result, "versions", "model_versions", default={}) or {}
     reason = _get(result, "fallback", default=None)
+    why = _get(result, "reasons", default=None) or ()
     return Ranked(
         items=items,
         fallback="popular" if reason else None,  # the recommender's answer for users it cannot rank
@@ -251,6 +308,7 @@ def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
         retrieval_version=_get(result, "retrieval_version", default=None) or model_versions.get("retrieval")
         or versions.get("retrieval"),
         timings={k: float(v) for k, v in timings.items()},
+        reasons={item_id: str(w) for (item_id, _), w in zip(items, why, strict=False) if w},
     )
 
 

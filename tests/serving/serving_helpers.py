@@ -18,6 +18,7 @@ from recsys.config import Settings, load_settings
 from recsys.data import columns as C
 from recsys.data.contracts import validate_impressions, validate_items
 from recsys.data.tables import save_table
+from recsys.rules import Rules
 from recsys.workspace import Workspace
 from serving.state import ServingState, load_catalogue
 
@@ -75,15 +76,18 @@ class VectorRecommender:
         self.versions = {"ranker": f"ranker/v{version}", "retrieval": f"retrieval/v{version}"}
 
     def recommend(self, user_id: str, k: int, user_features: dict | None, exclude: set[str],
-                  category: str | None, as_of: datetime) -> dict[str, Any]:
+                  category: str | None, as_of: datetime, rules: Rules | None = None) -> dict[str, Any]:
         if user_id == "explode":
             raise RuntimeError("a bug in the ranker")
         cat = self.catalogue
+        rules = rules or Rules()
+        exclude = set(exclude) | rules.exclude
         clicked = (user_features or {}).get("last_clicked") or []
         rows = [cat.vector_row[i] for i in clicked if i in cat.vector_row]
         if not rows:
-            items = cat.popular_for(k, exclude, category)
-            return {"items": items, "fallback": "popular", "timings": {"popular": 0.0}}
+            items = cat.popular_for(k, exclude, category, rules)
+            return {"items": items, "fallback": "popular", "timings": {"popular": 0.0},
+                    "reasons": ["popular now"] * len(items)}
         t = time.perf_counter()
         scores = cat.vectors @ cat.vectors[rows].mean(axis=0)
         order = np.argsort(-scores)
@@ -94,10 +98,13 @@ class VectorRecommender:
                 continue
             if category is not None and cat.items[item_id].category != category:
                 continue
+            if not cat.items[item_id].allowed_by(rules):
+                continue
             items.append((item_id, float(scores[n])))
             if len(items) == k:
                 break
-        return {"items": items, "fallback": None, "timings": {"rank": time.perf_counter() - t}}
+        return {"items": items, "fallback": None, "timings": {"rank": time.perf_counter() - t},
+                "reasons": [f"because you clicked {cat.items[clicked[0]].title}"] * len(items)}
 
 
 class RecentClickFeatures:
