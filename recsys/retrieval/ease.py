@@ -70,10 +70,12 @@ def _weights_from_regularised_gram(g: np.ndarray) -> np.ndarray:
     p, info = lapack.spotri(c, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"inverse of XᵀX + λI failed (info {info})")
-    p = np.triu(p) + np.triu(p, 1).T  # potri fills the upper triangle only
-    b = p / (-np.diag(p))[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return np.ascontiguousarray(b, dtype=np.float32)
+    diag = np.diag(p).copy()
+    p += p.T  # potri fills the upper triangle; the lower one is zero (clean=True)
+    p[np.diag_indices_from(p)] = diag
+    p /= -diag[None, :]  # in place: B_ij = -P_ij / P_jj
+    p[np.diag_indices_from(p)] = 0.0
+    return np.ascontiguousarray(p, dtype=np.float32)
 
 
 @dataclass
