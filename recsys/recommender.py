@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.ranking.candidates import EaseSource, merge_candidates, top_rows
 from recsys.ranking.dataset import CandidateSource
@@ -141,7 +142,7 @@ class Recommender:
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
-    def load(cls, settings: Any, ranker_uri: str | None = None, retrieval_uri: str | None = None,
+    def load(cls, settings: Settings, ranker_uri: str | None = None, retrieval_uri: str | None = None,
              item_features: pl.DataFrame | None = None, as_of: datetime | None = None) -> Recommender:
         """Load the ranker (default `models:/ranker@<ranker.model_alias>`), the two-tower it was
         trained with (or `retrieval_uri`), and the item arrays from the workspace.

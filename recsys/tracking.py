@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys.config import MASK, is_secret
+from recsys.config import MASK, Settings, is_secret
 from recsys.io import file_sha256, write_json
 from recsys.workspace import Workspace
 
@@ -27,17 +27,17 @@ log = logging.getLogger(__name__)
 ALIASES = ("champion", "challenger")
 
 
-def tracking_uri(settings: Any) -> str:
+def tracking_uri(settings: Settings) -> str:
     ws = Workspace.at(settings.home)
     return settings.tracking.tracking_uri or f"sqlite:///{ws.mlflow_dir / 'mlflow.db'}"
 
 
-def artifact_root(settings: Any) -> str:
+def artifact_root(settings: Settings) -> str:
     ws = Workspace.at(settings.home)
     return settings.tracking.artifact_root or (ws.mlflow_dir / "artifacts").as_uri()
 
 
-def setup_tracking(settings: Any) -> str:
+def setup_tracking(settings: Settings) -> str:
     """Point MLflow at the workspace's store; returns the tracking URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
@@ -48,7 +48,7 @@ def setup_tracking(settings: Any) -> str:
     return uri
 
 
-def _experiment_id(settings: Any, pipeline: str) -> str:
+def _experiment_id(settings: Settings, pipeline: str) -> str:
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -65,7 +65,7 @@ def _experiment_id(settings: Any, pipeline: str) -> str:
 
 
 @contextlib.contextmanager
-def start_run(settings: Any, pipeline: str, run_name: str | None = None) -> Iterator[Any]:
+def start_run(settings: Settings, pipeline: str, run_name: str | None = None) -> Iterator[Any]:
     """Start an MLflow run in experiment `recsys/<pipeline>`; yields the active run."""
     setup_tracking(settings)
     import mlflow
@@ -115,7 +115,7 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics(clean, step=step)
 
 
-def load_lineage(settings: Any, run_id: str) -> dict[str, Any]:
+def load_lineage(settings: Settings, run_id: str) -> dict[str, Any]:
     """The `lineage.json` a run recorded (tables, feature views, extra)."""
     setup_tracking(settings)
     import mlflow
@@ -181,7 +181,7 @@ class ModelRef:
 
 
 def log_and_register(
-    settings: Any, model_dir: str | Path, name: str, meta: Mapping[str, Any], alias: str | None = None
+    settings: Settings, model_dir: str | Path, name: str, meta: Mapping[str, Any], alias: str | None = None
 ) -> ModelRef:
     """Log a model folder as artifacts of the active run and register it as a new version.
 
@@ -206,7 +206,7 @@ def log_and_register(
     return ModelRef(name, str(mv.version), run.info.run_id, source, (alias,) if alias else ())
 
 
-def resolve(settings: Any, uri: str) -> ModelRef:
+def resolve(settings: Settings, uri: str) -> ModelRef:
     """Resolve `models:/name@alias`, `models:/name/version`, or `name@alias`."""
     setup_tracking(settings)
     from mlflow import MlflowClient
@@ -229,7 +229,7 @@ def resolve(settings: Any, uri: str) -> ModelRef:
     return ModelRef(name, str(mv.version), mv.run_id, mv.source, tuple(mv.aliases or ()))
 
 
-def download_model(settings: Any, uri: str) -> tuple[Path, ModelRef]:
+def download_model(settings: Settings, uri: str) -> tuple[Path, ModelRef]:
     """Fetch a registered model folder to the workspace cache; returns (folder, ref)."""
     import mlflow
 
@@ -252,14 +252,14 @@ def download_model(settings: Any, uri: str) -> tuple[Path, ModelRef]:
     return dest, ref
 
 
-def set_alias(settings: Any, name: str, alias: str, version: str | int) -> None:
+def set_alias(settings: Settings, name: str, alias: str, version: str | int) -> None:
     setup_tracking(settings)
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
-def list_models(settings: Any) -> list[dict[str, Any]]:
+def list_models(settings: Settings) -> list[dict[str, Any]]:
     """Every registered model version with its aliases and run (for `recsys models list`)."""
     setup_tracking(settings)
     from mlflow import MlflowClient

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.tables import load_table, save_table
 from recsys.embeddings.encoder import ClipEncoder, fuse, load_trained_encoder
@@ -198,7 +199,7 @@ def _embed_rows(encoder: ClipEncoder, pixels: Any, ok: np.ndarray, outcomes: lis
     }, schema=SCHEMA)
 
 
-def backfill(settings: Any, ws: Workspace, shard: tuple[int, int] | None = None, force: bool = False,
+def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = None, force: bool = False,
              push_to_feast: bool = True, encoder: ClipEncoder | None = None,
              on_shard: Callable[[Path], None] | None = None) -> BackfillResult:
     """Embed new or changed items into `item_embeddings` (see the module docstring).
@@ -338,7 +339,7 @@ def backfill(settings: Any, ws: Workspace, shard: tuple[int, int] | None = None,
     return result
 
 
-def _publish(settings: Any, ws: Workspace) -> None:
+def _publish(settings: Settings, ws: Workspace) -> None:
     try:
         from features.jobs import publish_item_content
     except ImportError as exc:

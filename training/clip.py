@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.splits import hashed_fraction
 from recsys.data.tables import load_table
@@ -92,7 +93,7 @@ def retrieval_metrics(image_feats: np.ndarray, text_feats: np.ndarray) -> dict[s
     return out | {f"chance_r{k}": min(k / n, 1.0) for k in KS}
 
 
-def _load_pairs(settings: Any, ws: Workspace, preprocess: Any) -> tuple[list[str], Any, list[str], dict]:
+def _load_pairs(settings: Settings, ws: Workspace, preprocess: Any) -> tuple[list[str], Any, list[str], dict]:
     """Decode every original image once (bad files are skipped, counted by reason)."""
     import torch
 
@@ -174,7 +175,7 @@ def _selection_score(metrics: dict[str, float]) -> float:
     return (metrics["i2t_r5"] + metrics["t2i_r5"]) / 2
 
 
-def finetune_clip(settings: Any, ws: Workspace) -> FinetuneResult:
+def finetune_clip(settings: Settings, ws: Workspace) -> FinetuneResult:
     """Train (or fine-tune) CLIP on the catalogue, log Recall@k per epoch, register `clip@champion`."""
     configure_threads(settings.threads)
     import mlflow

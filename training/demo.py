@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsys.config import Settings
 from recsys.io import write_json
 from recsys.workspace import Workspace
 
@@ -37,7 +38,7 @@ class StageReport:
     skipped: bool
 
 
-def _fingerprint(settings: Any, stage: Stage, upstream: str, source: str) -> str:
+def _fingerprint(settings: Settings, stage: Stage, upstream: str, source: str) -> str:
     dump = settings.model_dump(mode="json")
     payload = {
         "stage": stage.name,
@@ -49,7 +50,7 @@ def _fingerprint(settings: Any, stage: Stage, upstream: str, source: str) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _registered(settings: Any, name: str) -> Callable[[], bool]:
+def _registered(settings: Settings, name: str) -> Callable[[], bool]:
     def check() -> bool:
         from recsys import tracking
 
@@ -68,7 +69,8 @@ def _summary(result: Any) -> str:
     return result.summary() if hasattr(result, "summary") else str(result)
 
 
-def demo_stages(settings: Any, ws: Workspace, data: str = "world", path: Path | None = None) -> list[Stage]:
+def demo_stages(settings: Settings, ws: Workspace, data: str = "world",
+                path: Path | None = None) -> list[Stage]:
     """The pipeline of the README, as stages (imports are lazy: each stage pays for its own)."""
 
     def load_data() -> Any:
@@ -135,7 +137,7 @@ def demo_stages(settings: Any, ws: Workspace, data: str = "world", path: Path | 
 
 
 def run_demo(
-    settings: Any,
+    settings: Settings,
     data: str = "world",
     path: Path | None = None,
     on_stage: Callable[[StageReport], None] | None = None,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.splits import before_holdout
 from recsys.evaluation import ab
@@ -134,7 +135,7 @@ def _embeddings(ws: Workspace, vocab: np.ndarray) -> tuple[np.ndarray | None, np
 _MODEL_URI = re.compile(r"^models:/[^/@]+(@[\w-]+|/\d+)$")
 
 
-def resolve_policy(settings: Any, spec: str, history: pl.DataFrame) -> tuple[Policy, str]:
+def resolve_policy(settings: Settings, spec: str, history: pl.DataFrame) -> tuple[Policy, str]:
     """(policy, label) for `popular`, `popular:7d` or a model URI (`models:/ranker@champion`, `.../3`)."""
     if spec == "popular":
         return PopularPolicy(history), "popular"
@@ -260,7 +261,7 @@ def _segments(
     return segs
 
 
-def trained_window(settings: Any, specs: tuple[str, ...]) -> float:
+def trained_window(settings: Settings, specs: tuple[str, ...]) -> float:
     """The A/B window (days) that the registered rankers among `specs` were trained without
     (`holdout_days` in their meta); a clear error when none was, since every day of the log was
     then training data and no held-out window exists."""
@@ -279,7 +280,7 @@ def trained_window(settings: Any, specs: tuple[str, ...]) -> float:
 
 
 def evaluate_ab(
-    settings: Any, control: str, treatment: str, logs: str | Path | None = None, track: bool = True
+    settings: Settings, control: str, treatment: str, logs: str | Path | None = None, track: bool = True
 ) -> ABRun:
     """Run the whole offline A/B comparison; writes the report and (optionally) an MLflow run."""
     cfg = settings.evaluation

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from recsys import tracking
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError
 from recsys.data.splits import before_holdout, candidate_split, is_click_only, split_protocol
@@ -100,7 +101,7 @@ def load_items(ws: Workspace, categories: tuple[str, ...] | None = None) -> tupl
     return ItemTable.build(items, emb, categories), items
 
 
-def load_retrieval(settings: Any, items: ItemTable, uri: str = "models:/retrieval@champion"
+def load_retrieval(settings: Settings, items: ItemTable, uri: str = "models:/retrieval@champion"
                    ) -> CandidateSource | None:
     """The registered two-tower as a candidate source, or None (with a warning) if there is none;
     `uri="none"` trains without one on purpose."""
@@ -115,7 +116,8 @@ def load_retrieval(settings: Any, items: ItemTable, uri: str = "models:/retrieva
         return None
 
 
-def _feast_rows(settings: Any, view: str, rows: pl.DataFrame) -> tuple[pl.DataFrame | None, dict[str, Any]]:
+def _feast_rows(settings: Settings, view: str,
+                rows: pl.DataFrame) -> tuple[pl.DataFrame | None, dict[str, Any]]:
     """Point-in-time rows of one behaviour view for unique (entity, feature_timestamp) pairs."""
     ws = Workspace.at(settings.home)
     src = ws.feature_sources_dir / f"{view}.parquet"
@@ -137,13 +139,14 @@ def _feast_rows(settings: Any, view: str, rows: pl.DataFrame) -> tuple[pl.DataFr
     return df.rename({C.EVENT_TIMESTAMP: FEATURE_TS}), {"source": str(src), "rows": df.height}
 
 
-def user_behaviour_rows(settings: Any, log_df: pl.DataFrame) -> tuple[pl.DataFrame | None, dict[str, Any]]:
+def user_behaviour_rows(settings: Settings,
+                        log_df: pl.DataFrame) -> tuple[pl.DataFrame | None, dict[str, Any]]:
     """User behaviour as of each (user, day) of the log (query groups are cut at midnight)."""
     keys = log_df.select(C.USER_ID, pl.col(C.EVENT_TIMESTAMP).dt.truncate("1d").alias(FEATURE_TS)).unique()
     return _feast_rows(settings, USER_VIEW, keys)
 
 
-def item_behaviour_rows(settings: Any, cands: Candidates) -> tuple[pl.DataFrame | None, dict[str, Any]]:
+def item_behaviour_rows(settings: Settings, cands: Candidates) -> tuple[pl.DataFrame | None, dict[str, Any]]:
     """Item behaviour as of each candidate's query day."""
     q = cands.queries.select("q", FEATURE_TS)
     keys = cands.rows.select("q", C.ITEM_ID).join(q, on="q").select(C.ITEM_ID, FEATURE_TS).unique()
@@ -186,7 +189,7 @@ def _importance_plot(names: list[str], gain: np.ndarray) -> Any:
     return fig
 
 
-def _champion_ndcg(settings: Any, items: ItemTable, cands: Candidates, valid: np.ndarray,
+def _champion_ndcg(settings: Settings, items: ItemTable, cands: Candidates, valid: np.ndarray,
                    user_f: pl.DataFrame | None, item_f: pl.DataFrame | None
                    ) -> tuple[float | None, str | None]:
     """The current champion's NDCG@10 on this run's validation groups (None when there is none)."""
@@ -207,7 +210,7 @@ def _champion_ndcg(settings: Any, items: ItemTable, cands: Candidates, valid: np
     return ndcg_at(champ.predict(vs.x), vs.y, vs.group), ref.tag
 
 
-def _frames_for(settings: Any) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+def _frames_for(settings: Settings) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     ws = Workspace.at(settings.home)
     emb = load_table(ws, "item_embeddings") if ws.table("item_embeddings").exists() else None
     return load_table(ws, "items"), emb
@@ -224,7 +227,7 @@ def _prefetch_imports() -> None:
         import mlflow  # noqa: F401
 
 
-def load_ease(settings: Any, items: ItemTable) -> EaseSource | None:
+def load_ease(settings: Settings, items: ItemTable) -> EaseSource | None:
     """The champion EASE (its λ, and the version serving will use), or None with a warning."""
     try:
         return load_ease_source(settings, "models:/ease@champion", items)
@@ -233,7 +236,7 @@ def load_ease(settings: Any, items: ItemTable) -> EaseSource | None:
         return None
 
 
-def stacked_training_set(settings: Any, log_df: pl.DataFrame, items: ItemTable,
+def stacked_training_set(settings: Settings, log_df: pl.DataFrame, items: ItemTable,
                          source: CandidateSource | None, ease: EaseSource) -> Candidates:
     """Candidates by stacking (`recsys.ranking.stacking`) on the split the candidate models were
     trained on: EASE refit with the champion's λ on that split's train part."""
@@ -249,7 +252,7 @@ def stacked_training_set(settings: Any, log_df: pl.DataFrame, items: ItemTable,
                               n_ease=settings.retrieval.ease_candidates)
 
 
-def ease_split(settings: Any, log_df: pl.DataFrame, items: ItemTable,
+def ease_split(settings: Settings, log_df: pl.DataFrame, items: ItemTable,
                ease: EaseSource) -> tuple[pl.DataFrame, pl.DataFrame, EaseSource]:
     """(label log, earlier log, EASE fit on the earlier clicks) of a log of impressions: the cut is
     the candidate models' temporal split (`candidate_split`), so the ranker learns from the
@@ -291,7 +294,7 @@ def fit_with_base(params: dict[str, Any], spec: FeatureSpec, train: RankSet, sto
     return best[1], best[2], best[3]
 
 
-def train_ranker(settings: Any, ws: Workspace, logs: Path | None = None, promote: bool = False,
+def train_ranker(settings: Settings, ws: Workspace, logs: Path | None = None, promote: bool = False,
                  retrieval_uri: str = "models:/retrieval@champion", force: bool = False) -> RankerResult:
     """Train, log and register a ranker from a click log (default: the workspace's impressions)."""
     configure_threads(settings.threads)

@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.tables import load_table
 from recsys.io import write_parquet
@@ -69,7 +70,8 @@ def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, A
     return {r[C.USER_ID]: r for r in df.iter_rows(named=True)}
 
 
-def recommend_batch(settings: Any, ws: Workspace, users: list[str] | None, k: int, as_of: datetime | None,
+def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, k: int,
+                    as_of: datetime | None,
                     out: Path, recommender: Recommender | None = None,
                     rules: Rules | None = None) -> BatchResult:
     """Write (user_id, item_id, rank, score, reason) parquet for `users` (None: every user)."""

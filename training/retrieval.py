@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from recsys import tracking
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.splits import (
     Split,
@@ -98,7 +99,7 @@ def read_clicks(ws: Workspace, holdout_days: float = 0.0) -> tuple[pl.DataFrame,
     return clicks.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP), is_click_only(imp)
 
 
-def user_features_at(settings: Any, rows: pl.DataFrame) -> pl.DataFrame | None:
+def user_features_at(settings: Settings, rows: pl.DataFrame) -> pl.DataFrame | None:
     """Feast's point-in-time user_behaviour for (user_id, event_timestamp) rows, or None (with a
     warning) when the features were not built (`recsys features`)."""
     ws = Workspace.at(settings.home)
@@ -126,7 +127,8 @@ def _metric_key(*parts: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", ".".join(parts).replace("@", "_at_"))
 
 
-def _champion_ndcg(settings: Any, split: Split, embeddings: pl.DataFrame, test_feats: pl.DataFrame | None,
+def _champion_ndcg(settings: Settings, split: Split, embeddings: pl.DataFrame,
+                   test_feats: pl.DataFrame | None,
                    k: int, available: np.ndarray | None) -> tuple[float | None, str | None]:
     """The current champion two-tower's test NDCG@10 on this split (None when there is none). A
     champion trained on more of the log may have seen some of these clicks: the comparison then
@@ -143,7 +145,7 @@ def _champion_ndcg(settings: Any, split: Split, embeddings: pl.DataFrame, test_f
     return result.value("two_tower", "all", "ndcg@10"), ref.tag
 
 
-def train_retrieval(settings: Any, ws: Workspace, promote: bool = True,
+def train_retrieval(settings: Settings, ws: Workspace, promote: bool = True,
                     force: bool = False) -> RetrievalResult:
     """Train, evaluate, log and register the two-tower retrieval model (and EASE beside it). With
     `promote`, the new two-tower becomes `@champion` when its test NDCG@10 beats the champion's

@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.splits import hashed_fraction
 from recsys.data.tables import load_table, save_table
@@ -63,7 +64,7 @@ PROVENANCE_SCHEMA = {
 
 
 # --- shared helpers ---------------------------------------------------------------------------
-def load_encoder(settings: Any, encoder: TextImageEncoder | None = None) -> TextImageEncoder:
+def load_encoder(settings: Settings, encoder: TextImageEncoder | None = None) -> TextImageEncoder:
     """The CLIP encoder whose text vectors condition the model (`clip@champion` by default)."""
     if encoder is not None:
         return encoder
@@ -92,7 +93,7 @@ def _prompts(items: pl.DataFrame, max_chars: int) -> list[str | PromptError]:
     return out
 
 
-def _pairs(settings: Any, items: pl.DataFrame,
+def _pairs(settings: Settings, items: pl.DataFrame,
            source: str = "original") -> tuple[pl.DataFrame, list[Image.Image], list[str]]:
     """Items of `source` with a prompt and a readable image: (rows, images decoded once, prompts).
 
@@ -162,7 +163,8 @@ def _with_weights(model: ThumbnailModel, state: dict | None) -> ThumbnailModel:
     return twin
 
 
-def train_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder | None = None) -> TrainResult:
+def train_thumbnails(settings: Settings, ws: Workspace,
+                     encoder: TextImageEncoder | None = None) -> TrainResult:
     """Train the embedded thumbnail model on the catalogue and register it as thumbnails@champion."""
     import mlflow
     import torch
@@ -323,7 +325,7 @@ class GenerateReport:
         return text
 
 
-def load_thumbnailer(settings: Any, encoder: TextImageEncoder | None = None) -> Thumbnailer:
+def load_thumbnailer(settings: Settings, encoder: TextImageEncoder | None = None) -> Thumbnailer:
     """The configured generator: the registered embedded model, or a pretrained pipeline."""
     from recsys import tracking
 
@@ -357,7 +359,7 @@ def read_provenance(ws: Workspace) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
-def _needs_image(settings: Any, items: pl.DataFrame) -> np.ndarray:
+def _needs_image(settings: Settings, items: pl.DataFrame) -> np.ndarray:
     """True where an item has no usable original image (none, missing, unreadable, generated)."""
     out = np.ones(items.height, dtype=bool)
     rows = items.select(C.IMAGE_SOURCE, C.IMAGE_URI).iter_rows()
@@ -368,7 +370,7 @@ def _needs_image(settings: Any, items: pl.DataFrame) -> np.ndarray:
     return out
 
 
-def generate_thumbnails(settings: Any, ws: Workspace, force: bool = False,
+def generate_thumbnails(settings: Settings, ws: Workspace, force: bool = False,
                         encoder: TextImageEncoder | None = None,
                         thumbnailer: Thumbnailer | None = None) -> GenerateReport:
     """Draw a thumbnail for every item without a usable image and record it (see module doc)."""
@@ -413,7 +415,7 @@ def generate_thumbnails(settings: Any, ws: Workspace, force: bool = False,
     return report
 
 
-def _generate_batch(settings: Any, ws: Workspace, thumbnailer: Thumbnailer, ids: list[str],
+def _generate_batch(settings: Settings, ws: Workspace, thumbnailer: Thumbnailer, ids: list[str],
                     prompts: list[str | PromptError]) -> list[dict[str, Any]]:
     """One batch; when the batch as a whole fails, items are retried one by one to isolate it."""
     cfg = settings.thumbnails
@@ -479,7 +481,7 @@ def _apply_to_items(ws: Workspace, items: pl.DataFrame, need: np.ndarray, prov: 
         log.info("items: %d rows now point at generated thumbnails", changed)
 
 
-def _log_generate_run(settings: Any, ws: Workspace, report: GenerateReport, thumbnailer: Any) -> None:
+def _log_generate_run(settings: Settings, ws: Workspace, report: GenerateReport, thumbnailer: Any) -> None:
     import mlflow
 
     from recsys import tracking
@@ -499,7 +501,7 @@ def _placeholder(size: int) -> Image.Image:
     return Image.new("RGB", (size, size), (200, 200, 200))
 
 
-def evaluate_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder | None = None,
+def evaluate_thumbnails(settings: Settings, ws: Workspace, encoder: TextImageEncoder | None = None,
                         thumbnailer: Thumbnailer | None = None) -> dict[str, float]:
     """CLIP scores and the retrieval effect of generated thumbnails (see module doc); logged to MLflow."""
     import mlflow
@@ -585,7 +587,7 @@ def evaluate_thumbnails(settings: Any, ws: Workspace, encoder: TextImageEncoder 
     return out
 
 
-def _catalogue_scores(settings: Any, encoder: TextImageEncoder, generated: pl.DataFrame,
+def _catalogue_scores(settings: Settings, encoder: TextImageEncoder, generated: pl.DataFrame,
                       limit: int) -> dict[str, float]:
     """CLIP score of the thumbnails actually stored for the catalogue (from `generate`)."""
     _, pics, texts = _pairs(settings, generated.head(limit), source="generated")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.config import Settings
 from recsys.embeddings.config import ClipConfig
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ class NoTrainedEncoder(LookupError):
     """No fine-tuned CLIP in the registry and no pretrained weights configured."""
 
 
-def load_trained_encoder(settings: Any) -> ClipEncoder:
+def load_trained_encoder(settings: Settings) -> ClipEncoder:
     """The encoder the backfill uses: `models:/clip@champion` from MLflow; otherwise the
     configured pretrained weights (`clip.pretrained`); otherwise an error saying what to run."""
     from recsys import tracking

@@ -148,7 +148,8 @@ def load_ease_source(settings: Settings, uri: str, items: ItemTable) -> EaseSour
     return EaseSource(EaseModel.load(folder), items, ref.tag)
 
 
-def load_candidate_source(settings: Any, uri: str, items: ItemTable) -> ClipProfileSource | TwoTowerSource:
+def load_candidate_source(settings: Settings, uri: str,
+                          items: ItemTable) -> ClipProfileSource | TwoTowerSource:
     """`clip-profile`, or a registered retrieval model (`models:/retrieval@champion`, `.../3`)."""
     if uri == CLIP_PROFILE:
         return ClipProfileSource(items)

@@ -18,6 +18,7 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.io import write_parquet
+from recsys.ranking.config import RankerConfig
 from recsys.ranking.features import FeatureSpec, base_margin
 
 MODEL_FILE = "model.txt"
@@ -26,7 +27,7 @@ POPULARITY_FILE = "popularity.parquet"
 META_FILE = "meta.json"
 
 
-def lgb_params(cfg: Any, seed: int, threads: int) -> dict[str, Any]:
+def lgb_params(cfg: RankerConfig, seed: int, threads: int) -> dict[str, Any]:
     """LightGBM parameters from `RankerConfig`: lambdarank, NDCG@10, seeded and deterministic."""
     return {
         "objective": "lambdarank",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from recsys.thumbnails.config import ThumbnailConfig
 from recsys.thumbnails.model import DTYPES, CheckpointError, ConditioningError, ThumbnailModel
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class PipelineThumbnailer:
         return (self.pipe.unet.config.in_channels, self.resolution // scale, self.resolution // scale)
 
 
-def pipeline_thumbnailer(cfg: Any, device: str) -> PipelineThumbnailer:
+def pipeline_thumbnailer(cfg: ThumbnailConfig, device: str) -> PipelineThumbnailer:
     """The configured pretrained pipeline (`thumbnails.backend = "pipeline"`)."""
     if not cfg.pipeline:
         raise CheckpointError("thumbnails.backend is 'pipeline' but thumbnails.pipeline (a folder or "

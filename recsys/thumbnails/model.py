@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from recsys.thumbnails.config import ThumbnailConfig
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -135,7 +137,8 @@ class ThumbnailModel:
         self.meta: dict[str, Any] = dict(meta or {})
 
     @classmethod
-    def create(cls, cfg: Any, cond_dim: int, seed: int = 0, meta: Mapping[str, Any] | None = None):
+    def create(cls, cfg: ThumbnailConfig, cond_dim: int, seed: int = 0,
+               meta: Mapping[str, Any] | None = None) -> ThumbnailModel:
         """A fresh model from a `ThumbnailConfig` (weights drawn from `seed`)."""
         torch.manual_seed(seed)
         unet = build_unet(cfg.resolution, cond_dim, cfg.channels, cfg.layers_per_block)
