@@ -22,8 +22,9 @@ CTR carries a Bayesian prior: (clicks + a) / (impressions + b), with a =
 `features.ctr_prior_clicks` and b = `features.ctr_prior_impressions` (default 1/20: a prior
 mean of 5% worth 20 impressions), so an item shown twice is not ranked by a 0% or 100% CTR.
 
-Behaviour rows are daily snapshots stamped at midnight UTC that count events strictly before
-their timestamp (see `features/jobs.py`), so Feast's point-in-time join never leaks.
+Behaviour rows are snapshots stamped at midnight UTC, written on the days a value changes (see
+`features/jobs.py`), that count events strictly before their timestamp, so Feast's
+point-in-time join never leaks.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def build_definitions(sources_dir: str | Path) -> Definitions:
     }
     descriptions = {
         ITEM_CONTENT: "CLIP vectors of the item's image and text (fused, image, text) and provenance",
-        ITEM_BEHAVIOUR: "Daily snapshots of impressions, clicks and prior-smoothed CTR; popularity rank",
-        USER_BEHAVIOUR: "Daily snapshots of a user's clicks, CTR, category shares and recent clicks",
+        ITEM_BEHAVIOUR: "Snapshots of impressions, clicks and prior-smoothed CTR; popularity rank",
+        USER_BEHAVIOUR: "Snapshots of a user's clicks, CTR, category shares and recent clicks",
     }
     views = {}
     for view, schema in SCHEMAS.items():
