@@ -150,10 +150,22 @@ if rate > 0 then
     return wait
   end
 end
+-- shed answers (503): counted per thread, summed in done()
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+shed = 0
+response = function(status, headers, body) if status == 503 then shed = shed + 1 end end
 done = function(summary, latency, requests)
-  io.write(string.format("BENCH %d %d %d %d %f %f\\n", summary.requests, summary.duration,
+  local n_shed = 0
+  for _, t in ipairs(threads) do n_shed = n_shed + t:get("shed") end
+  -- wrk keeps one latency histogram for every answer; the served requests' p99 is at most its
+  -- quantile 1 - 0.01 * served/all (the slowest 1% of the served are at or above it)
+  local served = math.max(summary.requests - n_shed, 1)
+  local q = 100 - served / math.max(summary.requests, 1)
+  io.write(string.format("BENCH %d %d %d %d %f %f %d %f\\n", summary.requests, summary.duration,
     summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000, n_shed,
+    latency:percentile(q) / 1000))
 end
 """
 
@@ -169,9 +181,11 @@ def load_wrk(base: str, which: str, connections: int, seconds: float, users_file
            "-s", str(script), base]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("BENCH "))
-    n, micros, status_errors, socket_errors, p50, p99 = line.split()[1:]
+    n, micros, status_errors, socket_errors, p50, p99, shed, served_p99 = line.split()[1:]
+    served = int(n) - int(shed)
     return {"rps": int(n) / (int(micros) / 1e6), "p50": float(p50), "p99": float(p99), "n": int(n),
-            "5xx": int(status_errors), "other": int(socket_errors)}
+            "5xx": int(status_errors), "other": int(socket_errors), "shed": int(shed),
+            "served_rps": served / (int(micros) / 1e6), "served_p99": float(served_p99)}
 
 
 def process_cpu_seconds(pid: int) -> dict[int, float]:
@@ -214,6 +228,14 @@ def main() -> None:
                          "req/s over 32 connections, which a closed loop cannot show (32 busy "
                          "connections at 500 req/s wait 64 ms each by Little's law)")
     ap.add_argument("--rate-connections", type=int, default=32)
+    ap.add_argument("--overload", type=float, default=0.0,
+                    help="also offer this multiple (e.g. 2) of the capacity measured by the closed loop "
+                         "(most recommendations served a second) over --overload-connections connections "
+                         "(wrk only): served req/s, served p99 (an upper bound from wrk's one histogram) "
+                         "and the share shed (503 + Retry-After past serving.max_in_flight)")
+    ap.add_argument("--overload-connections", type=int, default=256)
+    ap.add_argument("--max-in-flight", type=int, default=None,
+                    help="serving.max_in_flight per worker (default: the setting's; 0: no shedding)")
     ap.add_argument("--exact-below", type=int, default=50_000,
                     help="retrieval.exact_below at serving: catalogues this size or larger use the IVF "
                          "index in stage 1 (200000, the library default, serves 100k items exactly)")
@@ -233,16 +255,19 @@ def main() -> None:
         build_world(home, args.items, args.users, args.impressions)
         (home / "bench-world.built").write_text("ok")
     settings = bench_settings(home, args.items, args.users, args.impressions, args.exact_below)
+    if args.max_in_flight is not None:
+        settings.serving.max_in_flight = args.max_in_flight
     users = (pl.read_parquet(home / "data" / "impressions.parquet", columns=[C.USER_ID])[C.USER_ID]
              .unique().sort().to_list())
     n_items = pl.read_parquet(home / "data" / "items.parquet", columns=[C.ITEM_ID]).height
     t = time.perf_counter()
+    overload = None
     server = start_server(settings, workers=args.workers, log_path=home / "bench-server.log", wait=300,
                           ready=True)
     print(f"server ({args.workers} worker) ready in {time.perf_counter() - t:.1f} s at {server.url}: "
           f"{n_items:,} items, "
-          f"{len(users):,} users with clicks; k=10 from {settings.retrieval.candidates} ranked candidates",
-          flush=True)
+          f"{len(users):,} users with clicks; k=10 from {settings.retrieval.candidates} ranked candidates; "
+          f"max_in_flight {settings.serving.max_in_flight} per worker", flush=True)
     try:
         import httpx
 
@@ -292,8 +317,33 @@ def main() -> None:
                   f"other={r['other']}  server CPU {r['cpu_ms']:.2f} ms/req (s by process "
                   f"{cpu_split(cpu0, cpu1)})  load {r['load']:.1f}",
                   flush=True)
+        if args.overload > 0 and client == "wrk":
+            # capacity: the most requests the closed loop had *served* (a shed answer is no capacity)
+            capacity = max(r.get("served_rps", r["rps"]) for n, _, r in rows if n == "recommendations")
+            rate = args.overload * capacity
+            conns = args.overload_connections
+            cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
+            r = load_wrk(server.url, "rec", conns, args.seconds, users_file, script, rate)
+            cpu1 = process_cpu_seconds(server.process.pid)
+            r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
+            r["load"] = max(load0, os.getloadavg()[0])
+            overload = (args.overload, capacity, rate, conns, r)
+            print(f"  overload {args.overload:g}x {capacity:.0f} = {rate:.0f}/s offered, conns={conns}: "
+                  f"answered {r['rps']:.0f}/s, served {r['served_rps']:.0f}/s, served p99 <= "
+                  f"{r['served_p99']:.2f} ms, shed {r['shed'] / max(r['n'], 1):.1%}, "
+                  f"p50 (all) {r['p50']:.2f} ms, "
+                  f"other 5xx {r['5xx'] - r['shed']}, socket errors {r['other']}, server CPU "
+                  f"{r['cpu_ms']:.2f} ms/answer  load {r['load']:.1f}", flush=True)
     finally:
         server.stop()
+    if overload is not None:
+        times, capacity, rate, conns, r = overload
+        print(f"\n| offered | connections | served req/s | served p99 ms (at most) | shed | other errors "
+              f"| max_in_flight/worker | workers |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+              f"| {times:g}x {capacity:.0f} = {rate:.0f}/s | {conns} | {r['served_rps']:.0f} | "
+              f"{r['served_p99']:.2f} | {r['shed'] / max(r['n'], 1):.1%} | "
+              f"{r['5xx'] - r['shed'] + r['other']} "
+              f"| {settings.serving.max_in_flight} | {args.workers} |")
     print("\n| endpoint | connections | req/s | p50 ms | p99 ms | errors | vs no-op (req/s) "
           "| server CPU ms/req | load avg |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
