@@ -467,6 +467,9 @@ def build_features(settings: Any, ws: Workspace | None = None, until: datetime |
         paths = {
             view: write_parquet(df, source_path(ws.feature_sources_dir, view)) for view, df in frames.items()
         }
+        rows = {view: df.height for view, df in frames.items()}
+        last = frames[USER_BEHAVIOUR][TS].max() if frames[USER_BEHAVIOUR].height else None
+        del frames, impressions, items  # written: `feast apply` below imports ~0.8 GiB of its own
         notes = []
         if ws.table("item_embeddings").exists():
             paths[ITEM_CONTENT] = _write_item_content(ws)
@@ -474,8 +477,6 @@ def build_features(settings: Any, ws: Workspace | None = None, until: datetime |
             notes.append("no item_embeddings table yet: item_content stays empty until `recsys backfill`")
         apply(settings)
         b.advance(1)
-    rows = {view: df.height for view, df in frames.items()}
-    last = frames[USER_BEHAVIOUR][TS].max() if frames[USER_BEHAVIOUR].height else None
     with tracking.start_run(settings, "features", run_name="build") as run:
         mlflow.log_params(
             {
