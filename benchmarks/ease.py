@@ -8,7 +8,8 @@
    timed, with the peak of memory allocated through numpy (tracemalloc) and the process's peak RSS.
 3. Baseline in the same run: the formula as usually written, `P = np.linalg.inv(G + λI)` in
    float64, B = I − P / diag(P); checked equal to ours (max |ΔB|) and timed the same way.
-Goal (issue 14): a 10k-item fit within 30 s on 2 cores; memory 12 n² bytes (G, P, B in float32).
+Goal (issue 14): a 10k-item fit within 30 s on 2 cores; memory about 8 n² bytes (G, then P, then
+B in one float32 buffer, plus one temporary).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main() -> None:
     model, ours_s, ours_mib = measure(lambda: EaseModel.fit(clicks, args.lam, max_items=args.items))
     n = len(model.item_ids)
     print(f"recsys EaseModel.fit: {ours_s:.1f} s, numpy peak {ours_mib:,.0f} MiB "
-          f"(12 n² bytes = {12 * n * n / 2**20:,.0f} MiB at n = {n:,})")
+          f"(8 n² bytes = {8 * n * n / 2**20:,.0f} MiB at n = {n:,})")
     x, _ = click_matrix(clicks, model.item_ids)
     base, base_s, base_mib = measure(lambda: textbook(x, args.lam))
     diff = float(np.abs(base - model.weights).max())

@@ -38,5 +38,5 @@ class RetrievalConfig(ConfigModel):
     ease_lambdas: tuple[float, ...] = Field(
         (50.0, 100.0, 200.0, 400.0, 800.0, 1600.0), description="EASE λ grid, chosen on the validation part")
     ease_max_items: int = Field(
-        10_000, ge=2, description="EASE keeps the most-clicked items up to this (fit memory 12 n² bytes)")
+        10_000, ge=2, description="EASE keeps the most-clicked items up to this (fit memory ~8 n² bytes)")
     ease_candidates: int = Field(100, ge=0, description="EASE candidates added to the two-tower's")
