@@ -29,7 +29,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +49,7 @@ from features.definitions import (
     source_path,
 )
 from recsys.data import columns as C
-from recsys.io import file_sha256, write_json, write_parquet
+from recsys.io import atomic_path, file_sha256, write_json, write_parquet
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ TS = C.EVENT_TIMESTAMP
 TIMESTAMP = pl.Datetime("us", "UTC")
 DAY = timedelta(days=1)
 MATERIALIZED_FILE = "materialized.json"
+PART_EVENT_DAYS = 50_000  # (key, event day) pairs per part of the behaviour jobs
 
 
 @dataclass(frozen=True)
@@ -216,12 +217,10 @@ def _windowed_counts(
     )
 
 
-def _popularity_rank(events: pl.DataFrame, frame: pl.DataFrame, last_stamp: datetime) -> pl.Series:
-    """`popularity_rank` of each (item, day) row of `frame`: 1 + the number of items with more
-    clicks over the 7 days before the stamp, among all items seen so far (ties share the best
-    rank), as the daily job ranked them. Only items with a click in the window can outrank, so
-    the ranking runs over (item, day) pairs with clicks, and every other item of that day ranks
-    one below the last of them."""
+def _popularity_ranks(events: pl.DataFrame, last_stamp: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(item, t, rank) for every item with a click in the 7 days before day t + 1, and
+    (t, n_active) the number of such items: the inputs of `_with_popularity_rank`. Only items
+    with a click in the window can outrank, so this grows with clicks x 7, not items x days."""
     key = C.ITEM_ID
     active = (
         _daily_counts(events, key, last_stamp)
@@ -230,21 +229,60 @@ def _popularity_rank(events: pl.DataFrame, frame: pl.DataFrame, last_stamp: date
         .explode("t")
         .group_by(key, "t")
         .agg(c7=pl.col("clicks").sum())
-        .with_columns(
-            rank=pl.col("c7").rank("min", descending=True).over("t").cast(pl.Int64),
-            n_active=pl.len().over("t").cast(pl.Int64),
-        )
-    )
-    n_active = active.group_by("t").agg(pl.col("n_active").first())
-    t = frame.lazy().select(key, (pl.col("day").dt.epoch("d")).alias("t")).with_row_index("row")
-    ranked = (
-        t.join(active.select(key, "t", "rank"), on=[key, "t"], how="left")
-        .join(n_active, on="t", how="left")
-        .select("row", pl.coalesce("rank", pl.col("n_active").fill_null(0) + 1).alias("popularity_rank"))
-        .sort("row")
+        .with_columns(rank=pl.col("c7").rank("min", descending=True).over("t").cast(pl.Int64))
         .collect()
     )
-    return ranked["popularity_rank"]
+    return active.select(key, "t", "rank"), active.group_by("t").agg(n_active=pl.len().cast(pl.Int64))
+
+
+def _with_popularity_rank(frame: pl.DataFrame, ranks: tuple[pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
+    """`popularity_rank` of each (item, day) row: 1 + the number of items with more clicks over
+    the 7 days before the stamp, among all items seen so far (ties share the best rank), as the
+    daily job ranked them; an item without a click in the window ranks one below the last
+    item with one."""
+    key = C.ITEM_ID
+    active, n_active = ranks
+    return (
+        frame.with_columns(pl.col("day").dt.epoch("d").alias("t"))
+        .join(active, on=[key, "t"], how="left")
+        .join(n_active, on="t", how="left")
+        .with_columns(pl.coalesce("rank", pl.col("n_active").fill_null(0) + 1).alias("popularity_rank"))
+        .drop("t", "rank", "n_active")
+    )
+
+
+def _key_parts(events: pl.DataFrame, key: str, max_event_days: int) -> Iterator[pl.DataFrame]:
+    """The events split by key into parts of about `max_event_days` (key, day) pairs each (a key
+    is never split): every behaviour value depends on one key's events only, so the parts can
+    be computed one at a time and memory follows the part, not the log."""
+    weights = (
+        events.group_by(key)
+        .agg(n=pl.col(TS).dt.epoch("d").n_unique())
+        .sort(key)
+        .with_columns(part=(pl.col("n").cum_sum() - pl.col("n")) // max(max_event_days, 1))
+    )
+    if weights["part"].max() in (None, 0):
+        yield events
+        return
+    for keys in weights.partition_by("part", maintain_order=True):
+        yield events.filter(pl.col(key).is_in(keys[key].implode()))
+
+
+def item_behaviour_parts(
+    impressions: pl.DataFrame,
+    params: BehaviourParams = BehaviourParams(),
+    until: datetime | None = None,
+    max_event_days: int = PART_EVENT_DAYS,
+) -> Iterator[pl.DataFrame]:
+    """`item_behaviour` in parts by item (each sorted by timestamp and item)."""
+    events = normalize_events(impressions)
+    last = _last_stamp(events, until)
+    if last is None:
+        return
+    ranks = _popularity_ranks(events, last)
+    for part in _key_parts(events, C.ITEM_ID, max_event_days):
+        frame = _with_popularity_rank(_windowed_counts(part, C.ITEM_ID, last, params), ranks)
+        yield frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID)
 
 
 def item_behaviour(
@@ -255,13 +293,10 @@ def item_behaviour(
     `popularity_rank` ranks the items of one day by clicks over 7 days (1 = most; ties share
     the best rank), among every item with an event before that day.
     """
-    events = normalize_events(impressions)
-    last = _last_stamp(events, until)
-    if last is None:
+    parts = list(item_behaviour_parts(impressions, params, until))
+    if not parts:
         return pl.DataFrame(schema=source_schema(ITEM_BEHAVIOUR))
-    frame = _windowed_counts(events, C.ITEM_ID, last, params)
-    frame = frame.with_columns(_popularity_rank(events, frame, last))
-    return frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID)
+    return pl.concat(parts).sort(TS, C.ITEM_ID)
 
 
 def _last_clicks(clicks: pl.DataFrame, key: str, n: int) -> pl.DataFrame:
@@ -314,23 +349,12 @@ def _category_shares(
     )
 
 
-def user_behaviour(
-    impressions: pl.DataFrame,
-    items: pl.DataFrame | None = None,
-    params: BehaviourParams = BehaviourParams(),
-    until: datetime | None = None,
+def _user_frame(
+    events: pl.DataFrame, items: pl.DataFrame | None, params: BehaviourParams, last: datetime
 ) -> pl.DataFrame:
-    """User snapshots: windowed clicks/CTR, 30-day category click shares, last clicks.
-
-    `items` (item_id, category) gives the categories; without it the shares are empty.
-    """
-    events = normalize_events(impressions)
-    last = _last_stamp(events, until)
-    if last is None:
-        return pl.DataFrame(schema=source_schema(USER_BEHAVIOUR))
+    """The user snapshots of normalized `events` (all of each user's events) up to `last`."""
     key = C.USER_ID
     frame = _windowed_counts(events, key, last, params)
-
     clicks = (
         events.filter(pl.col(C.CLICKED) & (pl.col(TS) < last))
         .sort(key, TS, C.ITEM_ID)
@@ -362,6 +386,38 @@ def user_behaviour(
         pl.col("click_category_shares_30d").fill_null(pl.lit([], dtype=pl.List(pl.Float64))),
     )
     return frame.select([pl.col(c).cast(t) for c, t in source_schema(USER_BEHAVIOUR).items()]).sort(TS, key)
+
+
+def user_behaviour_parts(
+    impressions: pl.DataFrame,
+    items: pl.DataFrame | None = None,
+    params: BehaviourParams = BehaviourParams(),
+    until: datetime | None = None,
+    max_event_days: int = PART_EVENT_DAYS,
+) -> Iterator[pl.DataFrame]:
+    """`user_behaviour` in parts by user (each sorted by timestamp and user)."""
+    events = normalize_events(impressions)
+    last = _last_stamp(events, until)
+    if last is None:
+        return
+    for part in _key_parts(events, C.USER_ID, max_event_days):
+        yield _user_frame(part, items, params, last)
+
+
+def user_behaviour(
+    impressions: pl.DataFrame,
+    items: pl.DataFrame | None = None,
+    params: BehaviourParams = BehaviourParams(),
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """User snapshots: windowed clicks/CTR, 30-day category click shares, last clicks.
+
+    `items` (item_id, category) gives the categories; without it the shares are empty.
+    """
+    parts = list(user_behaviour_parts(impressions, items, params, until))
+    if not parts:
+        return pl.DataFrame(schema=source_schema(USER_BEHAVIOUR))
+    return pl.concat(parts).sort(TS, C.USER_ID)
 
 
 def item_content(item_embeddings: pl.DataFrame) -> pl.DataFrame:
@@ -459,17 +515,20 @@ def build_features(settings: Any, ws: Workspace | None = None, until: datetime |
         items = (
             load_table(ws, "items", columns=[C.ITEM_ID, C.CATEGORY]) if ws.table("items").exists() else None
         )
-        b.advance(1, status="item behaviour")
-        frames = {ITEM_BEHAVIOUR: item_behaviour(impressions, params, until)}
-        b.advance(1, status="user behaviour")
-        frames[USER_BEHAVIOUR] = user_behaviour(impressions, items, params, until)
+        paths = {v: source_path(ws.feature_sources_dir, v) for v in (ITEM_BEHAVIOUR, USER_BEHAVIOUR)}
+        # both sources land together (renamed when both are written), each written part by part
+        with (
+            atomic_path(paths[ITEM_BEHAVIOUR], ".parquet") as item_tmp,
+            atomic_path(paths[USER_BEHAVIOUR], ".parquet") as user_tmp,
+        ):
+            b.advance(1, status="item behaviour")
+            parts = item_behaviour_parts(impressions, params, until)
+            rows = {ITEM_BEHAVIOUR: _write_parts(parts, item_tmp, ITEM_BEHAVIOUR)[0]}
+            b.advance(1, status="user behaviour")
+            parts = user_behaviour_parts(impressions, items, params, until)
+            rows[USER_BEHAVIOUR], last = _write_parts(parts, user_tmp, USER_BEHAVIOUR)
         b.advance(1, status="write + apply")
-        paths = {
-            view: write_parquet(df, source_path(ws.feature_sources_dir, view)) for view, df in frames.items()
-        }
-        rows = {view: df.height for view, df in frames.items()}
-        last = frames[USER_BEHAVIOUR][TS].max() if frames[USER_BEHAVIOUR].height else None
-        del frames, impressions, items  # written: `feast apply` below imports ~0.8 GiB of its own
+        del impressions, items  # `feast apply` below imports ~0.8 GiB of its own
         notes = []
         if ws.table("item_embeddings").exists():
             paths[ITEM_CONTENT] = _write_item_content(ws)
@@ -498,6 +557,23 @@ def build_features(settings: Any, ws: Workspace | None = None, until: datetime |
     for note in notes:
         log.warning(note)
     return BuildResult(rows, paths, run.info.run_id, seconds, last, notes)
+
+
+def _write_parts(parts: Iterator[pl.DataFrame], path: Path, view: str) -> tuple[int, datetime | None]:
+    """Write a view's parts to one parquet file, a row group or more per part, so only one part
+    is in memory; returns (rows, latest timestamp)."""
+    import pyarrow.parquet as pq
+
+    schema = pl.DataFrame(schema=source_schema(view)).to_arrow().schema
+    rows, last = 0, None
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in parts:
+            writer.write_table(part.to_arrow().cast(schema))
+            rows += part.height
+            top = part[TS].max()
+            if top is not None and (last is None or top > last):
+                last = top
+    return rows, last
 
 
 def _write_item_content(ws: Workspace) -> Path:

@@ -16,7 +16,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from features.jobs import BehaviourParams, item_behaviour, user_behaviour
+from features.jobs import (
+    BehaviourParams,
+    item_behaviour,
+    item_behaviour_parts,
+    user_behaviour,
+    user_behaviour_parts,
+)
 
 PARAMS = BehaviourParams(prior_clicks=1.0, prior_impressions=20.0, last_clicked=5)
 TS = "event_timestamp"
@@ -111,3 +117,14 @@ def test_a_decade_of_calendar_costs_no_rows():
     assert users.height < 40 and items.height < 60
     last = users.sort(TS).row(-1, named=True)
     assert last["clicks_30d"] == 1 and last["days_since_last_click"] == pytest.approx(0.5)
+
+
+def test_parts_by_key_make_the_whole_table(logs):
+    """The build writes the views part by part (a few keys at a time): the same rows."""
+    imps, items = logs
+    items_parts = list(item_behaviour_parts(imps, PARAMS, max_event_days=7))
+    users_parts = list(user_behaviour_parts(imps, items, PARAMS, max_event_days=7))
+    assert len(items_parts) > 2 and len(users_parts) > 1
+    whole = pl.concat(items_parts).sort(TS, "item_id")
+    assert whole.equals(item_behaviour(imps, PARAMS))
+    assert pl.concat(users_parts).sort(TS, "user_id").equals(user_behaviour(imps, items, PARAMS))
