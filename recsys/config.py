@@ -65,8 +65,9 @@ class ServingConfig(ConfigModel):
         200_000, ge=0, description="recent (request_id, position) pairs kept to drop duplicates (0: off)")
     temperature: float = Field(1.0, gt=0, description="softmax exploration temperature over ranker scores")
     max_in_flight: int = Field(
-        16, ge=0, description="recommendation requests one worker holds at once; beyond it 503 with "
-        "Retry-After at once, so the served keep their latency (0: no limit)")
+        8, ge=0, description="recommendation requests one worker holds at once; beyond it 503 with "
+        "Retry-After at once, so the served keep their latency (0: no limit). A served request waits "
+        "up to ~2-3 x this many requests' CPU: about latency budget / (3 x CPU per request)")
     recent_clicks: int = Field(12, ge=0, le=100, description="recent clicks shown on /ui/users/{id}")
     image_roots: list[str] = Field(
         default_factory=list,
