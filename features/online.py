@@ -19,6 +19,7 @@ import polars as pl
 from features.definitions import ITEM_BEHAVIOUR, ITEM_CONTENT, SCHEMAS, USER_BEHAVIOUR, source_path
 from features.jobs import source_schema
 from features.store import FeatureStoreError, FeatureStoreUnavailable, describe_online_store
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.workspace import Workspace
 
@@ -66,7 +67,7 @@ class OnlineFeatures:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         item_views: Sequence[str] = ITEM_VIEWS,
         item_cache: Literal["online", "offline"] = "online",
     ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from features.definitions import build_definitions, source_path
+from recsys.config import Settings
 from recsys.workspace import Workspace
 
 
@@ -26,7 +27,7 @@ class FeatureStoreError(ValueError):
     """A request names a feature view, feature or entity key that does not exist or fits not."""
 
 
-def online_store_config(settings: Any, ws: Workspace) -> dict[str, Any]:
+def online_store_config(settings: Settings, ws: Workspace) -> dict[str, Any]:
     fs = settings.features
     if fs.online_store == "redis":
         url = fs.redis_url
@@ -36,7 +37,7 @@ def online_store_config(settings: Any, ws: Workspace) -> dict[str, Any]:
     return {"type": "sqlite", "path": str(ws.feast_dir / "online.db")}
 
 
-def describe_online_store(settings: Any, ws: Workspace | None = None) -> str:
+def describe_online_store(settings: Settings, ws: Workspace | None = None) -> str:
     """A human name of the online store for errors and summaries."""
     ws = ws or Workspace.at(settings.home)
     cfg = online_store_config(settings, ws)
@@ -45,7 +46,7 @@ def describe_online_store(settings: Any, ws: Workspace | None = None) -> str:
     return f"sqlite at {cfg['path']}"
 
 
-def repo_config(settings: Any, ws: Workspace | None = None) -> Any:
+def repo_config(settings: Settings, ws: Workspace | None = None) -> Any:
     """The `RepoConfig` of this workspace (no YAML needed)."""
     from feast.repo_config import RegistryConfig, RepoConfig
 
@@ -61,7 +62,7 @@ def repo_config(settings: Any, ws: Workspace | None = None) -> Any:
     )
 
 
-def feature_store(settings: Any) -> Any:
+def feature_store(settings: Settings) -> Any:
     """A `feast.FeatureStore` over this workspace."""
     import os
 
@@ -87,7 +88,7 @@ def _fail_fast(store: Any) -> None:
         client.set_retry(Retry(ConstantBackoff(0.05), 1))
 
 
-def apply(settings: Any, store: Any = None) -> list[str]:
+def apply(settings: Settings, store: Any = None) -> list[str]:
     """`feast apply`: register the entities and feature views; returns the view names.
 
     Sources that do not exist yet are created empty with the right schema, so the registry is

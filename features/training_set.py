@@ -24,6 +24,7 @@ import polars as pl
 from features.definitions import ENTITY_OF_VIEW, ITEM_CONTENT, JOIN_KEYS, source_path
 from features.online import feature_refs
 from features.store import FeatureStoreError
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.workspace import Workspace
 
@@ -53,7 +54,7 @@ def _entity_frame(entity_rows: pl.DataFrame | pd.DataFrame, keys: set[str]) -> p
 
 
 def build_training_set(
-    settings: Any,
+    settings: Settings,
     entity_rows: pl.DataFrame | pd.DataFrame,
     views: Sequence[str],
     output: Literal["polars", "pandas"] = "polars",
@@ -83,7 +84,7 @@ def build_training_set(
     return df.to_pandas() if output == "pandas" else df
 
 
-def _historical(settings: Any, df: pl.DataFrame, refs: list[str], store: Any) -> pl.DataFrame:
+def _historical(settings: Settings, df: pl.DataFrame, refs: list[str], store: Any) -> pl.DataFrame:
     from features.store import feature_store
 
     store = store or feature_store(settings)
@@ -97,7 +98,7 @@ def _historical(settings: Any, df: pl.DataFrame, refs: list[str], store: Any) ->
     return df.join(out.select(ROW, *features), on=ROW, how="left")
 
 
-def _as_of_join(settings: Any, df: pl.DataFrame, by_view: dict[str, list[str]]) -> pl.DataFrame:
+def _as_of_join(settings: Settings, df: pl.DataFrame, by_view: dict[str, list[str]]) -> pl.DataFrame:
     ws = Workspace.at(settings.home)
     ts = C.EVENT_TIMESTAMP
     out = df.sort(ts)
@@ -120,7 +121,7 @@ def _as_of_join(settings: Any, df: pl.DataFrame, by_view: dict[str, list[str]]) 
     return out
 
 
-def _join_item_content(settings: Any, df: pl.DataFrame, features: list[str]) -> pl.DataFrame:
+def _join_item_content(settings: Settings, df: pl.DataFrame, features: list[str]) -> pl.DataFrame:
     ws = Workspace.at(settings.home)
     path = source_path(ws.feature_sources_dir, ITEM_CONTENT)
     if not path.exists():

@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.rules import RuleError, Rules
 from recsys.runtime import configure_threads
@@ -93,7 +94,7 @@ def _feature_store_errors() -> tuple[type[BaseException], ...]:
     return (FeatureStoreUnavailable, ConnectionError, OSError, TimeoutError)
 
 
-def create_app(settings: Any, loader: Loader = load_state) -> FastAPI:
+def create_app(settings: Settings, loader: Loader = load_state) -> FastAPI:
     """Build the app. `loader(settings, previous=...)` returns a `ServingState` (tests pass
     one that builds small real components); it runs off the event loop, at start-up and on
     every reload."""

@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
+
+from recsys.config import Settings
 
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS_JSON"  # effective settings handed to uvicorn's workers
 
@@ -32,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_env(settings: Any) -> dict[str, str]:
+def server_env(settings: Settings) -> dict[str, str]:
     """Environment for a server process serving exactly `settings` (home made absolute)."""
     settings = settings.model_copy(update={"home": Path(settings.home).resolve()})
     return {**os.environ, SETTINGS_ENV: settings.model_dump_json(),
@@ -57,7 +58,7 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(settings: Any, port: int | None = None, workers: int = 1, log_path: Path | None = None,
+def start_server(settings: Settings, port: int | None = None, workers: int = 1, log_path: Path | None = None,
                  wait: float = 120.0, ready: bool = False) -> ServerProcess:
     """Start uvicorn on 127.0.0.1 in the background; returns once /healthz (or /readyz) answers."""
     port = port or free_port()

@@ -16,15 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.tables import load_table
 from recsys.rules import Rules
 from recsys.workspace import Workspace
+
+if TYPE_CHECKING:  # heavy imports (Feast, LightGBM) stay out of module import
+    from features.online import OnlineFeatures
+    from recsys.recommender import Recommender
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
@@ -241,8 +246,8 @@ class Ranked:
 @dataclass(frozen=True)
 class ServingState:
     catalogue: Catalogue | None
-    recommender: Any | None
-    features: Any | None
+    recommender: Recommender | None
+    features: OnlineFeatures | None
     versions: dict[str, str | None]
     problems: tuple[str, ...]
     materialization: str | None = None  # online-store materialization the item features come from
@@ -312,7 +317,7 @@ def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
     )
 
 
-def load_state(settings: Any, previous: ServingState | None = None) -> ServingState:
+def load_state(settings: Settings, previous: ServingState | None = None) -> ServingState:
     """Load catalogue, feature-store client and recommender; missing parts become problems."""
     ws = Workspace.at(settings.home)
     problems: list[str] = []
@@ -349,7 +354,7 @@ def load_state(settings: Any, previous: ServingState | None = None) -> ServingSt
     return state
 
 
-def _warm_up(recommender: Any, catalogue: Catalogue | None) -> None:
+def _warm_up(recommender: Recommender, catalogue: Catalogue | None) -> None:
     """One full request before traffic: the first torch/LightGBM call pays lazy initialisation
     (~80 ms measured), which would otherwise land on a user's request."""
     if catalogue is None or not catalogue.popular:
@@ -369,7 +374,7 @@ def _versions_of(recommender: Any) -> dict[str, str | None]:
     return {"ranker": versions.get("ranker"), "retrieval": versions.get("retrieval")}
 
 
-def registry_versions(settings: Any) -> dict[str, str | None]:
+def registry_versions(settings: Settings) -> dict[str, str | None]:
     """Versions the alias points at now (for the poll); None where nothing is registered."""
     from recsys import tracking
 
