@@ -71,12 +71,23 @@ def _weights_from_regularised_gram(g: np.ndarray) -> np.ndarray:
     p, info = lapack.spotri(c, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"inverse of XᵀX + λI failed (info {info})")
+    _mirror_upper(p)  # potri fills the upper triangle only
     diag = np.diag(p).copy()
-    p += p.T  # potri fills the upper triangle; the lower one is zero (clean=True)
-    p[np.diag_indices_from(p)] = diag
     p /= -diag[None, :]  # in place: B_ij = -P_ij / P_jj
     p[np.diag_indices_from(p)] = 0.0
     return np.ascontiguousarray(p, dtype=np.float32)
+
+
+def _mirror_upper(p: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle of `p` onto its lower one in place, a block of rows at a time (a
+    whole `p + p.T` would need one more n × n buffer)."""
+    n = p.shape[0]
+    for i in range(0, n, block):
+        e = min(i + block, n)
+        p[i:e, :i] = p[:i, i:e].T
+        d = p[i:e, i:e]
+        lower = np.tril_indices(e - i, -1)
+        d[lower] = d.T[lower]
 
 
 @dataclass
@@ -155,9 +166,10 @@ def choose_lambda(train: pl.DataFrame, valid: pl.DataFrame, lambdas: Sequence[fl
     truth = truth - truth.multiply(x_users)  # re-clicks of seen items can never be hits
     truth.eliminate_zeros()
     gram = np.asarray((x_all.T @ x_all).toarray(), dtype=np.float32)
+    g = np.empty_like(gram)  # one working buffer for every λ
     table: dict[float, float] = {}
     for lam in lambdas:
-        g = gram.copy()
+        np.copyto(g, gram)
         g[np.diag_indices_from(g)] += lam
         b = _weights_from_regularised_gram(g)
         table[float(lam)] = ndcg_of_scores(np.asarray(x_users @ b), x_users, truth.tocsr(), k)
