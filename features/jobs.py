@@ -48,6 +48,7 @@ from features.definitions import (
     WINDOWS,
     source_path,
 )
+from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.io import atomic_path, file_sha256, write_json, write_parquet
 from recsys.workspace import Workspace
@@ -69,7 +70,7 @@ class BehaviourParams:
     last_clicked: int = 20
 
     @classmethod
-    def from_settings(cls, settings: Any) -> BehaviourParams:
+    def from_settings(cls, settings: Settings) -> BehaviourParams:
         fs = settings.features
         return cls(fs.ctr_prior_clicks, fs.ctr_prior_impressions, fs.last_clicked)
 
@@ -494,7 +495,8 @@ def source_lineage(ws: Workspace, views: Sequence[str] = VIEWS) -> dict[str, dic
     return out
 
 
-def build_features(settings: Any, ws: Workspace | None = None, until: datetime | None = None) -> BuildResult:
+def build_features(settings: Settings, ws: Workspace | None = None,
+                   until: datetime | None = None) -> BuildResult:
     """Compute the behaviour views from the impressions table, write them, `feast apply`.
 
     Each source is written to a temporary file and renamed, so a failed job leaves the previous
@@ -629,7 +631,7 @@ def _write_latest_rows(store: Any, ws: Workspace, view: str, end: datetime, batc
 
 
 def materialize(
-    settings: Any,
+    settings: Settings,
     ws: Workspace | None = None,
     end: datetime | None = None,
     views: Sequence[str] = VIEWS,
@@ -703,7 +705,7 @@ def materialize(
     return result
 
 
-def publish_item_content(settings: Any, ws: Workspace | None = None) -> MaterializeResult:
+def publish_item_content(settings: Settings, ws: Workspace | None = None) -> MaterializeResult:
     """Put the item_embeddings table into the item_content offline source and the online store.
 
     The backfill calls this at its end, so new vectors reach serving without a full build.
