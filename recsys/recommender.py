@@ -6,6 +6,11 @@ user's recent clicks and the caller's exclusions left out. Below `retrieval.exac
 model's own IVF/HNSW, or an IVF built at load) returns the top N + |excluded| and the excluded
 are dropped; if that leaves fewer than N the request falls back to the exact search. At 100k
 items IVF (nprobe 32, recall@100 0.994 in benchmarks/README.md) took stage 1 from 2.3 to 0.7 ms.
+When the ranker was trained beside EASE, EASE's top `n_ease` (x_u B over every item the user
+clicked, the known log held in memory since load) join the two-tower's list, and every
+candidate carries its score and rank under both (`recsys.ranking.candidates.merge_candidates`).
+The shop's rules (`recsys.rules`) mask the catalogue before stage 1 and cut the ranked list
+after stage 2; items the user clicked are never recommended (`ranker.exclude_seen`).
 Stage 2: `recsys.ranking.features.assemble` builds the candidates' features (the function
 training used) from arrays prebuilt at load, and the LightGBM ranker orders them.
 Users the system knows nothing about (no recent clicks, no behaviour features) get the
