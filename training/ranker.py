@@ -1,14 +1,22 @@
 """`recsys train ranker`: click log -> training set -> LightGBM lambdarank -> MLflow registry.
 
 Steps: validate the log (impressions contract or click-only); build query groups and
-candidates (logged impressions + two-tower hard negatives, `recsys.ranking.dataset`); join the
-behaviour features from Feast point-in-time (`features.training_set`); assemble the matrix
-(`recsys.ranking.features.assemble`, the function serving uses); split groups by time (the
-latest `ranker.validation_fraction` validate); fit with early stopping on validation NDCG@10;
-log params, per-iteration metrics, gain importance (plot and table) and lineage; register
-`ranker`. Aliases move only at the very end, after everything else has succeeded: with
-`--promote` and a validation NDCG@10 above the champion's (scored on the same validation
-groups) the new version becomes `champion`, otherwise `challenger`.
+candidates; assemble the matrix (`recsys.ranking.features.assemble`, the function serving uses);
+hold out the latest `ranker.validation_fraction` of the groups, half for early stopping and half
+for the figure reported and gated on; fit (with EASE's score as base margin when EASE is
+registered, `ranker.base_scales`); log params, per-iteration metrics, gain importance and
+lineage; register `ranker`. Candidates, by the log's shape:
+
+- impressions: logged slates + two-tower hard negatives (`recsys.ranking.dataset`), behaviour
+  features from Feast point-in-time (`features.training_set`); with a registered EASE, only the
+  impressions after the candidate models' training clicks, with EASE's scores and candidates
+  (`recsys.ranking.stacking.with_ease`);
+- click-only, with a registered EASE: per-user stacking on the candidate models' split
+  (`recsys.ranking.stacking.stacked_candidates`).
+
+Aliases move only at the very end, after everything else has succeeded: with `--promote` and a
+held-out NDCG@10 above the champion's (scored on the same groups), or `--force`, the new
+version becomes `champion`, otherwise `challenger`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ranker's training set for a click-only log, by stacking (pure: frames in, `Candidates` out).
+"""The ranker's training sets beside EASE, by stacking (pure: frames in, `Candidates` out).
+
+`with_ease` adds EASE to a log of impressions (see its docstring); `stacked_candidates` builds the
+whole training set of a click-only log:
 
 A click-only log has no impressions, so there is nothing "shown but not clicked" to learn from.
 Instead the ranker learns what the serving path will ask of it: to order the union of the
