@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from recsys.cli.common import console, fail, settings_from, step, workspace
+from recsys.cli.common import console, fail, settings_from, step, verbose, workspace
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -43,7 +43,8 @@ def train_ranker(
         except (ContractError, TrainingDataError, FileNotFoundError) as exc:
             raise fail(str(exc)) from exc
         counts = {k: v for k, v in result.counts.items() if v and k != "log_rows"}
-        console.print(f"counts: {counts}")
+        if verbose():
+            console.print(f"counts: {counts}")
         info["summary"] = result.summary()
 
 
@@ -53,12 +54,12 @@ def recommend(
                                help="Users file: parquet/CSV with user_id, or one id a line"),
     all_users: bool = typer.Option(False, "--all", help="Every user of the workspace"),
     k: int = typer.Option(10, "--k", help="Items per user"),
-    out: Path = typer.Option(..., "--out", help="Output parquet (user_id, item_id, rank, score)"),
-    as_of: str = typer.Option(None, "--as-of", help="ISO time; default: the last logged event"),
+    out: Path = typer.Option(..., "--out", help="Output parquet (user_id, item_id, rank, score, reason)"),
+    as_of: str = typer.Option(None, "--as-of", help="ISO time; default: just after the last logged event"),
     categories: str = typer.Option(None, "--categories", help="Only these categories (comma list)"),
     exclude_categories: str = typer.Option(None, "--exclude-categories", help="Never these (comma list)"),
-    min_price: float = typer.Option(None, "--min-price"),
-    max_price: float = typer.Option(None, "--max-price"),
+    min_price: float = typer.Option(None, "--min-price", help="Only items priced at least this"),
+    max_price: float = typer.Option(None, "--max-price", help="Only items priced at most this"),
     max_per_category: int = typer.Option(None, "--max-per-category", help="At most N items per category"),
     diversity: float = typer.Option(0.0, "--diversity", help="0 (ranker order) to 1 (most diverse), MMR"),
 ) -> None:
