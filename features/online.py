@@ -26,6 +26,7 @@ from recsys.workspace import Workspace
 log = logging.getLogger(__name__)
 ITEM_VIEWS = (ITEM_BEHAVIOUR, ITEM_CONTENT)
 _BATCH = 1000
+PROBE_USER = "__readiness_probe__"
 
 
 def wrap_store_error(exc: BaseException, store: str) -> BaseException:
@@ -34,7 +35,8 @@ def wrap_store_error(exc: BaseException, store: str) -> BaseException:
 
     names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
     connection = {"ConnectionError", "TimeoutError", "ConnectionRefusedError", "BusyLoadingError"}
-    if names & connection or isinstance(exc, (OSError, sqlite3.OperationalError)):
+    # DatabaseError: also a corrupted or replaced sqlite file ("file is not a database")
+    if names & connection or isinstance(exc, (OSError, sqlite3.DatabaseError)):
         return FeatureStoreUnavailable(f"online feature store unavailable ({store}): {exc}")
     return exc
 
@@ -80,6 +82,8 @@ class OnlineFeatures:
         self.settings = settings
         self.ws = Workspace.at(settings.home)
         self.store_name = describe_online_store(settings, self.ws)
+        self._item_views_arg = tuple(item_views)
+        self._file = self._file_identity()  # before opening: a file replaced meanwhile reads as replaced
         self.store = feature_store(settings)
         self.item_refs = feature_refs(item_views)
         self.item_views = list(dict.fromkeys(ref.split(":")[0] for ref in self.item_refs))
@@ -88,6 +92,32 @@ class OnlineFeatures:
         self._lock = threading.Lock()
         self._items: pl.DataFrame | None = None
         self._version: str | None = None
+
+    # -- health: a cheap read, and a fresh client
+    def probe(self) -> None:
+        """One user read of an id that is never stored (what serving's readiness checks): raises
+        `FeatureStoreUnavailable` when the store cannot be read, `FeatureStoreError` before apply."""
+        self.user(PROBE_USER)
+
+    def reopened(self) -> OnlineFeatures:
+        """A new client over the same store: a new `FeatureStore`, so a new sqlite connection (a
+        replaced `feast/online.db` is read again) or a new Redis connection pool. This client
+        stays usable for requests still holding it; its connection closes when it is collected."""
+        return OnlineFeatures(self.settings, self._item_views_arg, self.item_cache_source)
+
+    def replaced(self) -> bool:
+        """Whether the sqlite file was replaced (another inode) since this client opened it; an
+        open connection keeps reading the old file. Always False for Redis."""
+        return self._file != self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.settings.features.online_store == "redis":
+            return None
+        try:
+            st = (self.ws.feast_dir / "online.db").stat()
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     # -- user features, one read per request
     def user(self, user_id: str, views: Sequence[str] = (USER_BEHAVIOUR,)) -> dict[str, Any]:

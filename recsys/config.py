@@ -54,6 +54,9 @@ class ServingConfig(ConfigModel):
     exploration: Literal["none", "epsilon", "softmax"] = "none"
     epsilon: float = 0.1
     poll_seconds: float = Field(0.0, description="poll the registry alias every N s (0: off)")
+    store_check_seconds: float = Field(
+        30.0, ge=0, description="probe the online feature store every N s and reopen it when it fails or "
+        "its sqlite file was replaced (0: off); a failing store logs one line per this interval")
     max_body_bytes: int = 65_536
     event_queue: int = 100_000
     event_batch: int = 1000

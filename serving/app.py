@@ -23,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -58,10 +59,13 @@ from serving.schemas import (
     SimilarItems,
 )
 from serving.state import (
+    FEATURE_STORE_PROBLEM,
     Ranked,
     ServingState,
     current_materialization,
     load_state,
+    open_features,
+    probe_features,
     public_reason,
     registry_versions,
 )
@@ -86,6 +90,29 @@ class StateHolder:
         self.lock = asyncio.Lock()
 
 
+class StoreLog:
+    """A failing online store logs one line per `interval` seconds (the reason and how many reads
+    failed since the last line), not a traceback per request; one line again when it recovers."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.failures = 0
+        self.last: float | None = None  # monotonic time of the last line; None: the store is fine
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.interval:
+            log.warning("online feature store failing, serving degraded (%d failed reads since the last "
+                        "line; the next in %.0f s at the earliest): %s", self.failures, self.interval, reason)
+            self.last, self.failures = now, 0
+
+    def recovered(self, how: str) -> None:
+        if self.last is not None or how != "answers":
+            log.info("online feature store %s (%d failed reads since the last line)", how, self.failures)
+        self.last, self.failures = None, 0
+
+
 def _feature_store_errors() -> tuple[type[BaseException], ...]:
     try:
         from features.online import FeatureStoreUnavailable
@@ -103,6 +130,7 @@ def create_app(settings: Settings, loader: Loader = load_state) -> FastAPI:
     ws = Workspace.at(settings.home)
     metrics = Metrics()
     unavailable = _feature_store_errors()
+    store_log = StoreLog(cfg.store_check_seconds or 30.0)
 
     # item_id -> available, as set by POST /v1/admin/availability; re-applied to every state this
     # worker loads until it restarts (durable stock changes go through `recsys import items`)
@@ -165,6 +193,59 @@ def create_app(settings: Settings, loader: Loader = load_state) -> FastAPI:
             except Exception:
                 log.exception("alias poll failed; trying again in %.0f s", cfg.poll_seconds)
 
+    async def check_store() -> None:
+        """Probe the online store; reopen the client when the probe fails or its sqlite file was
+        replaced (a started server that failed to open it tries to open it again)."""
+        holder: StateHolder = app.state.holder
+        state: ServingState = holder.current
+        features = state.features
+        if features is None:
+            if not any(p.startswith(FEATURE_STORE_PROBLEM) for p in state.problems):
+                return  # still loading, or a state without a store
+            new, problem = await asyncio.to_thread(open_features, settings)
+            how = "opened"
+        else:
+            problem = await asyncio.to_thread(probe_features, features)
+            replaced = bool(getattr(features, "replaced", lambda: False)())
+            if problem is None and not replaced:
+                store_log.recovered("answers")
+                if any(p.startswith(FEATURE_STORE_PROBLEM) for p in state.problems):
+                    await swap_features(state, features, None)  # it came back by itself
+                return
+            reopen = getattr(features, "reopened", None)
+            if reopen is None:  # a client that cannot reopen: report it as it is
+                new = features
+            else:
+                try:
+                    new = await asyncio.to_thread(reopen)
+                    problem = await asyncio.to_thread(probe_features, new)
+                except Exception as exc:
+                    new, problem = features, f"{FEATURE_STORE_PROBLEM}{type(exc).__name__}: {exc}"
+                if problem is not None:
+                    new = features  # keep the old client; the next check tries again
+            how = "reopened (its file was replaced)" if replaced and problem is None else "reopened"
+        if problem is not None:
+            store_log.failed(problem)
+        else:
+            store_log.recovered(how)
+        await swap_features(state, new, problem)
+
+    async def swap_features(seen: ServingState, features: Any, problem: str | None) -> None:
+        """Swap in another store client, unless a reload replaced the state meanwhile."""
+        holder: StateHolder = app.state.holder
+        async with holder.lock:
+            current: ServingState = holder.current
+            if current.features is seen.features:
+                await swap_in(current.with_features(features, problem))
+
+    async def watch_store() -> None:
+        while True:
+            await asyncio.sleep(cfg.store_check_seconds)
+            try:
+                await check_store()
+            except Exception as exc:  # a bug here must not stop the checks, nor fill the log
+                log.warning("online store check failed: %s: %s", type(exc).__name__, exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.holder = StateHolder(ServingState(None, None, None, {"ranker": None, "retrieval": None},
@@ -177,6 +258,8 @@ def create_app(settings: Settings, loader: Loader = load_state) -> FastAPI:
         tasks = [asyncio.create_task(initial_load())]
         if cfg.poll_seconds > 0:
             tasks.append(asyncio.create_task(poll_alias()))
+        if cfg.store_check_seconds > 0:
+            tasks.append(asyncio.create_task(watch_store()))
         try:
             yield
         finally:
@@ -222,12 +305,10 @@ def create_app(settings: Settings, loader: Loader = load_state) -> FastAPI:
             t = time.perf_counter()
             try:
                 user_features = state.features.user(req.user_id)
-            except unavailable as exc:
-                degraded = "feature_store"
-                log.warning("feature store unavailable (%s); serving degraded", exc)
-            except Exception:  # a broken store must not fail the request: degrade, loudly
-                degraded = "feature_error"
-                log.exception("reading user features failed; serving degraded")
+            except Exception as exc:  # a broken store must not fail the request: degrade
+                degraded = "feature_store" if isinstance(exc, unavailable) else "feature_error"
+                store_log.failed(f"{type(exc).__name__}: {exc}")  # a line per interval, not per request
+                log.debug("reading user features failed", exc_info=True)
             # the Feast online read; the ranker reports its own feature assembly as "features"
             timings["user_features"] = time.perf_counter() - t
         if state.recommender is None:
@@ -396,9 +477,15 @@ def create_app(settings: Settings, loader: Loader = load_state) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"], responses={503: {"description": "not ready, with the reasons"}})
     async def readyz(x_api_key: str | None = Header(None)) -> JSONResponse:
-        """Models, index and feature store loaded: 200; otherwise 503 with the reasons (without
-        paths or hosts; with the admin X-API-Key also `details`, the full text)."""
+        """Models, index and feature store loaded, and the online store answers a probe read: 200;
+        otherwise 503 with the reasons (without paths or hosts; with the admin X-API-Key also
+        `details`, the full text)."""
         state: ServingState = app.state.holder.current
+        if state.features is not None:
+            problem = await asyncio.to_thread(probe_features, state.features)
+            if problem is not None:
+                store_log.failed(problem)
+                state = replace(state, problems=(*state.problems, problem))
         body = {"ready": state.ready, "reasons": list(state.public_problems(str(ws.root))),
                 "versions": state.versions, "pid": os.getpid()}
         if cfg.api_key and x_api_key and secrets.compare_digest(x_api_key.encode(), cfg.api_key.encode()):

@@ -257,6 +257,11 @@ class ServingState:
     def ready(self) -> bool:
         return not self.problems
 
+    def with_features(self, features: OnlineFeatures | None, problem: str | None) -> ServingState:
+        """A copy with another online-store client; feature-store problems replaced by `problem`."""
+        kept = tuple(p for p in self.problems if not p.startswith(FEATURE_STORE_PROBLEM))
+        return replace(self, features=features, problems=kept + ((problem,) if problem else ()))
+
     def public_problems(self, *hide: str) -> tuple[str, ...]:
         """The problems without paths, URIs or hosts (see `public_reason`): what an
         unauthenticated caller may read; the full text is in the server log."""
@@ -317,8 +322,40 @@ def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
     )
 
 
+FEATURE_STORE_PROBLEM = "feature store: "
+
+
+def open_features(settings: Settings) -> tuple[OnlineFeatures | None, str | None]:
+    """A new online-store client that has answered a probe read -> (client, None), or
+    (None, problem) when the repo is not applied yet or the store cannot be read."""
+    try:
+        from features.online import OnlineFeatures
+
+        features = OnlineFeatures(settings)
+        features.probe()  # the repo is applied and the store answers
+    except Exception as exc:  # not materialized yet, or the store is unreachable or corrupt
+        return None, f"{FEATURE_STORE_PROBLEM}{type(exc).__name__}: {exc}"
+    return features, None
+
+
+def probe_features(features: Any) -> str | None:
+    """One cheap read through the client requests use -> None when it answers, else the problem
+    (worded as `load_state` words it). Clients without `probe` (tests' stand-ins) read one user."""
+    try:
+        probe = getattr(features, "probe", None)
+        if probe is not None:
+            probe()
+        else:
+            features.user("__readiness_probe__")
+    except Exception as exc:
+        return f"{FEATURE_STORE_PROBLEM}{type(exc).__name__}: {exc}"
+    return None
+
+
 def load_state(settings: Settings, previous: ServingState | None = None) -> ServingState:
-    """Load catalogue, feature-store client and recommender; missing parts become problems."""
+    """Load catalogue, feature-store client and recommender; missing parts become problems.
+    The feature store is always opened anew (`previous` is not reused): after a corrupted or
+    replaced `feast/online.db` is restored, one reload reads the file again."""
     ws = Workspace.at(settings.home)
     problems: list[str] = []
     catalogue = None
@@ -326,16 +363,9 @@ def load_state(settings: Settings, previous: ServingState | None = None) -> Serv
         catalogue = load_catalogue(ws, settings.serving.recent_clicks, settings.serving.image_roots)
     except FileNotFoundError as exc:
         problems.append(f"catalogue: {exc}")
-    features = previous.features if previous is not None else None
-    if features is None:
-        try:
-            from features.online import OnlineFeatures
-
-            features = OnlineFeatures(settings)
-            features.user("__readiness_probe__")  # the repo is applied and the store answers
-        except Exception as exc:  # not materialized yet, or the store is unreachable
-            problems.append(f"feature store: {type(exc).__name__}: {exc}")
-            features = None
+    features, problem = open_features(settings)  # a reload reopens: never `previous.features`
+    if problem:
+        problems.append(problem)
     recommender = None
     versions: dict[str, str | None] = {"ranker": None, "retrieval": None}
     try:
