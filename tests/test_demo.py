@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from recsys import tracking
 from recsys.config import load_settings
@@ -44,3 +45,32 @@ def test_changed_settings_rerun_that_stage_and_after(demo_env: Path, tmp_path: P
     skipped = {r.name: r.skipped for r in reports}
     assert skipped["train ranker"] and not skipped["evaluate ab"]
     assert pl.read_parquet(Workspace.at(home).table("items")).height > 0
+
+
+def test_commands_print_no_library_output_without_verbose(
+    demo_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line per stage: no MLflow bars, library INFO lines or DeprecationWarnings unless -v."""
+    import shutil
+    import subprocess
+    import sys
+
+    home = tmp_path / "copy"  # training registers a version: keep the shared workspace as it was
+    shutil.copytree(demo_env, home)
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    for name in ("MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "PYTHONWARNINGS"):
+        monkeypatch.delenv(name, raising=False)
+    code = "import sys; from recsys.cli import main; sys.argv = ['recsys', *sys.argv[1:]]; main()"
+
+    def recsys(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    quiet = recsys("train", "ranker")
+    assert "✓ train ranker:" in quiet
+    for noise in ("Downloading artifacts", "INFO", "DEBUG", "DeprecationWarning", "FutureWarning",
+                  "site-packages", "epoch "):
+        assert noise not in quiet, f"{noise!r} in the output of `recsys train ranker`:\n{quiet}"
+    assert "registered ranker version" in recsys("-v", "train", "ranker")  # our INFO lines, with -v

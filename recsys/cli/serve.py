@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def serve(
 
     from serving.process import SETTINGS_ENV, server_env, supervise
 
+    # a server's own lines (reloads, degraded feature store) are its output: keep them at INFO
+    logging.getLogger("serving").setLevel(min(logging.getLogger("serving").getEffectiveLevel(), logging.INFO))
     settings = settings_from(ctx, **{"serving.host": host, "serving.port": port, "serving.workers": workers,
                                      "serving.alias": alias, "serving.poll_seconds": poll_seconds})
     cfg = settings.serving
