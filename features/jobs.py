@@ -50,7 +50,7 @@ from features.definitions import (
 )
 from recsys.config import Settings
 from recsys.data import columns as C
-from recsys.io import atomic_path, file_sha256, write_json, write_parquet
+from recsys.io import atomic_path, file_sha256, remove_stale_temps, write_json, write_parquet
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -495,6 +495,17 @@ def source_lineage(ws: Workspace, views: Sequence[str] = VIEWS) -> dict[str, dic
     return out
 
 
+def remove_temps(ws: Workspace, views: Sequence[str], before: float, stamp: bool = True) -> list[Path]:
+    """Remove the temporary files a killed feature job left: those of the `views`' sources and,
+    with `stamp`, of the materialization stamp; only those last modified before `before` (the
+    run's start, epoch seconds)."""
+    names = [source_path(ws.feature_sources_dir, v).name for v in views]
+    removed = remove_stale_temps(ws.feature_sources_dir, names, before)
+    if stamp:
+        removed += remove_stale_temps(ws.feast_dir, [MATERIALIZED_FILE], before)
+    return removed
+
+
 def build_features(settings: Settings, ws: Workspace | None = None,
                    until: datetime | None = None) -> BuildResult:
     """Compute the behaviour views from the impressions table, write them, `feast apply`.
@@ -511,6 +522,7 @@ def build_features(settings: Settings, ws: Workspace | None = None,
 
     ws = ws or Workspace.at(settings.home)
     start = time.perf_counter()
+    remove_temps(ws, VIEWS, time.time(), stamp=False)  # of a killed build: every source it writes
     params = BehaviourParams.from_settings(settings)
     with bar("features", total=4, unit="step") as b:
         impressions = load_table(ws, "impressions")
@@ -648,6 +660,7 @@ def materialize(
 
     ws = ws or Workspace.at(settings.home)
     t0 = time.perf_counter()
+    remove_temps(ws, [], time.time())  # a killed materialization leaves at most its stamp's temp
     ranges = {v: r for v in views if (r := _source_range(ws, v)) is not None}
     if not ranges:
         raise FileNotFoundError(
@@ -713,6 +726,7 @@ def publish_item_content(settings: Settings, ws: Workspace | None = None) -> Mat
     from features.store import apply
 
     ws = ws or Workspace.at(settings.home)
+    remove_temps(ws, [ITEM_CONTENT], time.time(), stamp=False)  # materialize cleans the stamp's
     _write_item_content(ws)
     apply(settings)
     return materialize(settings, ws, views=[ITEM_CONTENT], track=False)

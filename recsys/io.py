@@ -7,15 +7,22 @@ Everything is written to a temporary file in the destination folder and renamed 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+log = logging.getLogger(__name__)
+# `atomic_path`'s temporary names: "." + the target's name + "." + mkstemp's 8 random characters + suffix
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.(?:parquet|json|tmp)$")
 
 
 @contextlib.contextmanager
@@ -32,6 +39,33 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temps(folder: str | Path, targets: Iterable[str], before: float) -> list[Path]:
+    """Remove the temporary files `atomic_path` made for `targets` (file names, or globs such as
+    `v*.parquet`, in `folder`) that a killed run left behind. Only names of `atomic_path`'s pattern
+    for those targets, only regular files, and only files last modified before `before` (the
+    start of the run that cleans, epoch seconds), so a temp of a run going on meanwhile is never
+    touched. Returns what was removed."""
+    folder = Path(folder)
+    targets = list(targets)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        m = _TEMP_NAME.match(path.name)
+        if m is None or not any(fnmatch.fnmatchcase(m.group("target"), t) for t in targets):
+            continue
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_mtime >= before:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) a stopped run left in %s", len(removed), folder)
+    return removed
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> Path:

@@ -48,10 +48,11 @@ import polars as pl
 
 from recsys.config import Settings
 from recsys.data import columns as C
+from recsys.data.history import remove_temps
 from recsys.data.tables import load_table, save_table
 from recsys.embeddings.encoder import ClipEncoder, fuse, load_trained_encoder
 from recsys.embeddings.images import load_image, read_bytes
-from recsys.io import write_parquet
+from recsys.io import remove_stale_temps, write_parquet
 from recsys.progress import bar
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
@@ -207,6 +208,7 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
     `encoder` defaults to `load_trained_encoder(settings)`; `on_shard` is called with each shard
     file once it is written (progress hooks; the tests use it to kill a run mid-way).
     """
+    run_start = time.time()  # temp files older than this are a stopped run's
     configure_threads(settings.threads)
     import mlflow
     import torch
@@ -234,8 +236,9 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
 
     tag = f"{shard[0]}of{shard[1]}" if shard else "all"
     shard_dir = ws.embeddings_dir
-    for stale in shard_dir.glob(f".part-{tag}-*"):  # temp files of a killed run of this scope
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(shard_dir, [f"part-{tag}-*.parquet"], run_start)  # a killed run's, this scope's
+    if shard is None:  # the run that writes the item_embeddings table
+        remove_temps(ws, "item_embeddings", run_start)
     shard_paths = sorted(shard_dir.glob("part-*.parquet"))
     from_shards = _read_shards(shard_paths)
     table_path = ws.table("item_embeddings")

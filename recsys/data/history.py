@@ -32,7 +32,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from recsys.io import atomic_path, file_sha256, write_json, write_parquet
+from recsys.io import atomic_path, file_sha256, remove_stale_temps, write_json, write_parquet
 from recsys.workspace import Workspace
 
 KEEP_VERSIONS = 5
@@ -154,6 +154,14 @@ def adopt_live(ws: Workspace, table: str, note: str = "adopted: written before t
     manifest["current"] = number
     write_json(manifest, history_dir(ws, table) / MANIFEST)
     return number
+
+
+def remove_temps(ws: Workspace, table: str, before: float) -> list[Path]:
+    """Remove the temporary files a killed write of `table` left (beside the live table, among
+    its versions and of its manifest), last modified before `before` (the run's start)."""
+    live = ws.table(table)
+    return (remove_stale_temps(live.parent, [live.name], before)
+            + remove_stale_temps(history_dir(ws, table), ["v*.parquet", MANIFEST], before))
 
 
 @contextlib.contextmanager

@@ -139,3 +139,31 @@ def test_shards_partition_items_and_consolidate(cfg, ws: Workspace, catalogue: p
         parse_shard("4")
     with pytest.raises(ValueError, match="0 <= i < n"):
         parse_shard("4/4")
+
+
+def test_stray_temp_files_of_a_killed_run_are_removed(cfg, ws: Workspace, catalogue: pl.DataFrame) -> None:
+    """Temp files a kill left (0 bytes, named as `atomic_path` names them) go at the next run's
+    start: only this job's names, only files older than the run; nothing else is touched."""
+    import time
+
+    history = ws.table_history("item_embeddings")
+    stray = [ws.embeddings_dir / ".part-all-0123456789abcdef.parquet.ab12cd34.parquet",
+             ws.table("item_embeddings").parent / ".item_embeddings.parquet.k2j4h6g8.parquet",
+             history / ".v3.parquet.zz_9y8x7.parquet", history / ".versions.json.q1w2e3r4.json"]
+    kept = [ws.table("items").parent / ".items.parquet.ab12cd34.parquet",  # another table's
+            ws.embeddings_dir / ".part-0of2-0123456789abcdef.parquet.ab12cd34.parquet",  # another shard's
+            ws.embeddings_dir / "notes.txt", history / "v9.parquet.bak"]
+    old = time.time() - 3600
+    for path in (*stray, *kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (old, old))
+    running = ws.table("item_embeddings").parent / ".item_embeddings.parquet.n0w4r7n5.parquet"
+    running.write_bytes(b"")  # a temp younger than the run: not a stopped run's
+    os.utime(running, (time.time() + 3600,) * 2)
+
+    result = backfill(cfg, ws, push_to_feast=False)
+    assert not [p for p in stray if p.exists()]
+    assert all(p.exists() for p in (*kept, running))
+    table = load_table(ws, "item_embeddings")
+    assert result.embedded == table.height == catalogue.height and table[C.ITEM_ID].is_unique().all()
