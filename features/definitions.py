@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from recsys.data import columns as C
 
 ITEM_CONTENT = "item_content"
@@ -67,6 +69,23 @@ SCHEMAS: dict[str, dict[str, str]] = {
 }
 ENTITY_OF_VIEW = {ITEM_CONTENT: "item", ITEM_BEHAVIOUR: "item", USER_BEHAVIOUR: "user"}
 JOIN_KEYS = {"user": C.USER_ID, "item": C.ITEM_ID}
+
+
+TIMESTAMP = pl.Datetime("us", "UTC")  # the event_timestamp of every source table
+
+
+def _polars_dtype(feast_type: str) -> pl.DataType:
+    simple = {"Int64": pl.Int64(), "Float64": pl.Float64(), "Float32": pl.Float32(), "String": pl.String()}
+    if feast_type.startswith("Array("):
+        return pl.List(simple[feast_type[6:-1]])
+    return simple[feast_type]
+
+
+def source_schema(view: str) -> dict[str, pl.DataType]:
+    """Columns and polars types of a view's offline source table."""
+    key = JOIN_KEYS[ENTITY_OF_VIEW[view]]
+    features = {f: _polars_dtype(t) for f, t in SCHEMAS[view].items()}
+    return {key: pl.String(), C.EVENT_TIMESTAMP: TIMESTAMP, **features}
 
 
 def source_path(sources_dir: str | Path, view: str) -> Path:

@@ -43,10 +43,12 @@ from features.definitions import (
     ITEM_CONTENT,
     JOIN_KEYS,
     SCHEMAS,
+    TIMESTAMP,
     USER_BEHAVIOUR,
     VIEWS,
     WINDOWS,
     source_path,
+    source_schema,
 )
 from recsys.config import Settings
 from recsys.data import columns as C
@@ -55,7 +57,6 @@ from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
 TS = C.EVENT_TIMESTAMP
-TIMESTAMP = pl.Datetime("us", "UTC")
 DAY = timedelta(days=1)
 MATERIALIZED_FILE = "materialized.json"
 PART_EVENT_DAYS = 50_000  # (key, event day) pairs per part of the behaviour jobs
@@ -76,19 +77,6 @@ class BehaviourParams:
 
 
 # ---------------------------------------------------------------- pure polars functions
-
-
-def _polars_dtype(feast_type: str) -> pl.DataType:
-    simple = {"Int64": pl.Int64(), "Float64": pl.Float64(), "Float32": pl.Float32(), "String": pl.String()}
-    if feast_type.startswith("Array("):
-        return pl.List(simple[feast_type[6:-1]])
-    return simple[feast_type]
-
-
-def source_schema(view: str) -> dict[str, pl.DataType]:
-    """Columns and polars types of a view's offline source table."""
-    key = JOIN_KEYS[ENTITY_OF_VIEW[view]]
-    return {key: pl.String(), TS: TIMESTAMP, **{f: _polars_dtype(t) for f, t in SCHEMAS[view].items()}}
 
 
 def normalize_events(impressions: pl.DataFrame) -> pl.DataFrame:
@@ -470,14 +458,6 @@ class MaterializeResult:
             f"{', '.join(self.views)} -> {self.online_store} up to {self.end:%Y-%m-%d %H:%M:%S} "
             f"(version {self.version})"
         )
-
-
-def ensure_sources(ws: Workspace) -> None:
-    """Create missing source tables empty (with the right schema) so `feast apply` is complete."""
-    for view in VIEWS:
-        path = source_path(ws.feature_sources_dir, view)
-        if not path.exists():
-            write_parquet(pl.DataFrame(schema=source_schema(view)), path)
 
 
 def source_lineage(ws: Workspace, views: Sequence[str] = VIEWS) -> dict[str, dict[str, Any]]:

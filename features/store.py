@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from features.definitions import build_definitions, source_path
+import polars as pl
+
+from features.definitions import VIEWS, build_definitions, source_path, source_schema
 from recsys.config import Settings
+from recsys.io import write_parquet
 from recsys.workspace import Workspace
 
 
@@ -88,14 +91,20 @@ def _fail_fast(store: Any) -> None:
         client.set_retry(Retry(ConstantBackoff(0.05), 1))
 
 
+def ensure_sources(ws: Workspace) -> None:
+    """Create missing source tables empty (with the right schema) so `feast apply` is complete."""
+    for view in VIEWS:
+        path = source_path(ws.feature_sources_dir, view)
+        if not path.exists():
+            write_parquet(pl.DataFrame(schema=source_schema(view)), path)
+
+
 def apply(settings: Settings, store: Any = None) -> list[str]:
     """`feast apply`: register the entities and feature views; returns the view names.
 
     Sources that do not exist yet are created empty with the right schema, so the registry is
     complete even before the first build or backfill (Feast reads none of them here).
     """
-    from features.jobs import ensure_sources
-
     ws = Workspace.at(settings.home)
     ensure_sources(ws)
     store = store or feature_store(settings)
