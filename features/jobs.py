@@ -658,7 +658,7 @@ def materialize(
             # content is static: always its latest rows, whatever `end`
             _write_latest_rows(store, ws, view, hi if view == ITEM_CONTENT else stop)
     except Exception as exc:
-        from features.online import wrap_store_error
+        from features.store import wrap_store_error
 
         raise wrap_store_error(exc, describe_online_store(settings, ws)) from exc
     version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"

@@ -16,9 +16,15 @@ from typing import Any, Literal
 
 import polars as pl
 
-from features.definitions import ITEM_BEHAVIOUR, ITEM_CONTENT, SCHEMAS, USER_BEHAVIOUR, source_path
-from features.jobs import source_schema
-from features.store import FeatureStoreError, FeatureStoreUnavailable, describe_online_store
+from features.definitions import (
+    ITEM_BEHAVIOUR,
+    ITEM_CONTENT,
+    SCHEMAS,
+    USER_BEHAVIOUR,
+    source_path,
+    source_schema,
+)
+from features.store import FeatureStoreError, describe_online_store, wrap_store_error
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.workspace import Workspace
@@ -27,18 +33,6 @@ log = logging.getLogger(__name__)
 ITEM_VIEWS = (ITEM_BEHAVIOUR, ITEM_CONTENT)
 _BATCH = 1000
 PROBE_USER = "__readiness_probe__"
-
-
-def wrap_store_error(exc: BaseException, store: str) -> BaseException:
-    """Turn a store's connection failure into `FeatureStoreUnavailable` naming the store."""
-    import sqlite3
-
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    connection = {"ConnectionError", "TimeoutError", "ConnectionRefusedError", "BusyLoadingError"}
-    # DatabaseError: also a corrupted or replaced sqlite file ("file is not a database")
-    if names & connection or isinstance(exc, (OSError, sqlite3.DatabaseError)):
-        return FeatureStoreUnavailable(f"online feature store unavailable ({store}): {exc}")
-    return exc
 
 
 def feature_refs(views: Sequence[str]) -> list[str]:

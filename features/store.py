@@ -121,3 +121,15 @@ __all__ = [
     "repo_config",
     "source_path",
 ]
+
+
+def wrap_store_error(exc: BaseException, store: str) -> BaseException:
+    """Turn a store's connection failure into `FeatureStoreUnavailable` naming the store."""
+    import sqlite3
+
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    connection = {"ConnectionError", "TimeoutError", "ConnectionRefusedError", "BusyLoadingError"}
+    # DatabaseError: also a corrupted or replaced sqlite file ("file is not a database")
+    if names & connection or isinstance(exc, (OSError, sqlite3.DatabaseError)):
+        return FeatureStoreUnavailable(f"online feature store unavailable ({store}): {exc}")
+    return exc
