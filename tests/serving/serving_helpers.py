@@ -108,16 +108,18 @@ class VectorRecommender:
 
 
 class RecentClickFeatures:
-    """User features from the click log; `down` makes it behave like an unreachable store."""
+    """User features from the click log (recent clicks, most recent first, under `key`);
+    `down` makes it behave like an unreachable store."""
 
-    def __init__(self, ws: Workspace):
+    def __init__(self, ws: Workspace, key: str = "last_clicked"):
         self.recent = load_catalogue(ws).recent
+        self.key = key
         self.down = False
 
     def user(self, user_id: str) -> dict[str, Any]:
         if self.down:
             raise ConnectionError("online store unreachable")
-        return {"last_clicked": list(self.recent.get(user_id, ()))}
+        return {self.key: list(self.recent.get(user_id, ()))}
 
 
 class Loader:

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
-from serving_helpers import API_KEY, make_settings, wait_ready
+from serving_helpers import API_KEY, RecentClickFeatures, make_settings, wait_ready
 
 from recsys.data import columns as C
 from recsys.data.tables import save_table
@@ -26,19 +26,6 @@ _spec = importlib.util.spec_from_file_location("ranking_world",
 _world = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_world)
 USER = "u1"
-
-
-class ClickHistory:
-    """The user's row as the Feast online store gives it: recent clicks, most recent first."""
-
-    def __init__(self, ws: Workspace):
-        self.recent = load_catalogue(ws).recent
-        self.down = False
-
-    def user(self, user_id: str) -> dict[str, Any]:
-        if self.down:
-            raise ConnectionError("online store unreachable")
-        return {"last_clicked_items": list(self.recent.get(user_id, ()))}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +46,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, pl.Da
 def real_state(settings: Any, previous: ServingState | None = None) -> ServingState:
     ws = Workspace.at(settings.home)
     rec = Recommender.load(settings)
-    return ServingState(catalogue=load_catalogue(ws), recommender=rec, features=ClickHistory(ws),
+    features = RecentClickFeatures(ws, "last_clicked_items")  # as the Feast online store names it
+    return ServingState(catalogue=load_catalogue(ws), recommender=rec, features=features,
                         versions=dict(rec.versions), problems=())
 
 
