@@ -375,22 +375,13 @@ class Recommender:
         return rows, sc
 
     def _popular(self, k: int, allowed: np.ndarray, timings: dict[str, float], t0: float, why: str,
-                 rules: Rules | None = None, taken: np.ndarray = _NO_ROWS) -> Recommendation:
+                 rules: Rules | None = None, taken: np.ndarray | None = None) -> Recommendation:
         """The most clicked allowed items, at most `rules.max_per_category` per category counting
         the categories already `taken` (codes)."""
         ok = allowed[self._pop_rows]
         rows, scores = self._pop_rows[ok], self._pop_scores[ok]
-        if rules is not None and rules.max_per_category is not None:
-            cats = self.items.category[rows]
-            count = {int(c): int((taken == c).sum()) for c in np.unique(cats)}
-            keep = np.zeros(len(rows), bool)
-            for j, c in enumerate(cats.tolist()):
-                if count[c] < rules.max_per_category:
-                    keep[j], count[c] = True, count[c] + 1
-                    if keep.sum() == k:
-                        break
-            rows, scores = rows[keep], scores[keep]
-        rows, scores = rows[:k], scores[:k]
+        keep = select(scores, self.items.category[rows], None, k, rules or Rules(), taken)
+        rows, scores = rows[keep], scores[keep]
         ids = self.items.ids
         out = [(str(ids[r]), float(s), i + 1) for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
         timings["total"] = time.perf_counter() - t0

@@ -57,6 +57,19 @@ class Rules:
         return bool(self.categories is not None or self.exclude_categories or self.min_price is not None
                     or self.max_price is not None)
 
+    def allows(self, category: str | None, price: float | None) -> bool:
+        """Whether the filters let one item through (the per-item form of `mask`)."""
+        if self.categories is not None and category not in self.categories:
+            return False
+        if category in self.exclude_categories:
+            return False
+        if self.min_price is None and self.max_price is None:
+            return True
+        if price is None or price != price:  # no price: outside every bound
+            return False
+        return (self.min_price is None or price >= self.min_price) and \
+            (self.max_price is None or price <= self.max_price)
+
     def mask(self, category: np.ndarray, categories: tuple[str, ...], price: np.ndarray) -> np.ndarray:
         """(N,) bool: items the filters allow. `category` holds codes into `categories` (-1 unknown)."""
         ok = np.ones(len(category), bool)
@@ -81,26 +94,28 @@ def _set(value: Collection[str] | str | None) -> frozenset[str]:
 
 
 def select(scores: np.ndarray, category: np.ndarray, vectors: np.ndarray | None, k: int,
-           rules: Rules) -> np.ndarray:
+           rules: Rules, taken: np.ndarray | None = None) -> np.ndarray:
     """Positions (into the candidate arrays) of the k items shown, in order.
 
-    `scores` (n,) ranker scores, `category` (n,) codes, `vectors` (n, d) L2-normalised item
-    vectors (None: no diversity possible). Without per-category caps or diversity this is the
-    top k by score."""
+    `scores` (n,) ranker scores, `category` (n,) codes (-1 unknown), `vectors` (n, d)
+    L2-normalised item vectors (None: no diversity possible), `taken` the category codes of items
+    already shown (they count towards `max_per_category`). Without per-category caps or diversity
+    this is the top k by score."""
     order = np.argsort(-scores, kind="stable")
     if rules.max_per_category is None and (rules.diversity <= 0 or vectors is None):
         return order[:k]
-    cap = rules.max_per_category or len(scores)
+    taken = np.zeros(0, np.int64) if taken is None else np.asarray(taken, np.int64)
+    cap = rules.max_per_category or len(scores) + len(taken)
     lam = rules.diversity if vectors is not None else 0.0
     span = float(scores.max() - scores.min()) if len(scores) else 0.0
     rel = (scores - scores.min()) / span if span > 0 else np.zeros(len(scores))
-    taken: list[int] = []
-    per_cat: dict[int, int] = {}
+    slot = np.asarray(category, np.int64) + 1  # unknown (-1) counts as a category of its own
+    count = np.bincount(taken + 1, minlength=int(max(slot.max(initial=0), taken.max(initial=-1) + 1)) + 1)
+    picked: list[int] = []
     closest = np.full(len(scores), -np.inf) if lam > 0 else None  # max cos to a picked item
     free = np.ones(len(scores), bool)
-    while len(taken) < k:
-        ok = free & np.array([per_cat.get(int(c), 0) < cap for c in category]) if rules.max_per_category \
-            else free
+    while len(picked) < k:
+        ok = free & (count[slot] < cap)
         if not ok.any():
             break
         if closest is None:
@@ -109,7 +124,7 @@ def select(scores: np.ndarray, category: np.ndarray, vectors: np.ndarray | None,
             value = (1 - lam) * rel - lam * np.where(np.isfinite(closest), closest, 0.0)
             pick = int(np.flatnonzero(ok)[np.argmax(value[ok])])
             closest = np.maximum(closest, vectors @ vectors[pick])
-        taken.append(pick)
+        picked.append(pick)
         free[pick] = False
-        per_cat[int(category[pick])] = per_cat.get(int(category[pick]), 0) + 1
-    return np.asarray(taken, np.int64)
+        count[slot[pick]] += 1
+    return np.asarray(picked, np.int64)

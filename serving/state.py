@@ -46,21 +46,8 @@ class ItemInfo:
     available: bool = True  # in stock; an unavailable item is never recommended
 
     def allowed_by(self, rules: Rules) -> bool:
-        """Whether the rules' filters let this item through (`recsys.rules.Rules.mask`, per item)."""
-        if not self.available:
-            return False
-        if rules.categories is not None and self.category not in rules.categories:
-            return False
-        if self.category in rules.exclude_categories:
-            return False
-        if rules.min_price is not None or rules.max_price is not None:
-            if self.price is None or self.price != self.price:  # no price: outside every bound
-                return False
-            if rules.min_price is not None and self.price < rules.min_price:
-                return False
-            if rules.max_price is not None and self.price > rules.max_price:
-                return False
-        return True
+        """Whether the item is in stock and the rules' filters let it through."""
+        return self.available and rules.allows(self.category, self.price)
 
 
 @dataclass(frozen=True)
