@@ -33,7 +33,7 @@ import polars as pl
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.ranking.candidates import EaseSource, merge_candidates, top_rows
-from recsys.ranking.dataset import CandidateSource
+from recsys.ranking.dataset import CandidateSource, known_items
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
 from recsys.retrieval.index import ItemIndex
@@ -82,21 +82,6 @@ def user_state(log_df: pl.DataFrame, as_of: datetime, history: int) -> dict[str,
               .group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID)))
     return {u: (items[-history:], set(items)) for u, items in
             zip(clicks[C.USER_ID].to_list(), clicks[C.ITEM_ID].to_list(), strict=True)}
-
-
-def known_items(log_df: pl.DataFrame, items: ItemTable,
-                as_of: datetime | None = None) -> dict[str, np.ndarray]:
-    """User -> ItemTable rows of every item they clicked (before `as_of` where given, and where
-    the log has timestamps); rows with clicked = false are ignored."""
-    if C.CLICKED in log_df.columns:
-        log_df = log_df.filter(pl.col(C.CLICKED))
-    if as_of is not None and C.EVENT_TIMESTAMP in log_df.columns:
-        log_df = log_df.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
-    pairs = log_df.select(C.USER_ID, C.ITEM_ID).unique()
-    pairs = pairs.with_columns(pl.Series("_row", items.rows(pairs[C.ITEM_ID]))).filter(pl.col("_row") >= 0)
-    grouped = pairs.group_by(C.USER_ID).agg(pl.col("_row"))
-    return {u: np.asarray(r, np.int64) for u, r in
-            zip(grouped[C.USER_ID].to_list(), grouped["_row"].to_list(), strict=True)}
 
 
 class Recommender:
@@ -148,13 +133,16 @@ class Recommender:
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def load(cls, settings: Settings, ranker_uri: str | None = None, retrieval_uri: str | None = None,
-             item_features: pl.DataFrame | None = None, as_of: datetime | None = None) -> Recommender:
+             item_features: pl.DataFrame | None = None, as_of: datetime | None = None,
+             log: pl.DataFrame | None = None) -> Recommender:
         """Load the ranker (default `models:/ranker@<ranker.model_alias>`), the two-tower it was
         trained with (or `retrieval_uri`), and the item arrays from the workspace.
 
         `item_features`: latest item-behaviour rows (e.g. the online store's item cache, columns
         with or without the `item_behaviour__` prefix); by default the feature-view source's
-        latest snapshot at or before `as_of`.
+        latest snapshot at or before `as_of`. `log`: the click log the caller already holds
+        (user_id, item_id, clicked, event_timestamp), for the users' known items; by default the
+        workspace's impressions are read.
         """
         from recsys import tracking
         from recsys.data.tables import load_table
@@ -185,8 +173,10 @@ class Recommender:
             ease = load_ease_source(settings, _model_uri(ranker.meta["ease"]), items)
         seen = None
         if settings.ranker.exclude_seen == "all" or ease is not None:
-            seen = known_items(load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.CLICKED,
-                                                                     C.EVENT_TIMESTAMP]), items, as_of)
+            if log is None:
+                log = load_table(ws, "impressions",
+                                 columns=[C.USER_ID, C.ITEM_ID, C.CLICKED, C.EVENT_TIMESTAMP])
+            seen = known_items(log, items, as_of)
         versions = {"ranker": ref.tag, "retrieval": retrieval.version if retrieval else None}
         if ease is not None:
             versions["ease"] = ease.version

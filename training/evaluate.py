@@ -152,7 +152,7 @@ def resolve_policy(settings: Settings, spec: str, history: pl.DataFrame) -> tupl
 
     ref = tracking.resolve(settings, spec)
     as_of = history[C.EVENT_TIMESTAMP].max() if history.height else None
-    recommender = Recommender.load(settings, ranker_uri=spec, as_of=as_of)
+    recommender = Recommender.load(settings, ranker_uri=spec, as_of=as_of, log=history)
     return RecommenderPolicy(recommender, ref.tag, history, settings.ranker.history,
                              Workspace.at(settings.home)), ref.tag
 

@@ -85,7 +85,7 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
         as_of = as_of.replace(tzinfo=UTC)
     if recommender is None:
         item_f = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
-        recommender = Recommender.load(settings, item_features=item_f)
+        recommender = Recommender.load(settings, item_features=item_f, as_of=as_of, log=log_df)
     rec = recommender
     if users is None:
         if ws.table("users").exists():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
@@ -98,6 +99,21 @@ def prepare_log(log_df: pl.DataFrame, items: ItemTable) -> tuple[pl.DataFrame, d
                                 "a ranker cannot learn from it (check the 'clicked' column)")
     counts["clicks"] = n_clicks
     return log_df, counts
+
+
+def known_items(log_df: pl.DataFrame, items: ItemTable,
+                as_of: datetime | None = None) -> dict[str, np.ndarray]:
+    """User -> ItemTable rows of every item they clicked (before `as_of` where given, and where
+    the log has timestamps); rows with clicked = false are ignored."""
+    if C.CLICKED in log_df.columns:
+        log_df = log_df.filter(pl.col(C.CLICKED))
+    if as_of is not None and C.EVENT_TIMESTAMP in log_df.columns:
+        log_df = log_df.filter(pl.col(C.EVENT_TIMESTAMP) < as_of)
+    pairs = log_df.select(C.USER_ID, C.ITEM_ID).unique()
+    pairs = pairs.with_columns(pl.Series("_row", items.rows(pairs[C.ITEM_ID]))).filter(pl.col("_row") >= 0)
+    grouped = pairs.group_by(C.USER_ID).agg(pl.col("_row"))
+    return {u: np.asarray(r, np.int64) for u, r in
+            zip(grouped[C.USER_ID].to_list(), grouped["_row"].to_list(), strict=True)}
 
 
 def click_history(log_df: pl.DataFrame, queries: pl.DataFrame, items: ItemTable, length: int) -> np.ndarray:

@@ -26,8 +26,17 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.ranking.candidates import EaseSource, merge_candidates, top_rows
-from recsys.ranking.dataset import FEATURE_TS, Candidates, CandidateSource, TrainingDataError, click_history
+from recsys.ranking.dataset import (
+    FEATURE_TS,
+    Candidates,
+    CandidateSource,
+    TrainingDataError,
+    click_history,
+    known_items,
+)
 from recsys.ranking.features import ItemTable
+
+_NONE = np.zeros(0, np.int64)
 
 
 def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTable, *,
@@ -47,8 +56,9 @@ def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTabl
     queries = queries.with_columns(pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias(C.EVENT_TIMESTAMP),
                                    pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias(FEATURE_TS))
     hist = click_history(base, queries, items, history)
-    seen = _rows_by_user(base, items, users)
-    truth = _rows_by_user(labels, items, users)
+    seen_by, truth_by = known_items(base, items), known_items(labels, items)
+    seen = [np.sort(seen_by.get(u, _NONE)) for u in users]
+    truth = [np.sort(truth_by.get(u, _NONE)) for u in users]
     parts: list[dict[str, np.ndarray]] = []
     counts = {"label_clicks": int(sum(len(t) for t in truth)), "label_clicks_outside_candidates": 0}
     for s in range(0, len(users), chunk):
@@ -99,14 +109,6 @@ def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTabl
         pl.Series("q", np.arange(good.len(), dtype=np.int64)))
     counts["rows"] = rows.height
     return Candidates(queries=queries, rows=rows, history=hist[keep], counts=counts)
-
-
-def _rows_by_user(clicks: pl.DataFrame, items: ItemTable, users: list[str]) -> list[np.ndarray]:
-    """Per user of `users`, the ItemTable rows of the distinct items they clicked in `clicks`."""
-    pairs = clicks.select(C.USER_ID, C.ITEM_ID).unique()
-    pairs = pairs.with_columns(pl.Series("_row", items.rows(pairs[C.ITEM_ID]))).filter(pl.col("_row") >= 0)
-    grouped = dict(pairs.group_by(C.USER_ID).agg(pl.col("_row")).iter_rows())
-    return [np.sort(np.asarray(grouped.get(u, []), np.int64)) for u in users]
 
 
 def with_ease(cands: Candidates, past: pl.DataFrame, items: ItemTable, ease: EaseSource,
