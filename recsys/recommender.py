@@ -33,7 +33,7 @@ import polars as pl
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.ranking.candidates import EaseSource, merge_candidates, top_rows
-from recsys.ranking.dataset import CandidateSource, known_items
+from recsys.ranking.dataset import CandidateSource, dense_vectors, known_items
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
 from recsys.retrieval.index import ItemIndex
@@ -120,9 +120,7 @@ class Recommender:
         self._vectors: np.ndarray | None = None
         self._present = np.zeros(len(items), bool)
         if retrieval is not None:
-            self._vectors = np.zeros((len(items), retrieval.item_vectors.shape[1]), np.float32)
-            self._vectors[retrieval.item_rows] = retrieval.item_vectors
-            self._present[retrieval.item_rows] = True
+            self._vectors, self._present = dense_vectors(retrieval, len(items))
         self._cat_index = {c: i for i, c in enumerate(items.categories)}
         self._n_present = int(self._present.sum())
         self._ann: ItemIndex | None = None

@@ -61,6 +61,16 @@ class CandidateSource(Protocol):
         ...
 
 
+def dense_vectors(source: CandidateSource, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """((n_items, d) float32 vectors, (n_items,) bool present): the source's item vectors placed at
+    their ItemTable rows, zeros where the source has no vector."""
+    vecs = np.zeros((n_items, source.item_vectors.shape[1]), np.float32)
+    present = np.zeros(n_items, bool)
+    vecs[source.item_rows] = source.item_vectors
+    present[source.item_rows] = True
+    return vecs, present
+
+
 class TrainingDataError(ValueError):
     """The click log cannot make a training set; the message says why and what to do."""
 
@@ -193,12 +203,7 @@ def _retrieve(source: CandidateSource, queries: pl.DataFrame, history: np.ndarra
     m = queries.height
     rng = np.random.default_rng(seed)
     qv = np.asarray(source.user_vectors(queries[C.USER_ID].to_list(), history, user_features), np.float32)
-    # a full (n_items,) view of the retrieval vectors; items the model lacks score -inf
-    dim = source.item_vectors.shape[1]
-    vecs = np.zeros((n_items, dim), np.float32)
-    present = np.zeros(n_items, bool)
-    vecs[source.item_rows] = source.item_vectors
-    present[source.item_rows] = True
+    vecs, present = dense_vectors(source, n_items)  # items the model lacks score -inf
     lq = logged["q"].to_numpy()
     li = logged["item_row"].to_numpy()
     if avoid is not None:

@@ -32,6 +32,7 @@ from recsys.ranking.dataset import (
     CandidateSource,
     TrainingDataError,
     click_history,
+    dense_vectors,
     known_items,
 )
 from recsys.ranking.features import ItemTable
@@ -61,14 +62,12 @@ def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTabl
     truth = [np.sort(truth_by.get(u, _NONE)) for u in users]
     parts: list[dict[str, np.ndarray]] = []
     counts = {"label_clicks": int(sum(len(t) for t in truth)), "label_clicks_outside_candidates": 0}
+    if source is not None:
+        vecs, present = dense_vectors(source, len(items))
     for s in range(0, len(users), chunk):
         e = min(s + chunk, len(users))
         tt = None
         if source is not None:
-            vecs = np.zeros((len(items), source.item_vectors.shape[1]), np.float32)
-            vecs[source.item_rows] = source.item_vectors
-            present = np.zeros(len(items), bool)
-            present[source.item_rows] = True
             tt = np.asarray(source.user_vectors(users[s:e], hist[s:e]), np.float32) @ vecs.T
             tt[:, ~present] = np.nan
         es = ease.scores(seen[s:e])
@@ -138,12 +137,7 @@ def with_ease(cands: Candidates, past: pl.DataFrame, items: ItemTable, ease: Eas
     rq, ri = rows["q"].to_numpy(), rows["item_row"].to_numpy()
     e_score = np.full(len(rq), np.nan, np.float32)
     e_rank = np.full(len(rq), float(cap), np.float32)
-    vecs = present = None
-    if source is not None:
-        vecs = np.zeros((n, source.item_vectors.shape[1]), np.float32)
-        vecs[source.item_rows] = source.item_vectors
-        present = np.zeros(n, bool)
-        present[source.item_rows] = True
+    vecs, present = dense_vectors(source, n) if source is not None else (None, None)
     order = np.argsort(rq, kind="stable")
     chunk = max(1, max_cells // max(n, 1))
     bounds = np.searchsorted(rq[order], np.arange(0, m + chunk, chunk))
