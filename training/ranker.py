@@ -39,7 +39,7 @@ from recsys import tracking
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError
-from recsys.data.splits import before_holdout, candidate_split, is_click_only, split_protocol
+from recsys.data.splits import Split, before_holdout, candidate_split, is_click_only, split_protocol
 from recsys.data.tables import load_table, quarantine, validate_file
 from recsys.ranking.candidates import EaseSource, load_ease_source
 from recsys.ranking.dataset import (
@@ -244,16 +244,23 @@ def load_ease(settings: Settings, items: ItemTable) -> EaseSource | None:
         return None
 
 
+def candidate_models_split(settings: Settings, log_df: pl.DataFrame, items: ItemTable, ease: EaseSource,
+                           click_only: bool) -> tuple[Split, EaseSource]:
+    """The split `recsys train retrieval` trained the candidate models on (the same clicks: on
+    catalogue items, in `candidate_split`'s order) and EASE refit with the champion's λ on its
+    train part: the part the ranker's features may come from."""
+    clicks = log_df.filter(pl.col(C.CLICKED)) if C.CLICKED in log_df.columns else log_df
+    clicks = clicks.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP).filter(
+        pl.col(C.ITEM_ID).is_in(pl.Series(list(items.ids), dtype=pl.String).implode()))
+    split = candidate_split(clicks, split_protocol(settings.retrieval.split, click_only), settings.seed)
+    base = EaseModel.fit(split.train, ease.lam, settings.retrieval.ease_max_items)
+    return split, EaseSource(base, items, "ease(base)")
+
+
 def stacked_training_set(settings: Settings, log_df: pl.DataFrame, items: ItemTable,
                          source: CandidateSource | None, ease: EaseSource) -> Candidates:
-    """Candidates by stacking (`recsys.ranking.stacking`) on the split the candidate models were
-    trained on: EASE refit with the champion's λ on that split's train part."""
-    protocol = split_protocol(settings.retrieval.split, click_only=True)
-    clicks = log_df.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
-    clicks = clicks.filter(pl.col(C.ITEM_ID).is_in(pl.Series(list(items.ids), dtype=pl.String).implode()))
-    split = candidate_split(clicks, protocol, settings.seed)
-    base_ease = EaseSource(EaseModel.fit(split.train, ease.lam, settings.retrieval.ease_max_items), items,
-                           "ease(base)")
+    """Candidates by stacking (`recsys.ranking.stacking`) on the candidate models' split."""
+    split, base_ease = candidate_models_split(settings, log_df, items, ease, click_only=True)
     labels = pl.concat([split.valid, split.test])
     return stacked_candidates(split.train, labels, items, source=source, ease=base_ease,
                               history=settings.ranker.history, n_tt=settings.retrieval.candidates,
@@ -263,17 +270,15 @@ def stacked_training_set(settings: Settings, log_df: pl.DataFrame, items: ItemTa
 def ease_split(settings: Settings, log_df: pl.DataFrame, items: ItemTable,
                ease: EaseSource) -> tuple[pl.DataFrame, pl.DataFrame, EaseSource]:
     """(label log, earlier log, EASE fit on the earlier clicks) of a log of impressions: the cut is
-    the candidate models' temporal split (`candidate_split`), so the ranker learns from the
-    impressions after the clicks the two-tower and this EASE were fit on."""
-    clicks = log_df.filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
-    split = candidate_split(clicks, split_protocol(settings.retrieval.split, click_only=False), settings.seed)
+    the candidate models' temporal split, so the ranker learns from the impressions after the
+    clicks the two-tower and this EASE were fit on."""
+    split, base_ease = candidate_models_split(settings, log_df, items, ease, click_only=False)
     cut = split.valid[C.EVENT_TIMESTAMP].min() if split.valid.height else split.test[C.EVENT_TIMESTAMP].min()
     if cut is None:
         raise TrainingDataError("the log is too short for a label period after the candidate models' part")
-    base = EaseModel.fit(split.train, ease.lam, settings.retrieval.ease_max_items)
     earlier = log_df.filter(pl.col(C.EVENT_TIMESTAMP) < cut)
-    return (log_df.filter(pl.col(C.EVENT_TIMESTAMP) >= cut), earlier.select(C.USER_ID, C.ITEM_ID,
-            C.EVENT_TIMESTAMP, C.CLICKED), EaseSource(base, items, "ease(base)"))
+    return (log_df.filter(pl.col(C.EVENT_TIMESTAMP) >= cut),
+            earlier.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED), base_ease)
 
 
 def source_orders(rs: RankSet, spec: FeatureSpec) -> dict[str, float]:
