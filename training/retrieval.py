@@ -127,10 +127,11 @@ def _metric_key(*parts: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", ".".join(parts).replace("@", "_at_"))
 
 
-def _champion_ndcg(settings: Settings, split: Split, embeddings: pl.DataFrame,
+def _champion_ndcg(settings: Settings, split: Split, items: pl.DataFrame, embeddings: pl.DataFrame,
                    test_feats: pl.DataFrame | None,
                    k: int, available: np.ndarray | None) -> tuple[float | None, str | None]:
-    """The current champion two-tower's test NDCG@10 on this split (None when there is none). A
+    """The current champion two-tower's test NDCG@10 on this split (None when there is none);
+    `available` given: ranked among the items created by the test's end, as the challenger was. A
     champion trained on more of the log may have seen some of these clicks: the comparison then
     favours it, so a promotion is never won by a leak."""
     try:
@@ -139,8 +140,7 @@ def _champion_ndcg(settings: Settings, split: Split, embeddings: pl.DataFrame,
         return None, None
     champion = RetrievalModel.load(folder)
     if available is not None:
-        available = available_by(load_table(Workspace.at(settings.home), "items"), champion.item_ids,
-                                 split.test[C.EVENT_TIMESTAMP].max())
+        available = available_by(items, champion.item_ids, split.test[C.EVENT_TIMESTAMP].max())
     result = evaluate_model(champion, split, embeddings, test_feats, k, available)
     return result.value("two_tower", "all", "ndcg@10"), ref.tag
 
@@ -241,7 +241,7 @@ def train_retrieval(settings: Settings, ws: Workspace, promote: bool = True,
                     "valid_recall": trained.fit.best_score, "evaluation": table.to_dicts()}
             champion_ndcg = champion_tag = None
             if promote:
-                champion_ndcg, champion_tag = _champion_ndcg(settings, split, embeddings, test_feats,
+                champion_ndcg, champion_tag = _champion_ndcg(settings, split, items, embeddings, test_feats,
                                                              cfg.eval_k, available)
             ndcg = evaluation.value("two_tower", "all", "ndcg@10")
             beats = champion_ndcg is None or ndcg > champion_ndcg
