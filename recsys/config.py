@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     seed: int = 42
     device: str = Field("auto", description="torch device: auto (CUDA where present), cpu, cuda")
     threads: int = Field(1, ge=1, description="threads per process (torch, LightGBM, OpenMP)")
+    memory_gib: float | None = Field(
+        None, gt=0, description="peak memory a heavy step may plan for (GiB); a plan above it stops "
+        "before the step starts. Unset: 80% of this machine's (or container's) memory")
     world: WorldConfig = WorldConfig()
     imports: ImportConfig = ImportConfig()
     clip: ClipConfig = ClipConfig()

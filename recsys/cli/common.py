@@ -30,6 +30,8 @@ def main_options(
     seed: int = typer.Option(None, "--seed", help="Random seed for every step [env RECSYS_SEED]"),
     device: str = typer.Option(None, "--device", help="torch device: auto, cpu, cuda [env RECSYS_DEVICE]"),
     threads: int = typer.Option(None, "--threads", help="Threads per process [env RECSYS_THREADS]"),
+    memory_gib: float = typer.Option(None, "--memory-gib", help="Peak memory a heavy step may plan for, "
+                                     "GiB [env RECSYS_MEMORY_GIB; default 80% of the machine's]"),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Our debug logs, and what libraries print (INFO logs, warnings, bars)"
     ),
@@ -37,7 +39,7 @@ def main_options(
     """Global options; every setting can also come from recsys.toml or RECSYS_* variables."""
     if config is not None:
         os.environ["RECSYS_CONFIG"] = str(config)
-    ctx.obj = {"home": home, "seed": seed, "device": device, "threads": threads}
+    ctx.obj = {"home": home, "seed": seed, "device": device, "threads": threads, "memory_gib": memory_gib}
     configure_output(verbose)
 
 
