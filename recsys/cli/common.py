@@ -124,6 +124,11 @@ def step(name: str) -> Iterator[dict[str, Any]]:
     console.print(f"[bold green]✓[/] {name}: {info.get('summary', 'done')} [dim]({elapsed:.1f} s)[/]")
 
 
+def say(line: str) -> None:
+    """A plain informational line (e.g. a step's memory plan), dimmed, never parsed as markup."""
+    console.print(line, style="dim", markup=False, highlight=False)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
