@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from recsys.configbase import ConfigModel
 from recsys.data.config import ImportConfig, WorldConfig
+from recsys.distributed.config import RayConfig
 from recsys.embeddings.config import ClipConfig
 from recsys.evaluation.config import EvaluationConfig
 from recsys.ranking.config import RankerConfig
@@ -106,6 +107,7 @@ class Settings(BaseSettings):
     features: FeatureStoreConfig = FeatureStoreConfig()
     tracking: TrackingConfig = TrackingConfig()
     serving: ServingConfig = ServingConfig()
+    ray: RayConfig = RayConfig()
 
     @classmethod
     def settings_customise_sources(
