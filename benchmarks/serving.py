@@ -28,9 +28,28 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("RECSYS_PROGRESS", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the server processes import `benchmarks.serving:bench_app` from the repository, wherever this runs
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, str(ROOT))
+BENCH_APP = "benchmarks.serving:bench_app"
+
+
+def bench_app():  # noqa: ANN201 (FastAPI is imported in the server process only)
+    """The production app plus `GET /v1/noop`, the ceiling of FastAPI + uvicorn that the
+    recommendation endpoint is compared against; a uvicorn factory like `serving.app:app_from_env`.
+    The no-op lives here, not in the production app."""
+    from serving.app import app_from_env
+
+    app = app_from_env()
+
+    @app.get("/v1/noop", include_in_schema=False)
+    async def noop() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
 
 
 def build_world(home: Path, items: int, users: int, impressions: int, seed: int = 7) -> None:
@@ -263,7 +282,7 @@ def main() -> None:
     t = time.perf_counter()
     overload = None
     server = start_server(settings, workers=args.workers, log_path=home / "bench-server.log", wait=300,
-                          ready=True)
+                          ready=True, app=BENCH_APP)
     print(f"server ({args.workers} worker) ready in {time.perf_counter() - t:.1f} s at {server.url}: "
           f"{n_items:,} items, "
           f"{len(users):,} users with clicks; k=10 from {settings.retrieval.candidates} ranked candidates; "

@@ -24,6 +24,7 @@ import httpx
 from recsys.config import Settings
 
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS_JSON"  # effective settings handed to uvicorn's workers
+APP = "serving.app:app_from_env"  # the uvicorn factory each worker runs (a benchmark passes its own)
 
 
 def free_port() -> int:
@@ -59,14 +60,15 @@ class ServerProcess:
 
 
 def start_server(settings: Settings, port: int | None = None, workers: int = 1, log_path: Path | None = None,
-                 wait: float = 120.0, ready: bool = False) -> ServerProcess:
-    """Start uvicorn on 127.0.0.1 in the background; returns once /healthz (or /readyz) answers."""
+                 wait: float = 120.0, ready: bool = False, app: str = APP) -> ServerProcess:
+    """Start uvicorn on 127.0.0.1 in the background; returns once /healthz (or /readyz) answers.
+    `app`: the factory ("module:function") that builds the app from `SETTINGS_ENV`."""
     port = port or free_port()
     if workers > 1:  # the supervisor of `recsys serve --workers N`
         cmd = [sys.executable, "-m", "serving.process", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--log-level", "warning"]
+               "--workers", str(workers), "--log-level", "warning", "--app", app]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "serving.app:app_from_env", "--factory", "--host",
+        cmd = [sys.executable, "-m", "uvicorn", app, "--factory", "--host",
                "127.0.0.1", "--port", str(port), "--log-level", "warning",
                "--timeout-graceful-shutdown", "20"]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (owned by the child)
@@ -124,23 +126,23 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(host: str, port: int, log_level: str = "info") -> None:
+def run_worker(host: str, port: int, log_level: str = "info", app: str = APP) -> None:
     """One worker: uvicorn on its own SO_REUSEPORT socket; the settings come from SETTINGS_ENV."""
     import uvicorn
 
     sock = reuseport_socket(host, port)
-    config = uvicorn.Config("serving.app:app_from_env", factory=True, log_level=log_level, access_log=False,
+    config = uvicorn.Config(app, factory=True, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SECONDS)
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def supervise(host: str, port: int, workers: int, log_level: str = "info") -> int:
+def supervise(host: str, port: int, workers: int, log_level: str = "info", app: str = APP) -> int:
     """Run `workers` worker processes on host:port until SIGTERM/SIGINT, which is forwarded to each
     as SIGTERM (graceful: in-flight requests finish, queued events are written). A worker that
     exits on its own is reported on stderr; the others keep serving. Returns 0 if every worker
     ended cleanly, else 1."""
     cmd = [sys.executable, "-m", "serving.process", "--worker", "--host", host, "--port", str(port),
-           "--log-level", log_level]
+           "--log-level", log_level, "--app", app]
     # own process group: a Ctrl-C in the terminal reaches the workers once, through the parent
     procs = [subprocess.Popen(cmd, process_group=0) for _ in range(workers)]
     stopping = False
@@ -191,11 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--worker", action="store_true", help="run one worker (used by the supervisor)")
+    ap.add_argument("--app", default=APP, help="the app factory each worker runs (module:function)")
     args = ap.parse_args(argv)
     if args.worker:
-        run_worker(args.host, args.port, args.log_level)
+        run_worker(args.host, args.port, args.log_level, args.app)
         return 0
-    return supervise(args.host, args.port, args.workers, args.log_level)
+    return supervise(args.host, args.port, args.workers, args.log_level, args.app)
 
 
 if __name__ == "__main__":

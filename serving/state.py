@@ -28,8 +28,8 @@ from recsys.rules import Rules
 from recsys.workspace import Workspace
 
 if TYPE_CHECKING:  # heavy imports (Feast, LightGBM) stay out of module import
-    from features.online import OnlineFeatures
-    from recsys.recommender import Recommender
+    from recsys.recommender import Recommendation
+    from serving.protocols import OnlineFeatureReader, RecommendationModel
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
@@ -217,9 +217,13 @@ def public_reason(text: str, *hide: str) -> str:
     return _PATH.sub("<path>", text)
 
 
+POPULAR_REASON = "popular now"
+
+
 @dataclass(frozen=True)
 class Ranked:
-    """A ranker's answer, normalised from whatever the recommender returns."""
+    """A ranked list as the response is built from it: the recommender's answer (`of`) or the
+    catalogue's popularity (`ServingState.popular`)."""
 
     items: list[tuple[str, float]]  # best first
     fallback: str | None  # "popular" or None
@@ -229,12 +233,27 @@ class Ranked:
     fallback_reason: str | None = None  # why, as the recommender said it (e.g. unknown user)
     reasons: dict[str, str] = field(default_factory=dict)  # item_id -> why it is recommended
 
+    @classmethod
+    def of(cls, rec: Recommendation, versions: dict[str, str | None]) -> Ranked:
+        """The recommender's (item, score, rank) rows; its versions, else the state's `versions`.
+        A recommendation with a `fallback` (a user it cannot rank) is a popularity answer."""
+        items = [(item_id, score) for item_id, score, _ in rec.items]
+        return cls(
+            items=items,
+            fallback="popular" if rec.fallback else None,
+            fallback_reason=rec.fallback or None,
+            ranker_version=rec.versions.get("ranker") or versions.get("ranker"),
+            retrieval_version=rec.versions.get("retrieval") or versions.get("retrieval"),
+            timings=dict(rec.timings),
+            reasons={item_id: why for (item_id, _), why in zip(items, rec.reasons, strict=False) if why},
+        )
+
 
 @dataclass(frozen=True)
 class ServingState:
     catalogue: Catalogue | None
-    recommender: Recommender | None
-    features: OnlineFeatures | None
+    recommender: RecommendationModel | None
+    features: OnlineFeatureReader | None
     versions: dict[str, str | None]
     problems: tuple[str, ...]
     materialization: str | None = None  # online-store materialization the item features come from
@@ -244,7 +263,7 @@ class ServingState:
     def ready(self) -> bool:
         return not self.problems
 
-    def with_features(self, features: OnlineFeatures | None, problem: str | None) -> ServingState:
+    def with_features(self, features: OnlineFeatureReader | None, problem: str | None) -> ServingState:
         """A copy with another online-store client; feature-store problems replaced by `problem`."""
         kept = tuple(p for p in self.problems if not p.startswith(FEATURE_STORE_PROBLEM))
         return replace(self, features=features, problems=kept + ((problem,) if problem else ()))
@@ -257,17 +276,27 @@ class ServingState:
     def rank(self, user_id: str, k: int, user_features: dict[str, Any] | None, rules: Rules,
              as_of: datetime) -> Ranked:
         """Ask the recommender for k ranked items within the shop's rules."""
-        result = self.recommender.recommend(user_id, k, user_features=user_features,
-                                            exclude=set(rules.exclude), category=None, as_of=as_of,
-                                            rules=rules)
-        return _normalise(result, self.versions)
+        if self.recommender is None:
+            raise RuntimeError("no recommender loaded")
+        rec = self.recommender.recommend(user_id, k, user_features=user_features,
+                                         exclude=set(rules.exclude), category=None, as_of=as_of, rules=rules)
+        return Ranked.of(rec, self.versions)
+
+    def popular(self, user_id: str, k: int, rules: Rules) -> Ranked:
+        """The degraded answer: the catalogue's most clicked items within `rules`, the user's recent
+        clicks left out (empty without a catalogue)."""
+        cat = self.catalogue
+        seen = set(cat.recent.get(user_id, ())) if cat is not None else set()
+        items = cat.popular_for(k, seen, rules=rules) if cat is not None else []
+        return Ranked(items, "popular", self.versions.get("ranker"), self.versions.get("retrieval"), {},
+                      reasons=dict.fromkeys((i for i, _ in items), POPULAR_REASON))
 
     def with_availability(self, item_ids: Sequence[str],
                           available: bool) -> tuple[ServingState, int, list[str]]:
         """Mark items in or out of stock in the recommender (in place: `Recommender.set_available`
         swaps its item table atomically) and in a new catalogue -> (state, how many changed, unknown
         ids). The caller swaps the returned state in."""
-        if self.recommender is not None and hasattr(self.recommender, "set_available"):
+        if self.recommender is not None:
             self.recommender.set_available(list(item_ids), available)
         if self.catalogue is None:
             return self, 0, []
@@ -275,44 +304,10 @@ class ServingState:
         return replace(self, catalogue=catalogue), changed, unknown
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if hasattr(obj, name):
-            return getattr(obj, name)
-    return default
-
-
-def _normalise(result: Any, versions: dict[str, str | None]) -> Ranked:
-    rows = _get(result, "items", "ranked", default=result)
-    items: list[tuple[str, float]] = []
-    for row in rows:
-        if isinstance(row, Sequence) and not isinstance(row, str):
-            items.append((str(row[0]), float(row[1])))
-        else:
-            items.append((str(_get(row, "item_id")), float(_get(row, "score"))))
-    timings = dict(_get(result, "timings", "stage_seconds", default={}) or {})
-    model_versions = _get(result, "versions", "model_versions", default={}) or {}
-    reason = _get(result, "fallback", default=None)
-    why = _get(result, "reasons", default=None) or ()
-    return Ranked(
-        items=items,
-        fallback="popular" if reason else None,  # the recommender's answer for users it cannot rank
-        fallback_reason=str(reason) if reason else None,
-        ranker_version=_get(result, "ranker_version", default=None) or model_versions.get("ranker")
-        or versions.get("ranker"),
-        retrieval_version=_get(result, "retrieval_version", default=None) or model_versions.get("retrieval")
-        or versions.get("retrieval"),
-        timings={k: float(v) for k, v in timings.items()},
-        reasons={item_id: str(w) for (item_id, _), w in zip(items, why, strict=False) if w},
-    )
-
-
 FEATURE_STORE_PROBLEM = "feature store: "
 
 
-def open_features(settings: Settings) -> tuple[OnlineFeatures | None, str | None]:
+def open_features(settings: Settings) -> tuple[OnlineFeatureReader | None, str | None]:
     """A new online-store client that has answered a probe read -> (client, None), or
     (None, problem) when the repo is not applied yet or the store cannot be read."""
     try:
@@ -325,15 +320,11 @@ def open_features(settings: Settings) -> tuple[OnlineFeatures | None, str | None
     return features, None
 
 
-def probe_features(features: Any) -> str | None:
+def probe_features(features: OnlineFeatureReader) -> str | None:
     """One cheap read through the client requests use -> None when it answers, else the problem
-    (worded as `load_state` words it). Clients without `probe` (tests' stand-ins) read one user."""
+    (worded as `load_state` words it)."""
     try:
-        probe = getattr(features, "probe", None)
-        if probe is not None:
-            probe()
-        else:
-            features.user("__readiness_probe__")
+        features.probe()
     except Exception as exc:
         return f"{FEATURE_STORE_PROBLEM}{type(exc).__name__}: {exc}"
     return None
@@ -371,7 +362,7 @@ def load_state(settings: Settings, previous: ServingState | None = None) -> Serv
     return state
 
 
-def _warm_up(recommender: Recommender, catalogue: Catalogue | None) -> None:
+def _warm_up(recommender: RecommendationModel, catalogue: Catalogue | None) -> None:
     """One full request before traffic: the first torch/LightGBM call pays lazy initialisation
     (~80 ms measured), which would otherwise land on a user's request."""
     if catalogue is None or not catalogue.popular:
@@ -383,12 +374,8 @@ def _warm_up(recommender: Recommender, catalogue: Catalogue | None) -> None:
         log.warning("warm-up request failed: %s: %s", type(exc).__name__, exc)
 
 
-def _versions_of(recommender: Any) -> dict[str, str | None]:
-    versions = _get(recommender, "versions", "model_versions", default=None)
-    if callable(versions):
-        versions = versions()
-    versions = dict(versions or {})
-    return {"ranker": versions.get("ranker"), "retrieval": versions.get("retrieval")}
+def _versions_of(recommender: RecommendationModel) -> dict[str, str | None]:
+    return {"ranker": recommender.versions.get("ranker"), "retrieval": recommender.versions.get("retrieval")}
 
 
 def registry_versions(settings: Settings) -> dict[str, str | None]:

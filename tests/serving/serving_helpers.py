@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from recsys.config import Settings, load_settings
 from recsys.data import columns as C
 from recsys.data.contracts import validate_impressions, validate_items
 from recsys.data.tables import save_table
+from recsys.recommender import Recommendation
 from recsys.rules import Rules
 from recsys.workspace import Workspace
 from serving.state import ServingState, load_catalogue
@@ -26,6 +28,7 @@ N_ITEMS = 40
 N_USERS = 12
 CATEGORIES = ("shoes", "bags", "hats")
 API_KEY = "test-key"
+RECENT_CLICKS = "user_behaviour__last_clicked_items"  # Feast's full feature name
 
 
 def build_world(home: Path, seed: int = 0) -> Workspace:
@@ -68,31 +71,41 @@ def build_world(home: Path, seed: int = 0) -> Workspace:
 
 
 class VectorRecommender:
-    """Scores items by the dot product with the mean vector of the user's clicks; unknown users
-    get popularity. The interface is the one serving calls (`recommend` + `versions`)."""
+    """A `serving.protocols.RecommendationModel` over the serving world: scores items by the dot
+    product with the mean vector of the user's recent clicks (from the online feature row, as the
+    real recommender reads it); users without clicks get popularity. Answers a real
+    `recsys.recommender.Recommendation`; the user "explode" raises, as a ranker bug would."""
 
     def __init__(self, ws: Workspace, version: int = 1):
         self.catalogue = load_catalogue(ws)
-        self.versions = {"ranker": f"ranker/v{version}", "retrieval": f"retrieval/v{version}"}
+        self.versions: dict[str, str | None] = {"ranker": f"ranker/v{version}",
+                                                "retrieval": f"retrieval/v{version}"}
+        self.unavailable: set[str] = set()
 
-    def recommend(self, user_id: str, k: int, user_features: dict | None, exclude: set[str],
-                  category: str | None, as_of: datetime, rules: Rules | None = None) -> dict[str, Any]:
+    def set_available(self, item_ids: Sequence[str], available: bool) -> int:
+        (self.unavailable.difference_update if available else self.unavailable.update)(item_ids)
+        return sum(1 for i in item_ids if i in self.catalogue.items)
+
+    def recommend(self, user_id: str, k: int = 10, user_features: Mapping[str, Any] | None = None,
+                  exclude: Collection[str] = (), category: str | None = None,
+                  as_of: datetime | None = None, history: Sequence[str] | None = None,
+                  seen: Collection[str] | None = None, rules: Rules | None = None) -> Recommendation:
         if user_id == "explode":
             raise RuntimeError("a bug in the ranker")
         cat = self.catalogue
         rules = rules or Rules()
-        exclude = set(exclude) | rules.exclude
-        clicked = (user_features or {}).get("last_clicked") or []
+        exclude = set(exclude) | rules.exclude | self.unavailable
+        clicked = list(history)[::-1] if history is not None else \
+            list((user_features or {}).get(RECENT_CLICKS) or [])  # most recent first
         rows = [cat.vector_row[i] for i in clicked if i in cat.vector_row]
         if not rows:
             items = cat.popular_for(k, exclude, category, rules)
-            return {"items": items, "fallback": "popular", "timings": {"popular": 0.0},
-                    "reasons": ["popular now"] * len(items)}
+            return Recommendation([(i, s, r) for r, (i, s) in enumerate(items, start=1)], dict(self.versions),
+                                  {"popular": 0.0}, "popular", len(items), ["popular now"] * len(items))
         t = time.perf_counter()
         scores = cat.vectors @ cat.vectors[rows].mean(axis=0)
-        order = np.argsort(-scores)
         items = []
-        for n in order:
+        for n in np.argsort(-scores):
             item_id = cat.vector_ids[n]
             if item_id in exclude or item_id in clicked:
                 continue
@@ -103,23 +116,33 @@ class VectorRecommender:
             items.append((item_id, float(scores[n])))
             if len(items) == k:
                 break
-        return {"items": items, "fallback": None, "timings": {"rank": time.perf_counter() - t},
-                "reasons": [f"because you clicked {cat.items[clicked[0]].title}"] * len(items)}
+        return Recommendation([(i, s, r) for r, (i, s) in enumerate(items, start=1)], dict(self.versions),
+                              {"rank": time.perf_counter() - t}, None, len(scores),
+                              [f"because you clicked {cat.items[clicked[0]].title}"] * len(items))
 
 
 class RecentClickFeatures:
-    """User features from the click log (recent clicks, most recent first, under `key`);
-    `down` makes it behave like an unreachable store."""
+    """A `serving.protocols.OnlineFeatureReader` over the click log: the row the real store
+    answers (`user_behaviour__last_clicked_items`, most recent first); `down` makes it behave like
+    an unreachable store."""
 
-    def __init__(self, ws: Workspace, key: str = "last_clicked"):
+    def __init__(self, ws: Workspace):
         self.recent = load_catalogue(ws).recent
-        self.key = key
         self.down = False
 
     def user(self, user_id: str) -> dict[str, Any]:
         if self.down:
             raise ConnectionError("online store unreachable")
-        return {self.key: list(self.recent.get(user_id, ()))}
+        return {RECENT_CLICKS: list(self.recent.get(user_id, ()))}
+
+    def probe(self) -> None:
+        self.user("__readiness_probe__")
+
+    def replaced(self) -> bool:
+        return False  # no file behind it
+
+    def reopened(self) -> RecentClickFeatures:
+        return self  # the log in memory is all there is to reopen
 
 
 class Loader:

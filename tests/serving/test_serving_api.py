@@ -119,12 +119,12 @@ def test_exploration_records_propensities(world: Workspace, loader) -> None:
 def test_the_recommenders_answer_is_normalised() -> None:
     """`recsys.recommender.Recommendation` (item, score, rank) maps onto the response fields."""
     from recsys.recommender import Recommendation
-    from serving.state import _normalise
+    from serving.state import Ranked
 
     versions = {"ranker": "ranker/v3", "retrieval": "retrieval/v2"}
     rec = Recommendation([("i1", 0.9, 1), ("i2", 0.5, 2)], versions, {"retrieval": 0.001, "ranking": 0.002},
                          "popularity", 300)
-    ranked = _normalise(rec, {"ranker": None, "retrieval": None})
+    ranked = Ranked.of(rec, {"ranker": None, "retrieval": None})
     assert ranked.items == [("i1", 0.9), ("i2", 0.5)]
     assert ranked.fallback == "popular" and ranked.fallback_reason == "popularity"
     assert (ranked.ranker_version, ranked.retrieval_version) == ("ranker/v3", "retrieval/v2")

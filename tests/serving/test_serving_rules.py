@@ -46,7 +46,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, pl.Da
 def real_state(settings: Any, previous: ServingState | None = None) -> ServingState:
     ws = Workspace.at(settings.home)
     rec = Recommender.load(settings)
-    features = RecentClickFeatures(ws, "last_clicked_items")  # as the Feast online store names it
+    features = RecentClickFeatures(ws)
     return ServingState(catalogue=load_catalogue(ws), recommender=rec, features=features,
                         versions=dict(rec.versions), problems=())
 
@@ -102,7 +102,7 @@ def test_the_popularity_paths_obey_the_same_rules(client: TestClient) -> None:
     assert cold["fallback"] == "popular" and all(it["reason"] == "popular now" for it in cold["items"])
     cats = [it["category"] for it in cold["items"]]
     assert len(cats) == 3 and len(set(cats)) == 3 and "hats" not in cats  # 4 categories less hats, one each
-    client.app.state.holder.current.features.down = True  # the online store is unreachable: degraded
+    client.app.state.service.state.features.down = True  # the online store is unreachable: degraded
     degraded = get(client, k=5, categories="bags", max_price=60)
     assert degraded["degraded"] and degraded["fallback"] == "popular" and len(degraded["items"]) == 5
     assert {it["category"] for it in degraded["items"]} == {"bags"}

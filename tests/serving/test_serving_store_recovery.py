@@ -40,7 +40,7 @@ def test_a_corrupted_store_degrades_and_one_reload_after_restoring_recovers(
     with TestClient(create_app(settings, loader=load_state)) as c:
         wait_ready(c, timeout=120)
         assert c.get("/readyz").status_code == 200, c.get("/readyz").text
-        state: ServingState = c.app.state.holder.current
+        state: ServingState = c.app.state.service.state
         assert state.features is not None and recommend(c)["degraded"] is False
 
         db.write_bytes(b"this is not a sqlite database " * 200)  # in place: the open connection reads it
@@ -65,7 +65,7 @@ def test_a_corrupted_store_degrades_and_one_reload_after_restoring_recovers(
         assert r.status_code == 200 and r.json()["ready"] is True, r.text
         assert c.get("/readyz").status_code == 200
         assert all(recommend(c)["degraded"] is False for _ in range(3))
-        assert c.app.state.holder.current.features is not state.features  # a new client
+        assert c.app.state.service.state.features is not state.features  # a new client
 
 
 def test_the_periodic_check_reopens_a_replaced_store(tmp_path: Path) -> None:
@@ -78,14 +78,14 @@ def test_the_periodic_check_reopens_a_replaced_store(tmp_path: Path) -> None:
     loader = _features_only(ws)
     with TestClient(create_app(settings, loader=loader)) as c:
         wait_ready(c, timeout=120)
-        first = c.app.state.holder.current.features
+        first = c.app.state.service.state.features
         db.write_bytes(b"garbage " * 500)
         _wait(lambda: c.get("/readyz").status_code == 503)
         tmp = db.with_name(".online.db.restore")
         tmp.write_bytes(good)
         os.replace(tmp, db)
         _wait(lambda: c.get("/readyz").status_code == 200)
-        assert c.app.state.holder.current.features is not first
+        assert c.app.state.service.state.features is not first
         body = c.get("/v1/users/u1/recommendations", params={"k": 5}).json()
         assert body["degraded"] is False
 
