@@ -5,18 +5,33 @@ Embedded default: provider `local`, the `duckdb` offline store over the parquet 
 at `<home>/feast/online.db`, the registry at `<home>/feast/registry.db`. With
 `features.online_store = "redis"` the online store is Redis at `features.redis_url`.
 `features/feature_store.yaml` says the same for the `feast` CLI.
+
+A moved or copied workspace uses its own files, never the old folder's: the registry and
+online store paths are computed from the workspace on every open, and the registry, which
+records each view's source as an absolute path (Feast's duckdb store reads a relative one
+against the working directory), is re-pointed at the current sources when it was applied
+elsewhere (`repoint_registry`; `feast/location.json` records where it points).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from features.definitions import VIEWS, build_definitions, source_path, source_schema
 from recsys.config import Settings
-from recsys.io import write_parquet
+from recsys.io import atomic_path, remove_stale_temps, write_json, write_parquet
 from recsys.workspace import Workspace
+
+log = logging.getLogger(__name__)
+REGISTRY_FILE = "registry.db"
+LOCATION_FILE = "location.json"  # in <home>/feast: the sources folder the registry points at
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -41,23 +56,24 @@ def online_store_config(settings: Settings, ws: Workspace) -> dict[str, Any]:
 
 
 def describe_online_store(settings: Settings, ws: Workspace | None = None) -> str:
-    """A human name of the online store for errors and summaries."""
+    """A human name of the online store for errors, summaries and `materialized.json` (the
+    sqlite file named relative to the workspace, which may move)."""
     ws = ws or Workspace.at(settings.home)
     cfg = online_store_config(settings, ws)
     if cfg["type"] == "redis":
         return f"redis at {cfg['connection_string'].split(',')[0]}"
-    return f"sqlite at {cfg['path']}"
+    return f"sqlite at {ws.portable(cfg['path'])} in the workspace"
 
 
-def repo_config(settings: Settings, ws: Workspace | None = None) -> Any:
-    """The `RepoConfig` of this workspace (no YAML needed)."""
+def repo_config(settings: Settings, ws: Workspace | None = None, registry: Path | None = None) -> Any:
+    """The `RepoConfig` of this workspace (no YAML needed); `registry`: another registry file."""
     from feast.repo_config import RegistryConfig, RepoConfig
 
     ws = ws or Workspace.at(settings.home)
     return RepoConfig(
         project=settings.features.project,
         provider="local",
-        registry=RegistryConfig(path=str(ws.feast_dir / "registry.db"), cache_ttl_seconds=60),
+        registry=RegistryConfig(path=str(registry or ws.feast_dir / REGISTRY_FILE), cache_ttl_seconds=60),
         offline_store={"type": "duckdb"},
         online_store=online_store_config(settings, ws),
         entity_key_serialization_version=3,
@@ -65,17 +81,55 @@ def repo_config(settings: Settings, ws: Workspace | None = None) -> Any:
     )
 
 
-def feature_store(settings: Settings) -> Any:
-    """A `feast.FeatureStore` over this workspace."""
+def feature_store(settings: Settings, repoint: bool = True) -> Any:
+    """A `feast.FeatureStore` over this workspace (its registry re-pointed first when the
+    workspace has moved, see `repoint_registry`)."""
     import os
 
     os.environ.setdefault("FEAST_USAGE", "False")
     from feast import FeatureStore
 
+    if repoint:
+        repoint_registry(settings)
     store = FeatureStore(config=repo_config(settings))
     if settings.features.online_store == "redis":
         _fail_fast(store)
     return store
+
+
+def _registered_sources(ws: Workspace) -> str | None:
+    try:
+        return json.loads((ws.feast_dir / LOCATION_FILE).read_text()).get("sources")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _record_sources(ws: Workspace) -> None:
+    write_json({"sources": str(ws.feature_sources_dir)}, ws.feast_dir / LOCATION_FILE)
+
+
+def repoint_registry(settings: Settings) -> bool:
+    """Re-apply the definitions when the registry's sources are not this workspace's (it was
+    applied where the workspace was before a move or copy, or before this record existed).
+    The re-applied registry is written beside the live one and renamed onto it, so a reader
+    meanwhile sees the old registry or the new one, never a half-written file. Returns whether
+    it re-pointed."""
+    ws = Workspace.at(settings.home)
+    registry = ws.feast_dir / REGISTRY_FILE
+    if not registry.exists() or _registered_sources(ws) == str(ws.feature_sources_dir):
+        return False
+    from feast import FeatureStore
+
+    remove_stale_temps(ws.feast_dir, [REGISTRY_FILE, LOCATION_FILE], time.time())  # a killed re-point's
+    ensure_sources(ws)
+    with atomic_path(registry, suffix=".tmp") as tmp:
+        shutil.copyfile(registry, tmp)
+        FeatureStore(config=repo_config(settings, ws, registry=tmp)).apply(
+            build_definitions(ws.feature_sources_dir).objects
+        )
+    _record_sources(ws)
+    log.info("feature registry re-pointed at %s", ws.feature_sources_dir)
+    return True
 
 
 def _fail_fast(store: Any) -> None:
@@ -107,9 +161,10 @@ def apply(settings: Settings, store: Any = None) -> list[str]:
     """
     ws = Workspace.at(settings.home)
     ensure_sources(ws)
-    store = store or feature_store(settings)
+    store = store or feature_store(settings, repoint=False)
     defs = build_definitions(ws.feature_sources_dir)
     store.apply(defs.objects)
+    _record_sources(ws)
     return list(defs.views)
 
 

@@ -6,13 +6,20 @@ a registered model (`clip`, `thumbnails`, `retrieval`, `ranker`); serving picks 
 alias (`champion`, `challenger`). Tracking lives in the workspace by default
 (`sqlite:///<home>/mlflow/mlflow.db`, artifacts in `<home>/mlflow/artifacts`), never in the
 working directory.
+
+MLflow's sqlite store records absolute artifact URIs (experiments, runs, model versions). So
+that a moved or copied workspace never writes into, or reads from, the folder it came from,
+opening the workspace's own store re-points every URI under an earlier artifact root to the
+current one (`repoint_artifacts`; `mlflow/location.json` remembers the root last pointed at).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,11 +44,83 @@ def artifact_root(settings: Settings) -> str:
     return settings.tracking.artifact_root or (ws.mlflow_dir / "artifacts").as_uri()
 
 
+LOCATION_FILE = "location.json"  # in <home>/mlflow: the artifact root the store's URIs point at
+# (table, column) of the sqlite store that hold artifact URIs
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def repoint_artifacts(ws: Workspace) -> int:
+    """Re-point the workspace's MLflow store at its artifact folder where the workspace is now.
+
+    URIs under an earlier root (the root recorded in `location.json`, or for a store without
+    one, the root its `recsys/<pipeline>` experiments were created under) are rewritten to the
+    current root in one transaction; the Default experiment, which MLflow places in the working
+    directory, is moved under the root too. Idempotent and safe to race: a second process finds
+    nothing left to rewrite. Returns the number of rewritten values."""
+    db = ws.root / "mlflow" / "mlflow.db"
+    current = (ws.root / "mlflow" / "artifacts").as_uri()
+    stamp = ws.root / "mlflow" / LOCATION_FILE
+    try:
+        recorded = json.loads(stamp.read_text()).get("artifact_root")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        recorded = None
+    if recorded == current or not db.exists():
+        return 0
+    changed = 0
+    try:
+        con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    except sqlite3.Error:
+        return 0
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        old_roots = {recorded} if recorded else set()
+        for name, location in con.execute("SELECT name, artifact_location FROM experiments"):
+            pipeline = name.removeprefix("recsys/")
+            if name.startswith("recsys/") and location.endswith(f"/{pipeline}"):
+                old_roots.add(location[: -len(pipeline) - 1])
+        for old in old_roots - {current, None}:
+            for table, column in _ARTIFACT_COLUMNS:
+                cur = con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 (fixed names)
+                    f"WHERE substr({column}, 1, ?) = ?",
+                    (current, len(old) + 1, len(old) + 1, old + "/"),
+                )
+                changed += cur.rowcount
+        cur = con.execute(
+            "UPDATE experiments SET artifact_location = ? "
+            "WHERE experiment_id = 0 AND substr(artifact_location, 1, ?) != ?",
+            (f"{current}/0", len(current) + 1, current + "/"),
+        )
+        changed += cur.rowcount
+        con.execute("COMMIT")
+    except sqlite3.OperationalError as exc:  # a store MLflow has not created its tables in yet
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("ROLLBACK")
+        log.debug("MLflow store not re-pointed: %s", exc)
+        return 0
+    finally:
+        con.close()
+    write_json({"artifact_root": current}, stamp)
+    if changed:
+        log.info("re-pointed %d MLflow artifact location(s) at %s", changed, current)
+    return changed
+
+
 def setup_tracking(settings: Settings) -> str:
-    """Point MLflow at the workspace's store; returns the tracking URI."""
+    """Point MLflow at the workspace's store; returns the tracking URI. The workspace's own
+    store (no `tracking.tracking_uri` / `tracking.artifact_root` set) is re-pointed first when
+    the workspace has moved (`repoint_artifacts`)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    if not settings.tracking.tracking_uri and not settings.tracking.artifact_root:
+        repoint_artifacts(Workspace.at(settings.home))
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

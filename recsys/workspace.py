@@ -1,6 +1,9 @@
 """Where every artifact lives: one workspace folder (default `./.recsys`, `RECSYS_HOME`).
 
 Modules ask a `Workspace` for paths instead of building them, so the layout is written once.
+What is stored inside the workspace names its files relative to the root (`portable`) and
+turns them back into paths of wherever the workspace is now (`resolve`), so a workspace moved
+or copied to another folder works there and never reaches back into the old one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,23 @@ class Workspace:
         ws = cls(Path(root).resolve())
         ws.root.mkdir(parents=True, exist_ok=True)
         return ws
+
+    def portable(self, path: str | Path) -> str:
+        """`path` as stored: relative to the root (POSIX form) when it lies inside the workspace,
+        else unchanged (absolute). The inverse of `resolve`."""
+        text = str(path)
+        candidate = Path(text)
+        if not candidate.is_absolute() or ".." in candidate.parts:
+            return text
+        for root in (self.root, self.root.resolve()):
+            if candidate.is_relative_to(root):
+                return candidate.relative_to(root).as_posix()
+        return text
+
+    def resolve(self, stored: str | Path) -> Path:
+        """A stored path (see `portable`) as a path of the workspace where it is now."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.root / path
 
     def _dir(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)

@@ -17,6 +17,7 @@ quarantine of `recsys.data.tables`.
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import polars as pl
@@ -28,6 +29,7 @@ from recsys.data.tables import (
     check_validated,
     load_table,
     remember_image_root,
+    remove_import_temps,
     store_validated,
 )
 from recsys.workspace import Workspace
@@ -47,7 +49,9 @@ def import_movielens(
 
     All three tables are validated and checked (`check_validated`) before any is stored, so a
     refused import changes none of them. Like every import they are upserted by key unless
-    `replace`; the previous tables stay in their history."""
+    `replace`; the previous tables stay in their history. Temporary files a killed import left
+    are removed first."""
+    remove_import_temps(ws, ["items", "users", "impressions"], time.time())
     path = Path(path).expanduser().resolve()
     if (path / "u.data").exists():
         items, items_src, users, users_src, ratings, ratings_src = _read_100k(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from recsys.data.contracts import (
     validate_items,
     validate_users,
 )
-from recsys.io import write_json, write_parquet
+from recsys.io import remove_stale_temps, write_json, write_parquet
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ def store_validated(ws: Workspace, validated: Validated, keep_bad: bool, replace
     else:
         merged, added, updated = upsert(load_table(ws, table), good, table)
     how = "replace" if replace else "upsert"
-    out = history.write_version(ws, table, merged, note=f"import ({how}) {Path(validated.source).name}")
+    out = history.write_version(ws, table, portable_images(ws, merged),
+                                note=f"import ({how}) {Path(validated.source).name}")
     for note in validated.notes:
         log.warning("%s: %s", validated.source, note)
     return ImportReport(
@@ -214,10 +216,25 @@ def validate_file(table: str, path: str | Path, ws: Workspace | None = None) -> 
     raise ValueError(f"unknown table '{table}'; expected items, users or impressions")
 
 
+def remove_import_temps(ws: Workspace, tables: list[str], before: float) -> list[Path]:
+    """Remove what a killed import of `tables` left half-written: temporary files of the live
+    tables, their versions and manifests, their quarantine files and the image-roots record,
+    last modified before `before` (the start of this run, epoch seconds). The stored tables
+    themselves are whole either way (every write is a rename)."""
+    removed: list[Path] = []
+    for table in tables:
+        removed += history.remove_temps(ws, table, before)
+        removed += remove_stale_temps(ws.quarantine_dir, [f"{table}-*.parquet"], before)
+    removed += remove_stale_temps(ws.data_dir, [IMAGE_ROOTS_FILE], before)
+    return removed
+
+
 def import_file(ws: Workspace, table: str, path: str | Path, quarantine_bad: bool = True,
                 replace: bool = False, max_bad_share: float | None = None) -> ImportReport:
     """Validate a user's table and store it in the workspace (`recsys import <table> PATH`):
-    upserted by key (`replace`: as the whole table), the previous table kept as a version."""
+    upserted by key (`replace`: as the whole table), the previous table kept as a version.
+    Temporary files a killed import left are removed first."""
+    remove_import_temps(ws, [table], time.time())
     validated = validate_file(table, path, ws)
     report = store_validated(ws, validated, keep_bad=quarantine_bad, replace=replace,
                              max_bad_share=max_bad_share)
@@ -250,15 +267,35 @@ def remember_image_root(ws: Workspace, folder: str | Path) -> None:
 
 def save_table(ws: Workspace, name: str, df: pl.DataFrame, note: str = "") -> Path:
     """Write a contract table as its new version; the previous one stays in its history."""
-    return history.write_version(ws, name, df, note=note or f"{name} written")
+    return history.write_version(ws, name, portable_images(ws, df), note=note or f"{name} written")
+
+
+def portable_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
+    """Image paths inside the workspace stored relative to its root (`Workspace.portable`), so
+    the table stays right when the workspace moves; `load_table` resolves them again."""
+    if C.IMAGE_URI not in df.columns:
+        return df
+    return df.with_columns(pl.col(C.IMAGE_URI).map_elements(ws.portable, return_dtype=pl.String))
+
+
+def resolved_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
+    """Relative image paths of a stored table as absolute paths of the workspace where it is
+    now (URLs and absolute paths outside it unchanged)."""
+    if C.IMAGE_URI not in df.columns:
+        return df
+    uri = pl.col(C.IMAGE_URI)
+    relative = ~uri.str.starts_with("/") & ~uri.str.contains("://", literal=True)
+    root = ws.root.as_posix().rstrip("/") + "/"
+    return df.with_columns(pl.when(relative).then(pl.lit(root) + uri).otherwise(uri).alias(C.IMAGE_URI))
 
 
 def load_table(ws: Workspace, name: str, columns: list[str] | None = None) -> pl.DataFrame:
-    """Load a stored table, or say which command creates it."""
+    """Load a stored table, or say which command creates it. Image paths come back absolute,
+    under the workspace where it is now (they are stored relative to it)."""
     path = ws.table(name)
     if not path.exists():
         hint = {
             "item_embeddings": "run `recsys backfill`",
         }.get(name, "run `recsys generate` or `recsys import ...`")
         raise FileNotFoundError(f"{path} does not exist: {hint} first")
-    return pl.read_parquet(path, columns=columns)
+    return resolved_images(ws, pl.read_parquet(path, columns=columns))
