@@ -38,15 +38,25 @@ def features_build(
     ctx: typer.Context,
     until: str = typer.Option(None, help="Last snapshot at this time (ISO; default: after the last event)"),
     online_store: str = ONLINE_STORE,
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (partitions of users "
+                               "and items on the [ray] cluster, or a local instance)"),
 ) -> None:
     """Compute user and item behaviour features from the click log (polars, point-in-time),
     write the offline sources and `feast apply`. Records an MLflow run with lineage."""
     from features.jobs import build_features
 
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray, got '{engine}'")
+    run = build_features
+    if engine == "ray":
+        from features.jobs_ray import build_features_on_ray
+
+        run = build_features_on_ray
+
     settings = settings_from(ctx, **{"features.online_store": online_store})
     with step("features build") as info:
         try:
-            result = build_features(settings, workspace(settings), until=_parse_time(until))
+            result = run(settings, workspace(settings), until=_parse_time(until))
         except FileNotFoundError as exc:
             raise fail(str(exc)) from exc
         info["summary"] = result.summary()
