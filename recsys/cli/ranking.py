@@ -62,6 +62,8 @@ def recommend(
     max_price: float = typer.Option(None, "--max-price", help="Only items priced at most this"),
     max_per_category: int = typer.Option(None, "--max-per-category", help="At most N items per category"),
     diversity: float = typer.Option(0.0, "--diversity", help="0 (ranker order) to 1 (most diverse), MMR"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (actors holding a "
+                               "Recommender each rank user partitions; the same output)"),
 ) -> None:
     """Top-K recommendations per user from the two-stage system (the serving code path), with a
     short reason per item; the shop's rules apply before the cut to K."""
@@ -70,6 +72,8 @@ def recommend(
 
     if (users is None) == (not all_users):
         raise fail("give exactly one of --users PATH or --all")
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray, got '{engine}'")
     when = None
     if as_of:
         try:
@@ -87,6 +91,12 @@ def recommend(
     with step("recommend") as info:
         try:
             ids = read_users(users) if users is not None else None
+            if engine == "ray":
+                from training.recommend_ray import recommend_on_ray
+
+                result = recommend_on_ray(settings, ws, ids, k, when, out, rules=rules)
+                info["summary"] = result.summary()
+                return
             result = recommend_batch(settings, ws, ids, k, when, out, rules=rules)
         except (FileNotFoundError, LookupError, ValueError) as exc:
             raise fail(str(exc)) from exc
