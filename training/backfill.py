@@ -14,21 +14,11 @@ How it stays incremental, resumable and exact:
   killed at any point leaves whole shards and an untouched table: the next run skips what the
   shards hold and consolidates; rows are keyed by item, so none is duplicated or lost.
 
-Scale-out (`--shard i/n`): a run with `shard=(i, n)` embeds only the items whose id hashes to
-i mod n and leaves its shards in place (no consolidation, no push). Run n of them (machines
-sharing the workspace folder, or Dask workers), then one plain `recsys backfill`: it finds
-every item done, embeds nothing, consolidates and pushes. With Dask::
-
-    from dask.distributed import Client
-    client = Client("tcp://scheduler:8786")  # workers see the same RECSYS_HOME (shared disk)
-    n = len(client.scheduler_info()["workers"])
-    futures = [client.submit(run_backfill_shard, i, n, pure=False) for i in range(n)]
-    client.gather(futures)          # each: backfill(load_settings(), ws, shard=(i, n))
-    backfill(load_settings(), ws)   # consolidate + publish, embeds nothing new
-
-(`run_backfill_shard(i, n)` is the three-line function that builds settings and a workspace
-and calls `backfill(..., shard=(i, n))`; a shard is idempotent, so a lost worker's task is
-simply resubmitted.)
+Who embeds is a parameter (`embed`, an `Embedder`): by default this process (`embed_local`);
+`training.backfill_ray.embed_on_ray` runs the same per-batch code (`embed_batch`) in a pool of
+Ray actors, one encoder each, across the cores or machines of a Ray cluster. Planning (hashes,
+what is done), the resumable shards and the consolidation stay here, so both engines resume each
+other's runs and give the same table.
 """
 
 from __future__ import annotations
@@ -37,7 +27,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +40,7 @@ from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.history import remove_temps
 from recsys.data.tables import load_table, save_table
+from recsys.embeddings.config import ClipConfig
 from recsys.embeddings.encoder import ClipEncoder, fuse, load_trained_encoder
 from recsys.embeddings.images import load_image, read_bytes
 from recsys.io import remove_stale_temps, write_parquet
@@ -70,7 +61,7 @@ TABLE_COLUMNS = [c for c in SCHEMA if c != "image_outcome"]
 
 @dataclass
 class BackfillResult:
-    items: int  # items in scope (the whole catalogue, or this shard's part)
+    items: int  # items in the catalogue
     embedded: int
     skipped: int  # unchanged since their row was written
     resumed: int  # rows recovered from shards of an earlier, interrupted run
@@ -81,18 +72,16 @@ class BackfillResult:
     seconds: float
     items_per_s: float
     shards_written: int
-    table: Path | None  # None for a shard run (consolidated later)
+    table: Path
     pushed: bool
-    shard: tuple[int, int] | None = None
+    engine: str = "local"
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        scope = f" shard {self.shard[0]}/{self.shard[1]}" if self.shard else ""
-        text = (f"{self.model_version}{scope}: {self.embedded:,} embedded, {self.skipped:,} unchanged, "
+        engine = f" on {self.engine}" if self.engine != "local" else ""
+        text = (f"{self.model_version}{engine}: {self.embedded:,} embedded, {self.skipped:,} unchanged, "
                 f"{self.resumed:,} resumed, {self.removed:,} removed of {self.items:,} items "
-                f"({self.items_per_s:,.0f} items/s); images {self.outcomes or '{}'}")
-        if self.table is not None:
-            text += f" -> {self.table}"
+                f"({self.items_per_s:,.0f} items/s); images {self.outcomes or '{}'} -> {self.table}")
         if self.pushed:
             text += " + Feast"
         return text
@@ -107,21 +96,29 @@ def content_hash(image_bytes: bytes, text: str, version: str, image_weight: floa
     return h.hexdigest()
 
 
-def shard_of(item_id: str, n: int) -> int:
-    """The shard (0..n-1) an item belongs to: a stable hash of its id."""
-    digest = hashlib.blake2b(item_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n
+@dataclass(frozen=True)
+class EmbedWork:
+    """The items a run embeds (item-id order) with the text, image, source and hash of each."""
+
+    ids: list[str]
+    texts: list[str]
+    uris: list[str | None]
+    sources: list[str]
+    hashes: list[str]
+    stamp: datetime  # the rows' event_timestamp
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame({"id": self.ids, "text": self.texts, "uri": self.uris, "source": self.sources,
+                             "hash": self.hashes},
+                            schema={c: pl.String for c in ("id", "text", "uri", "source", "hash")})
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n), with 0 <= i < n."""
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got '{text}'") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n")
-    return i, n
+Embedder = Callable[[Settings, ClipEncoder, EmbedWork], Iterator[pl.DataFrame]]
+"""Embeds the work, yielding its rows (`SCHEMA`, `image_outcome` included) batch by batch, in
+any order; the driver's `encoder` names the version the rows must carry."""
 
 
 class ItemImages:
@@ -200,19 +197,51 @@ def _embed_rows(encoder: ClipEncoder, pixels: Any, ok: np.ndarray, outcomes: lis
     }, schema=SCHEMA)
 
 
-def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = None, force: bool = False,
-             push_to_feast: bool = True, encoder: ClipEncoder | None = None,
-             on_shard: Callable[[Path], None] | None = None) -> BackfillResult:
+def embed_batch(encoder: ClipEncoder, cfg: ClipConfig, uris: Sequence[str | None], ids: list[str],
+                texts: list[str], sources: list[str], hashes: list[str], stamp: datetime) -> pl.DataFrame:
+    """Decode, preprocess and embed one batch in this process (what a Ray actor runs)."""
+    images = ItemImages(uris, encoder.preprocess, cfg.max_image_pixels, cfg.min_image_side,
+                        encoder.image_size)
+    pixels, ok, outcomes = collate([images[i] for i in range(len(images))])
+    return _embed_rows(encoder, pixels, ok, outcomes, ids, texts, sources, hashes, cfg.image_weight, stamp)
+
+
+def embed_local(settings: Settings, encoder: ClipEncoder, work: EmbedWork) -> Iterator[pl.DataFrame]:
+    """Embed in this process; `clip.workers` DataLoader processes decode the images meanwhile."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    cfg = settings.clip
+    dataset = ItemImages(work.uris, encoder.preprocess, cfg.max_image_pixels, cfg.min_image_side,
+                         encoder.image_size)
+    workers = cfg.workers if len(work) > cfg.batch_size else 0
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate, worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    offset = 0
+    try:
+        for pixels, ok, outcomes in loader:
+            part = slice(offset, offset + len(ok))
+            offset += len(ok)
+            yield _embed_rows(encoder, pixels, ok, outcomes, work.ids[part], work.texts[part],
+                              work.sources[part], work.hashes[part], cfg.image_weight, work.stamp)
+    finally:
+        del loader
+        torch.set_num_threads(settings.threads)
+
+
+def backfill(settings: Settings, ws: Workspace, force: bool = False, push_to_feast: bool = True,
+             encoder: ClipEncoder | None = None, on_shard: Callable[[Path], None] | None = None,
+             embed: Embedder = embed_local, engine: str = "local") -> BackfillResult:
     """Embed new or changed items into `item_embeddings` (see the module docstring).
 
     `encoder` defaults to `load_trained_encoder(settings)`; `on_shard` is called with each shard
-    file once it is written (progress hooks; the tests use it to kill a run mid-way).
+    file once it is written (progress hooks; the tests use it to kill a run mid-way); `embed`
+    does the embedding (`engine` names it in the summary and the MLflow run).
     """
     run_start = time.time()  # temp files older than this are a stopped run's
     configure_threads(settings.threads)
     import mlflow
-    import torch
-    from torch.utils.data import DataLoader
 
     from recsys import tracking
 
@@ -220,10 +249,6 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
     cfg = settings.clip
     encoder = encoder or load_trained_encoder(settings)
     items = load_table(ws, "items").sort(C.ITEM_ID)
-    if shard is not None:
-        i, n = shard
-        mine = [shard_of(x, n) == i for x in items[C.ITEM_ID].to_list()]
-        items = items.filter(pl.Series(mine, dtype=pl.Boolean))
     ids = items[C.ITEM_ID].to_list()
     texts = item_texts(items)
     uris = items[C.IMAGE_URI].to_list() if C.IMAGE_URI in items.columns else [None] * items.height
@@ -234,11 +259,10 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
     current = pl.DataFrame({C.ITEM_ID: ids, C.CONTENT_HASH: hashes}, schema={C.ITEM_ID: pl.String,
                                                                               C.CONTENT_HASH: pl.String})
 
-    tag = f"{shard[0]}of{shard[1]}" if shard else "all"
+    tag = "all"
     shard_dir = ws.embeddings_dir
-    remove_stale_temps(shard_dir, [f"part-{tag}-*.parquet"], run_start)  # a killed run's, this scope's
-    if shard is None:  # the run that writes the item_embeddings table
-        remove_temps(ws, "item_embeddings", run_start)
+    remove_stale_temps(shard_dir, [f"part-{tag}-*.parquet"], run_start)  # a killed run's
+    remove_temps(ws, "item_embeddings", run_start)
     shard_paths = sorted(shard_dir.glob("part-*.parquet"))
     from_shards = _read_shards(shard_paths)
     table_path = ws.table("item_embeddings")
@@ -251,13 +275,9 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
     done = set() if force else set(in_table[C.ITEM_ID].to_list()) | set(in_shards[C.ITEM_ID].to_list())
     todo = np.array([k for k, item_id in enumerate(ids) if item_id not in done], dtype=np.int64)
 
-    stamp = datetime.now(UTC)
-    dataset = ItemImages([uris[k] for k in todo], encoder.preprocess, cfg.max_image_pixels,
-                         cfg.min_image_side, encoder.image_size)
+    work = EmbedWork([ids[k] for k in todo], [texts[k] for k in todo], [uris[k] for k in todo],
+                     [sources[k] for k in todo], [hashes[k] for k in todo], datetime.now(UTC))
     workers = cfg.workers if len(todo) > cfg.batch_size else 0
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate, worker_init_fn=_worker_init if workers else None,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
     outcomes: dict[str, int] = {}
     pending: list[pl.DataFrame] = []
     written: list[Path] = []
@@ -277,48 +297,39 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
 
     embed_start = time.perf_counter()
     with bar("backfill", len(todo), unit="items") as b:
-        offset = 0
-        for pixels, ok, batch_outcomes in loader:
-            idx = todo[offset:offset + len(ok)]
-            offset += len(ok)
-            rows = _embed_rows(encoder, pixels, ok, batch_outcomes, [ids[k] for k in idx],
-                               [texts[k] for k in idx], [sources[k] for k in idx], [hashes[k] for k in idx],
-                               cfg.image_weight, stamp)
-            for o in batch_outcomes:
+        for rows in (embed(settings, encoder, work) if len(work) else ()):
+            if rows.height and rows[C.MODEL_VERSION][0] != encoder.version:
+                raise RuntimeError(f"an embedder returned rows of {rows[C.MODEL_VERSION][0]}, expected "
+                                   f"{encoder.version}: its workers loaded another encoder")
+            for o in rows["image_outcome"].to_list():
                 outcomes[o] = outcomes.get(o, 0) + 1
             pending.append(rows)
             if sum(f.height for f in pending) >= cfg.shard_rows:
                 flush()
-            b.advance(len(ok), status=f"{len(written)} shards")
+            b.advance(rows.height, status=f"{len(written)} shards")
         flush()
     embed_seconds = time.perf_counter() - embed_start
-    del loader
-    torch.set_num_threads(settings.threads)
 
-    result_table: Path | None = None
-    removed = 0
     pushed = False
     all_shards = shard_paths + written
-    if shard is None:
-        removed = table.join(current, on=C.ITEM_ID, how="anti").height
-        if len(todo) or all_shards or removed or not table_path.exists():
-            candidates = pl.concat([table, *[f.drop("image_outcome") for f in [from_shards, *new_frames]]],
-                                   how="vertical_relaxed")  # newest last
-            final = (candidates.join(current, on=[C.ITEM_ID, C.CONTENT_HASH], how="semi")
-                     .unique(C.ITEM_ID, keep="last", maintain_order=True).sort(C.ITEM_ID)
-                     .select(TABLE_COLUMNS))
-            if final.height != len(ids):
-                raise RuntimeError(f"consolidation found {final.height} rows for {len(ids)} items; "
-                                   f"shards in {shard_dir} are inconsistent: rerun with --force")
-            save_table(ws, "item_embeddings", final)
-            if push_to_feast:
-                _publish(settings, ws)
-                pushed = True
-            for p in all_shards:
-                p.unlink(missing_ok=True)
-        result_table = table_path
+    removed = table.join(current, on=C.ITEM_ID, how="anti").height
+    if len(todo) or all_shards or removed or not table_path.exists():
+        candidates = pl.concat([table, *[f.drop("image_outcome") for f in [from_shards, *new_frames]]],
+                               how="vertical_relaxed")  # newest last
+        final = (candidates.join(current, on=[C.ITEM_ID, C.CONTENT_HASH], how="semi")
+                 .unique(C.ITEM_ID, keep="last", maintain_order=True).sort(C.ITEM_ID)
+                 .select(TABLE_COLUMNS))
+        if final.height != len(ids):
+            raise RuntimeError(f"consolidation found {final.height} rows for {len(ids)} items; "
+                               f"shards in {shard_dir} are inconsistent: rerun with --force")
+        save_table(ws, "item_embeddings", final)
+        if push_to_feast:
+            _publish(settings, ws)
+            pushed = True
+        for p in all_shards:
+            p.unlink(missing_ok=True)
     sources_count: dict[str, int] = {}
-    if shard is None and table_path.exists():
+    if table_path.exists():
         counts = pl.read_parquet(table_path, columns=[C.IMAGE_SOURCE])[C.IMAGE_SOURCE].value_counts()
         sources_count = dict(zip(counts[C.IMAGE_SOURCE].to_list(), counts["count"].to_list(), strict=True))
     result = BackfillResult(
@@ -327,12 +338,13 @@ def backfill(settings: Settings, ws: Workspace, shard: tuple[int, int] | None = 
         image_sources=sources_count,
         model_version=encoder.version, seconds=time.perf_counter() - start,
         items_per_s=len(todo) / max(embed_seconds, 1e-9), shards_written=len(written),
-        table=result_table, pushed=pushed, shard=shard,
+        table=table_path, pushed=pushed, engine=engine,
     )
-    with tracking.start_run(settings, "backfill", run_name=f"backfill-{tag}"):
+    with tracking.start_run(settings, "backfill", run_name=f"backfill-{engine}"):
         tracking.log_lineage({"items": ws.table("items")})
         mlflow.log_params({"model_version": encoder.version, "precision": cfg.precision,
-                           "batch_size": cfg.batch_size, "workers": workers, "shard": tag, "force": force})
+                           "batch_size": cfg.batch_size, "workers": workers, "engine": engine,
+                           "force": force})
         mlflow.log_metrics({"items": result.items, "embedded": result.embedded, "skipped": result.skipped,
                             "resumed": result.resumed, "removed": result.removed,
                             "items_per_s": result.items_per_s, "seconds": result.seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from recsys.cli.common import console, fail, settings_from, step, workspace
+from recsys.cli.common import fail, settings_from, step, workspace
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -40,32 +40,40 @@ def clip_finetune(
         info["summary"] = result.summary()
 
 
+ENGINE = typer.Option("local", "--engine", help="local (this process) or ray (actors on the [ray] "
+                      "cluster, or a local instance capped at ray.num_cpus)")
+
+
 def backfill_command(
     ctx: typer.Context,
-    shard: str = typer.Option(None, help="Embed only part i of n ('i/n', by item hash); consolidate later"),
     force: bool = typer.Option(False, "--force", help="Re-embed every item, changed or not"),
     push: bool = typer.Option(True, "--push/--no-push", help="Push item vectors to the Feast stores"),
     precision: str = typer.Option(None, help="float32 or bfloat16 [default float32]"),
     batch_size: int = typer.Option(None, "--batch-size", help="Encoder batch size [default 64]"),
-    workers: int = typer.Option(None, help="Image-decoding worker processes [default 1]"),
+    workers: int = typer.Option(None, help="Image-decoding worker processes [default 1]; with --engine "
+                                "ray: encoder actors [ray.workers, 0: one per CPU]"),
+    engine: str = ENGINE,
 ) -> None:
     """Embed new or changed items (content hash) into item_embeddings; resumable; then push to Feast."""
     from recsys.embeddings.encoder import NoTrainedEncoder
-    from training.backfill import backfill, parse_shard
 
-    settings = settings_from(ctx, **{"clip.precision": precision, "clip.batch_size": batch_size,
-                                     "clip.workers": workers})
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray, got '{engine}'")
+    ray = engine == "ray"
+    section = "ray" if ray else "clip"
+    settings = settings_from(ctx, **{"clip.precision": precision, f"{section}.batch_size": batch_size,
+                                     f"{section}.workers": workers})
     ws = workspace(settings)
-    try:
-        part = parse_shard(shard) if shard else None
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
     with step("backfill") as info:
         try:
-            result = backfill(settings, ws, shard=part, force=force, push_to_feast=push)
+            if ray:
+                from training.backfill_ray import backfill_on_ray
+
+                result = backfill_on_ray(settings, ws, force=force, push_to_feast=push)
+            else:
+                from training.backfill import backfill
+
+                result = backfill(settings, ws, force=force, push_to_feast=push)
         except (NoTrainedEncoder, FileNotFoundError) as exc:
             raise fail(str(exc)) from exc
         info["summary"] = result.summary()
-    if part is not None:
-        console.print(f"shard {part[0]}/{part[1]} done; run `recsys backfill` once every shard is done "
-                      "to consolidate and push")

@@ -17,7 +17,7 @@ from recsys.data.tables import load_table, save_table
 from recsys.embeddings.config import ClipConfig
 from recsys.embeddings.encoder import ClipEncoder
 from recsys.workspace import Workspace
-from training.backfill import backfill, parse_shard, shard_of
+from training.backfill import backfill
 
 REPO = Path(__file__).resolve().parents[2]
 COMPARED = [C.ITEM_ID, C.IMAGE_SOURCE, C.MODEL_VERSION, C.CONTENT_HASH]
@@ -123,22 +123,6 @@ def test_killed_run_resumes_to_the_same_table(cfg, tmp_path: Path, catalogue_fac
     whole = backfill(cfg.model_copy(update={"home": ws_b.root}), ws_b, push_to_feast=False)
     assert whole.embedded == 40
     _assert_same_table(load_table(ws_a, "item_embeddings"), load_table(ws_b, "item_embeddings"))
-
-
-def test_shards_partition_items_and_consolidate(cfg, ws: Workspace, catalogue: pl.DataFrame) -> None:
-    parts = [backfill(cfg, ws, shard=(i, 3), push_to_feast=False) for i in range(3)]
-    assert sum(p.embedded for p in parts) == catalogue.height
-    assert all(p.table is None for p in parts) and not ws.table("item_embeddings").exists()
-    final = backfill(cfg, ws, push_to_feast=False)
-    assert (final.embedded, final.resumed) == (0, catalogue.height)
-    assert load_table(ws, "item_embeddings").height == catalogue.height
-    assert not list(ws.embeddings_dir.glob("*.parquet"))
-    assert {shard_of(f"i{k}", 4) for k in range(100)} == {0, 1, 2, 3}
-    assert parse_shard("1/4") == (1, 4)
-    with pytest.raises(ValueError, match="i/n"):
-        parse_shard("4")
-    with pytest.raises(ValueError, match="0 <= i < n"):
-        parse_shard("4/4")
 
 
 def test_stray_temp_files_of_a_killed_run_are_removed(cfg, ws: Workspace, catalogue: pl.DataFrame) -> None:

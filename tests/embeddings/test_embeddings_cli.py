@@ -23,9 +23,9 @@ def test_backfill_without_encoder_says_what_to_run(settings, catalogue, monkeypa
     assert "recsys clip finetune" in result.output
 
 
-def test_bad_shard_is_a_clear_error(settings) -> None:
-    result = CliRunner().invoke(_app(), ["--home", str(settings.home), "backfill", "--shard", "3/2"])
-    assert result.exit_code == 1 and "0 <= i < n" in result.output
+def test_unknown_engine_is_a_clear_error(settings) -> None:
+    result = CliRunner().invoke(_app(), ["--home", str(settings.home), "backfill", "--engine", "spark"])
+    assert result.exit_code == 1 and "local or ray" in result.output
 
 
 def test_clip_finetune_help() -> None:
