@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -226,7 +226,7 @@ class Ranked:
     catalogue's popularity (`ServingState.popular`)."""
 
     items: list[tuple[str, float]]  # best first
-    fallback: str | None  # "popular" or None
+    fallback: Literal["popular"] | None  # a popularity answer, or None: ranked
     ranker_version: str | None
     retrieval_version: str | None
     timings: dict[str, float]  # stage -> seconds
