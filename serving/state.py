@@ -203,18 +203,20 @@ _HOST_PORT = re.compile(
     r"\b(?:\d{1,3}(?:\.\d{1,3}){3}|(?:[\w-]+\.)*[A-Za-z][\w-]*|\[[0-9A-Fa-f:]+\]):\d{1,5}\b"
 )
 _PATH = re.compile(r"(?<![\w.])(?<!models:)(?:~|\.{1,2})?/[^\s'\",;)\]]+")
+_RELATIVE_FILE = re.compile(r"(?<![\w.:/@-])(?:[\w.-]+/)+[\w.-]*\.[A-Za-z]\w*\b")  # feast/online.db
 
 
 def public_reason(text: str, *hide: str) -> str:
     """`text` with URIs (database, Redis, file), host:port pairs and file paths replaced by
-    `<uri>`, `<host>` and `<path>`: a reason that says what is wrong, not where things live.
+    `<uri>`, `<host>` and `<path>` (workspace-relative file paths such as `feast/online.db` too):
+    a reason that says what is wrong, not where things live.
     `hide`: literal strings (e.g. the workspace folder, which may contain spaces) to replace first."""
     for literal in hide:
         if literal:
             text = re.sub(re.escape(literal) + r"[^\s'\",;)\]]*", "<path>", text)
     text = _URI.sub("<uri>", text)
     text = _HOST_PORT.sub("<host>", text)
-    return _PATH.sub("<path>", text)
+    return _RELATIVE_FILE.sub("<path>", _PATH.sub("<path>", text))
 
 
 POPULAR_REASON = "popular now"

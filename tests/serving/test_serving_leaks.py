@@ -80,3 +80,10 @@ def test_readyz_and_503_bodies_carry_reasons_without_paths_or_hosts(tmp_path: Pa
         admin = c.get("/readyz", headers={"X-API-Key": API_KEY}).json()  # the full text, behind the key
         assert admin["details"] == list(problems)
         assert "details" not in c.get("/readyz", headers={"X-API-Key": "wrong"}).json()
+
+
+def test_public_reasons_hide_workspace_relative_files_but_keep_model_tags() -> None:
+    from serving.state import public_reason
+
+    text = "sqlite at feast/online.db in the workspace; no ranker/v2 at models:/ranker@champion"
+    assert public_reason(text) == "sqlite at <path> in the workspace; no ranker/v2 at models:/ranker@champion"
