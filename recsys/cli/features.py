@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import typer
 
-from recsys.cli.common import fail, settings_from, step, workspace
+from recsys.cli.common import fail, say, settings_from, step, workspace
+from recsys.config import Settings
 
 ONLINE_STORE = typer.Option(None, help="sqlite or redis [features.online_store]")
 
@@ -56,10 +57,27 @@ def features_build(
     settings = settings_from(ctx, **{"features.online_store": online_store})
     with step("features build") as info:
         try:
+            _plan_build(settings)
             result = run(settings, workspace(settings), until=_parse_time(until))
         except FileNotFoundError as exc:
             raise fail(str(exc)) from exc
         info["summary"] = result.summary()
+
+
+def _plan_build(settings: Settings) -> None:
+    """Say the build's memory plan (`recsys.memory`); stop before it starts if above the budget."""
+    from recsys import memory
+    from recsys.data import columns as C
+    from recsys.data.tables import load_table
+
+    ws = workspace(settings)
+    if not ws.table("impressions").exists():
+        return  # build_features names what is missing
+    events = load_table(ws, "impressions", columns=[C.USER_ID]).height
+    items = load_table(ws, "items", columns=[C.ITEM_ID]).height if ws.table("items").exists() else 0
+    plan = memory.features_build(memory.budget_bytes(settings.memory_gib), events=events, items=items)
+    say(plan.line())
+    plan.check()
 
 
 def features_materialize(
