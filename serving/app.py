@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recsys.config import Settings, load_settings
 from recsys.data import columns as C
@@ -311,21 +312,21 @@ class Guard:
     request counts from its headers on: a client that stalls its upload holds its slot until
     it finishes, so put a proxy that buffers bodies (as nginx does by default) in front."""
 
-    def __init__(self, app: Any, metrics: Metrics, max_body: int, max_in_flight: int = 0):
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int, max_in_flight: int = 0):
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         status = {"code": 500}
 
-        async def send_status(message: dict) -> None:
+        async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -361,7 +362,7 @@ class Guard:
             m.child(m.requests, label, scope["method"], str(status["code"])).inc()
             m.child(m.latency, label).observe(time.perf_counter() - start)
 
-    async def _shed(self, scope: dict, send: Callable, start: float) -> None:
+    async def _shed(self, scope: Scope, send: Send, start: float) -> None:
         m = self.metrics
         m.shed.inc()
         message = f"this worker holds {self.max_in_flight} requests (serving.max_in_flight); retry shortly"
@@ -371,7 +372,7 @@ class Guard:
         m.child(m.requests, "shed", scope["method"], "503").inc()
         m.child(m.latency, "shed").observe(time.perf_counter() - start)
 
-    async def _read_body(self, receive: Callable) -> tuple[bytes, bool]:
+    async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -386,17 +387,17 @@ class Guard:
                 break
         return b"".join(chunks), False
 
-    async def _too_large(self, send: Callable) -> None:
+    async def _too_large(self, send: Send) -> None:
         response = JSONResponse({"error": "payload_too_large",
                                  "message": f"request body over {self.max_body} bytes"}, status_code=413)
         await response({"type": "http"}, _replay(b"", None), send)
 
 
-def _replay(body: bytes, then: Callable | None) -> Callable:
+def _replay(body: bytes, then: Receive | None) -> Receive:
     """A `receive` that hands the app the body already read, then the client's own messages."""
     sent = {"done": False}
 
-    async def receive() -> dict:
+    async def receive() -> Message:
         if not sent["done"]:
             sent["done"] = True
             return {"type": "http.request", "body": body, "more_body": False}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -43,16 +46,16 @@ class Metrics:
         self.availability_changes = Counter(
             "recsys_availability_changes", "Items flipped in or out of stock by the admin API", registry=r)
 
-        self._children: dict[tuple, Any] = {}
+        self._children: dict[tuple[int | str, ...], MetricWrapperBase] = {}  # (id(metric), *labels)
 
-    def child(self, metric: Any, *labels: str) -> Any:
+    def child(self, metric: M, *labels: str) -> M:
         """`metric.labels(*labels)`, looked up once: labels() takes a lock and builds a key on
         every call, six times a request on the recommendation path."""
-        key = (id(metric), *labels)
+        key: tuple[int | str, ...] = (id(metric), *labels)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
-        return found
+        return cast(M, found)
 
     def set_versions(self, versions: dict[str, str | None], ready: bool) -> None:
         self.model.info({k: v or "none" for k, v in versions.items()})
