@@ -9,15 +9,14 @@ at `<home>/feast/online.db`, the registry at `<home>/feast/registry.db`. With
 A moved or copied workspace uses its own files, never the old folder's: the registry and
 online store paths are computed from the workspace on every open, and the registry, which
 records each view's source as an absolute path (Feast's duckdb store reads a relative one
-against the working directory), is re-pointed at the current sources when it was applied
-elsewhere (`repoint_registry`; `feast/location.json` records where it points).
+against the working directory), is re-pointed at the current sources on open when it was
+applied elsewhere (`repoint_registry`; `feast/location.json` records where it points).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -65,15 +64,15 @@ def describe_online_store(settings: Settings, ws: Workspace | None = None) -> st
     return f"sqlite at {ws.portable(cfg['path'])} in the workspace"
 
 
-def repo_config(settings: Settings, ws: Workspace | None = None, registry: Path | None = None) -> Any:
-    """The `RepoConfig` of this workspace (no YAML needed); `registry`: another registry file."""
+def repo_config(settings: Settings, ws: Workspace | None = None) -> Any:
+    """The `RepoConfig` of this workspace (no YAML needed)."""
     from feast.repo_config import RegistryConfig, RepoConfig
 
     ws = ws or Workspace.at(settings.home)
     return RepoConfig(
         project=settings.features.project,
         provider="local",
-        registry=RegistryConfig(path=str(registry or ws.feast_dir / REGISTRY_FILE), cache_ttl_seconds=60),
+        registry=RegistryConfig(path=str(ws.feast_dir / REGISTRY_FILE), cache_ttl_seconds=60),
         offline_store={"type": "duckdb"},
         online_store=online_store_config(settings, ws),
         entity_key_serialization_version=3,
@@ -108,28 +107,56 @@ def _record_sources(ws: Workspace) -> None:
     write_json({"sources": str(ws.feature_sources_dir)}, ws.feast_dir / LOCATION_FILE)
 
 
-def repoint_registry(settings: Settings) -> bool:
-    """Re-apply the definitions when the registry's sources are not this workspace's (it was
-    applied where the workspace was before a move or copy, or before this record existed).
-    The re-applied registry is written beside the live one and renamed onto it, so a reader
-    meanwhile sees the old registry or the new one, never a half-written file. Returns whether
-    it re-pointed."""
+def repoint_registry(settings: Settings) -> int:
+    """Point the registry's file sources at this workspace's sources folder when they name
+    another one (the registry was applied where the workspace was before a move or copy).
+
+    The registry protobuf is edited directly, neither re-applied nor touching the online
+    store, so a broken or unreachable online store does not keep the registry pointing at
+    the old folder. The new registry is written beside the live one and renamed onto it, so
+    a reader meanwhile sees the old registry or the new one, never a half-written file.
+    Returns the number of re-pointed sources."""
     ws = Workspace.at(settings.home)
     registry = ws.feast_dir / REGISTRY_FILE
-    if not registry.exists() or _registered_sources(ws) == str(ws.feature_sources_dir):
-        return False
-    from feast import FeatureStore
+    current = ws.feature_sources_dir
+    if not registry.exists() or _registered_sources(ws) == str(current):
+        return 0
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
 
     remove_stale_temps(ws.feast_dir, [REGISTRY_FILE, LOCATION_FILE], time.time())  # a killed re-point's
-    ensure_sources(ws)
-    with atomic_path(registry, suffix=".tmp") as tmp:
-        shutil.copyfile(registry, tmp)
-        FeatureStore(config=repo_config(settings, ws, registry=tmp)).apply(
-            build_definitions(ws.feature_sources_dir).objects
-        )
+    proto = RegistryProto()
+    proto.ParseFromString(registry.read_bytes())
+    changed = _repoint_uris(proto, current)
+    if changed:
+        with atomic_path(registry, suffix=".tmp") as tmp:
+            tmp.write_bytes(proto.SerializeToString())
+        log.info("feature registry: %d source(s) re-pointed at %s", changed, current)
     _record_sources(ws)
-    log.info("feature registry re-pointed at %s", ws.feature_sources_dir)
-    return True
+    return changed
+
+
+def _repoint_uris(message: Any, sources: Path) -> int:
+    """Set every file source `uri` of the form `.../feast/sources/<file>` in `message` (a
+    protobuf, walked recursively) to `<sources>/<file>`; returns how many changed."""
+    changed = 0
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            if field.name == "uri" and isinstance(value, str):
+                old = Path(value)
+                ours = old.parent.name == "sources" and (old.parent.parent.name == "feast"
+                                                         or not old.is_absolute())
+                if ours and old.parent != sources:
+                    setattr(message, field.name, str(sources / old.name))
+                    changed += 1
+            continue
+        if hasattr(value, "ListFields"):
+            children = [value]
+        else:  # a repeated field, or a map (its values)
+            children = [c for c in (value.values() if hasattr(value, "values") else value)
+                        if hasattr(c, "ListFields")]
+        for child in children:
+            changed += _repoint_uris(child, sources)
+    return changed
 
 
 def _fail_fast(store: Any) -> None:
