@@ -31,7 +31,6 @@ from recsys.config import Settings, load_settings
 from recsys.data import columns as C
 from recsys.rules import RuleError
 from recsys.runtime import configure_threads
-from recsys.workspace import Workspace
 from serving import ui
 from serving.events import EventWriter, QueueFull
 from serving.metrics import Metrics
@@ -65,13 +64,14 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Error}, 403: {"m
 
 
 def create_app(settings: Settings, loader: StateLoader = load_state) -> FastAPI:
-    """Build the app. `loader(settings, previous=...)` returns a `ServingState` (tests pass
-    one that builds small real components); it runs off the event loop, at start-up and on
-    every reload."""
+    """Build the app around one `RecommendService(settings, loader)`: the lifespan opens it, loads
+    its first state and runs its alias poll and store checks beside the event writer; the routes
+    call it. `loader(settings, previous=...)` returns a `ServingState` (tests pass one that builds
+    small real components); it runs off the event loop, at start-up and on every reload."""
     configure_threads(1)
     service = RecommendService(settings, loader)
     cfg = settings.serving
-    ws = Workspace.at(settings.home)
+    ws = service.ws
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,7 +105,6 @@ def create_app(settings: Settings, loader: StateLoader = load_state) -> FastAPI:
     )
     app.state.settings = settings
     app.state.service = service
-    app.state.metrics = service.metrics
     app.add_middleware(Guard, metrics=service.metrics, max_body=cfg.max_body_bytes,
                        max_in_flight=cfg.max_in_flight)
     _install_error_handlers(app)

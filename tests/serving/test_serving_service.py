@@ -4,7 +4,6 @@ state (doubles that implement `serving.protocols`), its degradations named and c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,8 +24,8 @@ def started(settings: Settings, loader: Loader) -> RecommendService:
 
 
 @pytest.fixture
-def service(world: Workspace, loader: Loader) -> Iterator[RecommendService]:
-    yield started(make_settings(world.root), loader)
+def service(world: Workspace, loader: Loader) -> RecommendService:
+    return started(make_settings(world.root), loader)
 
 
 def ask(service: RecommendService, user: str = "u1", **fields: Any) -> Recommendations:
