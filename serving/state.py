@@ -23,6 +23,7 @@ import polars as pl
 
 from recsys.config import Settings
 from recsys.data import columns as C
+from recsys.data.tables import image_roots as import_folders
 from recsys.data.tables import load_table
 from recsys.rules import Rules
 from recsys.workspace import Workspace
@@ -135,10 +136,8 @@ class Catalogue:
 def allowed_image_roots(ws: Workspace, configured: Sequence[str | Path] = ()) -> tuple[Path, ...]:
     """Folders `/ui/images` may serve from: the workspace, the folders imports read their items
     files from (`recsys.data.tables.image_roots`), and `serving.image_roots`."""
-    from recsys.data.tables import image_roots
-
     roots: list[Path] = []
-    for folder in (ws.root, *image_roots(ws), *configured):
+    for folder in (ws.root, *import_folders(ws), *configured):
         path = Path(folder).expanduser()
         path = (path if path.is_absolute() else ws.root / path).resolve()
         if path not in roots:
@@ -313,7 +312,7 @@ def open_features(settings: Settings) -> tuple[OnlineFeatureReader | None, str |
     """A new online-store client that has answered a probe read -> (client, None), or
     (None, problem) when the repo is not applied yet or the store cannot be read."""
     try:
-        from features.online import OnlineFeatures
+        from features.online import OnlineFeatures  # Feast: imported when a state loads, not with serving
 
         features = OnlineFeatures(settings)
         features.probe()  # the repo is applied and the store answers
@@ -349,7 +348,7 @@ def load_state(settings: Settings, previous: ServingState | None = None) -> Serv
     recommender = None
     versions: dict[str, str | None] = {"ranker": None, "retrieval": None}
     try:
-        from recsys.recommender import Recommender
+        from recsys.recommender import Recommender  # LightGBM and torch: imported when a state loads
 
         recommender = Recommender.load(settings, ranker_uri=f"models:/ranker@{settings.serving.alias}")
         versions = _versions_of(recommender)
@@ -382,7 +381,7 @@ def _versions_of(recommender: RecommendationModel) -> dict[str, str | None]:
 
 def registry_versions(settings: Settings) -> dict[str, str | None]:
     """Versions the alias points at now (for the poll); None where nothing is registered."""
-    from recsys import tracking
+    from recsys import tracking  # MLflow: only when the alias poll runs
 
     out: dict[str, str | None] = {}
     for name in ("ranker", "retrieval"):
