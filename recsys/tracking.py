@@ -16,6 +16,7 @@ current one (`repoint_artifacts`; `mlflow/location.json` remembers the root last
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
 ALIASES = ("champion", "challenger")
+# the workspace of the run going on (`start_run`): lineage names its files relative to it
+_RUN_HOME: contextvars.ContextVar[Workspace | None] = contextvars.ContextVar("recsys_run_home", default=None)
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -150,10 +153,14 @@ def start_run(settings: Settings, pipeline: str, run_name: str | None = None) ->
     import mlflow
 
     exp_id = _experiment_id(settings, pipeline)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
-        mlflow.set_tag("recsys.pipeline", pipeline)
-        mlflow.set_tag("recsys.home", str(Path(settings.home).resolve()))
-        yield run
+    token = _RUN_HOME.set(Workspace(Path(settings.home).resolve()))
+    try:
+        with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+            mlflow.set_tag("recsys.pipeline", pipeline)
+            mlflow.set_tag("recsys.home", str(Path(settings.home).resolve()))
+            yield run
+    finally:
+        _RUN_HOME.reset(token)
 
 
 def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
@@ -202,8 +209,15 @@ def load_lineage(settings: Settings, run_id: str) -> dict[str, Any]:
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
 
 
+def _portable(path: str | Path) -> str:
+    """A path as lineage records it: relative to the run's workspace when inside it."""
+    ws = _RUN_HOME.get()
+    return ws.portable(path) if ws is not None else str(path)
+
+
 def table_lineage(paths: Mapping[str, str | Path]) -> dict[str, dict[str, Any]]:
-    """Content hash, size and row count of each input table: what a model was trained on."""
+    """Content hash, size and row count of each input table: what a model was trained on
+    (paths inside the workspace recorded relative to it, so the record outlives a move)."""
     import pyarrow.parquet as pq
 
     out: dict[str, dict[str, Any]] = {}
@@ -211,7 +225,8 @@ def table_lineage(paths: Mapping[str, str | Path]) -> dict[str, dict[str, Any]]:
         path = Path(path)
         if not path.exists():
             continue
-        entry: dict[str, Any] = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
+        entry: dict[str, Any] = {"path": _portable(path), "sha256": file_sha256(path),
+                                 "bytes": path.stat().st_size}
         if path.suffix == ".parquet":
             entry["rows"] = pq.ParquetFile(path).metadata.num_rows
         out[name] = entry
@@ -226,11 +241,10 @@ def log_lineage(
     """Record dataset lineage in the active run: params (short hashes), tags and `lineage.json`."""
     import mlflow
 
-    lineage = {
-        "tables": table_lineage(tables),
-        "feature_views": dict(feature_views or {}),
-        **dict(extra or {}),
-    }
+    views = {name: {**entry, "path": _portable(entry["path"])}
+             if isinstance(entry, Mapping) and "path" in entry else entry
+             for name, entry in dict(feature_views or {}).items()}
+    lineage = {"tables": table_lineage(tables), "feature_views": views, **dict(extra or {})}
     for name, entry in lineage["tables"].items():
         mlflow.set_tag(f"lineage.{name}.sha256", entry["sha256"][:16])
         if "rows" in entry:
