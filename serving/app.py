@@ -32,6 +32,7 @@ from recsys.data import columns as C
 from recsys.rules import RuleError
 from recsys.runtime import configure_threads
 from serving import ui
+from serving.events import COLUMNS as EVENT_COLUMNS
 from serving.events import EventWriter, QueueFull
 from serving.metrics import Metrics
 from serving.process import SETTINGS_ENV
@@ -139,14 +140,15 @@ def _add_recommendation_routes(app: FastAPI, service: RecommendService) -> None:
 
 
 def event_rows(batch: EventBatch, now: datetime) -> list[dict[str, Any]]:
-    """The impressions-contract rows of a batch; events without a time get `now`, naive times are UTC."""
+    """The impressions-contract rows of a batch; events without a time get `now`, naive times are UTC,
+    contract columns the API does not take are null."""
     rows = []
     for e in batch.events:
         ts = e.event_timestamp or now
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-        rows.append({C.REQUEST_ID: e.request_id, C.USER_ID: e.user_id, C.ITEM_ID: e.item_id,
-                     C.POSITION: e.position, C.EVENT_TIMESTAMP: ts, C.CLICKED: e.clicked,
-                     C.PROPENSITY: e.propensity, C.POLICY: e.policy or "unknown"})
+        rows.append({**dict.fromkeys(EVENT_COLUMNS), C.REQUEST_ID: e.request_id, C.USER_ID: e.user_id,
+                     C.ITEM_ID: e.item_id, C.POSITION: e.position, C.EVENT_TIMESTAMP: ts,
+                     C.CLICKED: e.clicked, C.PROPENSITY: e.propensity, C.POLICY: e.policy or "unknown"})
     return rows
 
 

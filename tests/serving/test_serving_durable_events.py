@@ -19,7 +19,7 @@ from serving_helpers import build_world, make_settings
 from recsys.data import columns as C
 from serving import wal
 from serving.app import create_app
-from serving.events import EventWriter, encode_rows, read_events, write_events_file
+from serving.events import COLUMNS, EventWriter, encode_rows, read_events, write_events_file
 from serving.process import start_server
 
 
@@ -30,8 +30,9 @@ def _event(i: int, request: str = "req", clicked: bool = False) -> dict:
 
 
 def _row(i: int) -> dict:
+    """A writer's row: every contract column, those the API does not take null (as serving builds it)."""
     e = _event(i)
-    return {**e, C.EVENT_TIMESTAMP: datetime.fromisoformat(e["event_timestamp"])}
+    return {**dict.fromkeys(COLUMNS), **e, C.EVENT_TIMESTAMP: datetime.fromisoformat(e["event_timestamp"])}
 
 
 @pytest.mark.integration

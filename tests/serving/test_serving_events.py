@@ -10,7 +10,7 @@ from recsys.data import columns as C
 from recsys.data.contracts import validate_impressions
 from recsys.workspace import Workspace
 from serving.app import create_app
-from serving.events import EventWriter, QueueFull, read_events
+from serving.events import COLUMNS, EventWriter, QueueFull, read_events
 
 
 def _events(n: int, offset: int = 0) -> list[dict]:
@@ -53,7 +53,7 @@ def test_events_are_validated(client: TestClient) -> None:
 
 def test_full_queue_refuses_whole_batches(tmp_path) -> None:
     writer = EventWriter(tmp_path, capacity=10, batch=1000, flush_seconds=60)
-    rows = [{C.REQUEST_ID: "r", C.USER_ID: "u", C.ITEM_ID: f"i{i}", C.POSITION: i,
+    rows = [{**dict.fromkeys(COLUMNS), C.REQUEST_ID: "r", C.USER_ID: "u", C.ITEM_ID: f"i{i}", C.POSITION: i,
              C.EVENT_TIMESTAMP: None, C.CLICKED: False, C.PROPENSITY: None, C.POLICY: "p"} for i in range(10)]
     import datetime as dt
 
