@@ -25,6 +25,11 @@ mean of 5% worth 20 impressions), so an item shown twice is not ranked by a 0% o
 Behaviour rows are snapshots stamped at midnight UTC, written on the days a value changes (see
 `features/jobs.py`), that count events strictly before their timestamp, so Feast's
 point-in-time join never leaks.
+
+`user_behaviour` also has a push source (`USER_PUSH_SOURCE`, a `PushSource` over the same
+parquet batch source): the server's stream (`serving/stream.py`) pushes each updated user's row
+into the online store through it, computed by the same code as the daily job
+(`features.jobs.latest_user_rows`), so batch and stream share one definition of each feature.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "days_since_last_click": "Float64",
     },
 }
+# Views the server updates from accepted events (Feast push), by the name of their push source.
+PUSH_SOURCES = {USER_BEHAVIOUR: f"{USER_BEHAVIOUR}_push"}
+USER_PUSH_SOURCE = PUSH_SOURCES[USER_BEHAVIOUR]
 ENTITY_OF_VIEW = {ITEM_CONTENT: "item", ITEM_BEHAVIOUR: "item", USER_BEHAVIOUR: "user"}
 JOIN_KEYS = {"user": C.USER_ID, "item": C.ITEM_ID}
 
@@ -118,7 +126,7 @@ def build_definitions(sources_dir: str | Path) -> Definitions:
     """Entities and feature views over the parquet sources in `sources_dir`."""
     from datetime import timedelta
 
-    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 
     entities = {
         "user": Entity(
@@ -144,6 +152,8 @@ def build_definitions(sources_dir: str | Path) -> Definitions:
         source = FileSource(
             name=f"{view}_source", path=str(source_path(sources_dir, view)), timestamp_field=C.EVENT_TIMESTAMP
         )
+        if view in PUSH_SOURCES:  # batch rows materialized, stream rows pushed: one view for both
+            source = PushSource(name=PUSH_SOURCES[view], batch_source=source)
         views[view] = FeatureView(
             name=view,
             entities=[entities[ENTITY_OF_VIEW[view]]],

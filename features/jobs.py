@@ -409,6 +409,28 @@ def user_behaviour(
     return pl.concat(parts).sort(TS, C.USER_ID)
 
 
+def latest_user_rows(
+    impressions: pl.DataFrame, items: pl.DataFrame | None = None, params: BehaviourParams = BehaviourParams()
+) -> pl.DataFrame:
+    """Each user's `user_behaviour` row stamped at the midnight after their latest event: the row
+    the daily job writes at that stamp, by the same code (`_user_frame`), so it counts every
+    event given (today's included). The stream path (`features.stream`) calls it on each updated
+    user's recent events and pushes the result: one definition of each feature, two paths.
+
+    It needs, per user, the events of the 30 days up to their latest event (the longest window)
+    and their last `params.last_clicked` clicks (at least the last one); older events change
+    nothing."""
+    events = normalize_events(impressions)
+    if events.height == 0:
+        return pl.DataFrame(schema=source_schema(USER_BEHAVIOUR))
+    until = events.group_by(C.USER_ID).agg((pl.col(TS).max().dt.truncate("1d") + DAY).alias("_until"))
+    parts = []
+    for (stamp,), users in until.partition_by("_until", as_dict=True).items():  # usually one: today
+        part = events.filter(pl.col(C.USER_ID).is_in(users[C.USER_ID].implode()))
+        parts.append(_user_frame(part, items, params, stamp).filter(pl.col(TS) == stamp))
+    return pl.concat(parts).sort(C.USER_ID)
+
+
 def item_content(item_embeddings: pl.DataFrame) -> pl.DataFrame:
     """The item_content source from the item_embeddings table (vectors as float32, µs UTC)."""
     schema = source_schema(ITEM_CONTENT)

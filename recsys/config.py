@@ -37,6 +37,8 @@ class FeatureStoreConfig(ConfigModel):
     last_clicked: int = Field(20, description="length of a user's last-clicked item list")
     ctr_prior_clicks: float = 1.0
     ctr_prior_impressions: float = 20.0
+    stream: bool = Field(True, description="while serving, push each accepted event's user features to "
+                         "the online store (Feast push); on once `recsys features build` has run")
 
 
 class TrackingConfig(ConfigModel):

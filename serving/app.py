@@ -52,6 +52,7 @@ from serving.schemas import (
 )
 from serving.service import NotFound, NotReady, RecommendService, StateLoader
 from serving.state import load_state, public_reason
+from serving.stream import start_user_feature_stream
 
 log = logging.getLogger("serving")
 UserId = Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN, description="user id")
@@ -82,6 +83,11 @@ def create_app(settings: Settings, loader: StateLoader = load_state) -> FastAPI:
                                        flush_seconds=cfg.event_flush_seconds,
                                        on_write=service.metrics.events_written.inc,
                                        durability=cfg.event_durability, dedup_window=cfg.event_dedup_window)
+        # accepted events -> the users' online features (Feast push); None when off or no registry.
+        # Started after the replay above, so its seed (the events folder) holds the replayed events
+        app.state.stream = start_user_feature_stream(settings)
+        if app.state.stream is not None:
+            app.state.events.on_durable = app.state.stream.submit
         tasks = [asyncio.create_task(service.load_initial())]
         if cfg.poll_seconds > 0:
             tasks.append(asyncio.create_task(service.poll_alias()))
@@ -97,6 +103,8 @@ def create_app(settings: Settings, loader: StateLoader = load_state) -> FastAPI:
                     await task
             await asyncio.to_thread(app.state.events.close)
             log.info("event writer closed: %d events written", app.state.events.written)
+            if app.state.stream is not None:
+                await asyncio.to_thread(app.state.stream.close)
 
     app = FastAPI(
         title="recsys",

@@ -13,6 +13,8 @@ The path of a batch of events (`EventWriter.append`):
    written to `<events_dir>/impressions-<UTC time>-<pid>-<seq>.parquet` (temporary name, fsync,
    rename: a reader never sees half a file), and the segment is deleted. The file's name is
    chosen when its segment is opened, so writing it again after a crash is idempotent.
+   Once a group is durable (or, with `"memory"`, once accepted) its events go to `on_durable`
+   (the streaming user features, `serving/stream.py`), which must only queue them.
 4. A starting writer replays the segments of every writer that died (kill -9, power cut) into
    their parquet files before it accepts anything; `close()` writes everything accepted.
 
@@ -280,7 +282,8 @@ class EventWriter:
 
     def __init__(self, events_dir: str | Path, capacity: int = 100_000, batch: int = 1000,
                  flush_seconds: float = 1.0, on_write: Callable[[int], None] | None = None,
-                 durability: Durability = "fsync", dedup_window: int = 200_000):
+                 durability: Durability = "fsync", dedup_window: int = 200_000,
+                 on_durable: Callable[[list[Row]], None] | None = None):
         self.dir = Path(events_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
@@ -288,6 +291,7 @@ class EventWriter:
         self.flush_seconds = flush_seconds
         self.on_write = on_write
         self.durability = durability
+        self.on_durable = on_durable
         self.writer = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._lock: wal.WriterLock | None = None
         if durability != "memory":
@@ -340,16 +344,18 @@ class EventWriter:
                 self._memory_rows.extend(fresh)
                 if len(self._memory_rows) >= self.batch:
                     self._cond.notify()
-                return Receipt(len(fresh), len(rows) - len(fresh), DONE)
-            if self._group is None:
-                self._group = _Group()
-                self._cond.notify()
-            group = self._group
-            if fresh:
-                group.records.append(wal.record(encode_rows(fresh)))
-                group.rows.extend(fresh)
-                group.keys.extend(keys)
-        return Receipt(len(fresh), len(rows) - len(fresh), group.future)
+            else:
+                if self._group is None:
+                    self._group = _Group()
+                    self._cond.notify()
+                group = self._group
+                if fresh:
+                    group.records.append(wal.record(encode_rows(fresh)))
+                    group.rows.extend(fresh)
+                    group.keys.extend(keys)
+                return Receipt(len(fresh), len(rows) - len(fresh), group.future)
+        self._hand_over(fresh)  # "memory": accepted is all there is
+        return Receipt(len(fresh), len(rows) - len(fresh), DONE)
 
     def submit(self, rows: Sequence[Row]) -> int:
         """`append` and wait until it is durable; returns how many events were accepted."""
@@ -449,6 +455,16 @@ class EventWriter:
         self._segment_rows.extend(rows)
         with contextlib.suppress(InvalidStateError):  # a caller cancelled it: the others still wait
             group.future.set_result(None)
+        self._hand_over(rows)
+
+    def _hand_over(self, rows: list[Row]) -> None:
+        """Give accepted events to `on_durable`; its failure must not touch the events' fate."""
+        if self.on_durable is None or not rows:
+            return
+        try:
+            self.on_durable(rows)
+        except Exception:  # a bug downstream: the events are on disk all the same
+            log.exception("on_durable failed for %d events", len(rows))
 
     def _rotate(self) -> None:
         rows, self._segment_rows = self._segment_rows, []
