@@ -1,0 +1,98 @@
+"""A posted click reaches the user's recommendations through the stream (Feast push), over HTTP,
+with a real trained recommender, real Feast features (sqlite) and the real event writer."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from serving_helpers import wait_ready
+
+from recsys.config import Settings, load_settings
+from recsys.data.tables import save_table
+from recsys.workspace import Workspace
+from serving.app import create_app
+
+pytestmark = pytest.mark.integration
+VISIBLE_WITHIN = 2.0  # seconds: what issue 17 asks; the benchmark measures ~50 ms here
+_spec = importlib.util.spec_from_file_location("ranking_world",
+                                               Path(__file__).parents[1] / "ranking" / "conftest.py")
+_world = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_world)
+
+
+def trained_workspace(home: Path, tracking: dict[str, str]) -> Settings:
+    """A small world with its behaviour features built and materialized, and a ranker (over
+    CLIP-profile retrieval) promoted to champion."""
+    from features.jobs import build_features, materialize
+    from training.ranker import train_ranker
+
+    world = _world.make_world(seed=3)
+    settings = load_settings(home=str(home), **tracking, **{
+        "ranker.rounds": 30, "ranker.candidates": 8, "retrieval.candidates": 25,
+        "serving.event_flush_seconds": 0.2, "serving.store_check_seconds": 0})
+    ws = Workspace.at(settings.home)
+    for name in ("items", "impressions"):
+        save_table(ws, name, world[name])
+    build_features(settings, ws)
+    materialize(settings, ws, track=False)
+    save_table(ws, "item_embeddings", world["item_embeddings"])
+    train_ranker(settings, ws, None, promote=True, retrieval_uri="clip-profile")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tracking_store) -> Iterator[tuple[Settings, TestClient]]:
+    settings = trained_workspace(tmp_path_factory.mktemp("stream") / "ws", tracking_store)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout=300)
+        assert client.app.state.stream is not None and client.app.state.stream.wait_ready(120)
+        yield settings, client
+
+
+def recommended(client: TestClient, user: str) -> dict:
+    body = client.get(f"/v1/users/{user}/recommendations", params={"k": 10}).json()
+    assert body["fallback"] is None and not body["degraded"], body
+    return body
+
+
+def click(client: TestClient, user: str, item: str) -> None:
+    r = client.post("/v1/events", json={"events": [{"request_id": uuid.uuid4().hex, "user_id": user,
+                                                   "item_id": item, "position": 0, "clicked": True}]})
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+
+
+def test_a_posted_click_leaves_the_users_recommendations(served) -> None:
+    from features.online import OnlineFeatures
+
+    settings, client = served
+    for user in ("u1", "u2", "u5"):
+        top = recommended(client, user)["items"][0]["item_id"]
+        click(client, user, top)
+        deadline = time.monotonic() + VISIBLE_WITHIN
+        while top in [i["item_id"] for i in recommended(client, user)["items"]]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{top}, clicked by {user}, still recommended {VISIBLE_WITHIN} s after the 202 "
+                            f"(stream: {client.app.state.stream.stats})")
+            time.sleep(0.01)
+        # the click heads the user's history: the user vector and the ranker's profile follow it
+        features = OnlineFeatures(settings).user(user)
+        assert features["user_behaviour__last_clicked_items"][0] == top
+        assert features["user_behaviour__clicks_1d"] >= 1
+    assert client.app.state.stream.stats.failures == 0
+
+
+def test_the_stream_is_off_by_setting(served, tmp_path: Path) -> None:
+    settings, _ = served
+    off = settings.model_copy(update={"features": settings.features.model_copy(update={"stream": False})})
+    from serving.stream import start_user_feature_stream, stream_enabled
+
+    assert stream_enabled(settings) and not stream_enabled(off)
+    assert start_user_feature_stream(off) is None
+    bare = load_settings(home=str(tmp_path / "empty"))
+    assert not stream_enabled(bare)  # no feature registry yet: nothing online to update
