@@ -35,6 +35,7 @@ from recsys.evaluation.ope import (
     OPEInputError,
     build_slate_input,
     default_estimators,
+    examination_from_log,
     fit_position_based_model,
 )
 from recsys.evaluation.policy import Policy, PopularPolicy, as_simulator_policy
@@ -434,6 +435,12 @@ def _offline(
         fit_on[C.CLICKED].to_numpy(),
         len(vocab),
     )
+    slot_props = _slot_propensities(logged, width, notes)
+    theta = None
+    if slot_props is not None:  # a randomised log: examination from the propensities (unconfounded)
+        rand = fit_on.filter(pl.col(C.PROPENSITY).is_not_null())
+        theta = examination_from_log(rand[C.POSITION].to_numpy(), rand[C.CLICKED].to_numpy(),
+                                     rand[C.PROPENSITY].to_numpy())
     inputs, support = {}, {}
     try:
         for label, slate in slates.items():
@@ -448,11 +455,14 @@ def _offline(
                 reward_model=model,
                 item_vocab=vocab,
                 source="held-out impressions",
+                request_ids=logged[C.REQUEST_ID].to_numpy(),
+                slot_propensities=slot_props,
+                theta=theta,
             )
     except OPEInputError as exc:
         return None, {}, f"the held-out impressions cannot be used for off-policy estimation: {exc}", None
     estimators = []
-    for est in default_estimators(cfg.clip):
+    for est in default_estimators(cfg.clip, item_level=slot_props is not None):
         try:
             for data in inputs.values():
                 est.estimate(data)
@@ -466,6 +476,24 @@ def _offline(
         inputs["control"], inputs["treatment"], estimators, cfg.bootstrap, cfg.alpha, seed
     )
     return offline, support, None, (users, slates)
+
+
+def _slot_propensities(logged: pl.DataFrame, width: int, notes: list[str]) -> np.ndarray | None:
+    """(m, width) logging probability of each logged item at every slot, or None (with a note)
+    when the log does not carry them for every row (the item-level PBM estimators need them)."""
+    if C.SLOT_PROPENSITIES not in logged.columns or logged[C.SLOT_PROPENSITIES].null_count():
+        notes.append(
+            f"item-level PBM estimators skipped: the log has no '{C.SLOT_PROPENSITIES}' for every "
+            "held-out impression (the logging policy's probability of the item at every slot)"
+        )
+        return None
+    lists = logged[C.SLOT_PROPENSITIES]
+    short = lists.list.len() < width
+    if short.any():
+        notes.append(f"item-level PBM estimators skipped: {int(short.sum()):,} held-out impressions "
+                     f"carry fewer than {width} slot propensities")
+        return None
+    return lists.list.slice(0, width).list.to_array(width).to_numpy().astype(np.float64)
 
 
 def _truth_check(

@@ -22,7 +22,8 @@ REQUEST_ID = "request_id"
 POSITION = "position"
 EVENT_TIMESTAMP = "event_timestamp"
 CLICKED = "clicked"
-PROPENSITY = "propensity"
+PROPENSITY = "propensity"  # P(logging policy shows this item in this position)
+SLOT_PROPENSITIES = "slot_propensities"  # the same at every position of the slate (list)
 POLICY = "policy"
 
 # item_embeddings

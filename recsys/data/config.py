@@ -13,7 +13,12 @@ class WorldConfig(ConfigModel):
     days: int = Field(28, ge=1)
     impressions: int = Field(500_000, ge=100, description="target number of logged impressions")
     slate_size: int = Field(10, ge=1)
-    epsilon: float = Field(0.2, gt=0.0, le=1.0, description="logging policy's exploration rate per position")
+    temperature: float = Field(
+        0.7, gt=0.0, description="the logging policy's Plackett-Luce (softmax) temperature over its "
+        "scores: lower shows its top items more often, higher explores more")
+    candidates: int = Field(
+        2000, ge=1, description="the logging policy samples each slate from its top N items per "
+        "segment and day (items outside never show; the cost of exact propensities grows with N)")
     missing_image_rate: float = Field(0.15, ge=0.0, le=1.0)
     image_size: int = 128
     images: bool = True

@@ -65,6 +65,7 @@ IMPRESSIONS = (
     Column(C.EVENT_TIMESTAMP, TIMESTAMP, nullable=False),
     Column(C.CLICKED, pl.Boolean(), nullable=False),
     Column(C.PROPENSITY, pl.Float64(), required=False),
+    Column(C.SLOT_PROPENSITIES, pl.List(pl.Float32()), required=False),
     Column(C.POLICY, pl.String(), required=False),
 )
 CLICK_ONLY_REQUIRED = (C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
@@ -222,7 +223,7 @@ def _split(
     names = [c.name for c in contract]
     good = cast.filter(~bad_mask).select(names)
     raw_str = raw.with_row_index("__row").select(
-        [pl.col("__row"), *[pl.col(c).cast(pl.String) for c in raw.columns]]
+        [pl.col("__row"), *[_as_text(pl.col(c), raw.schema[c]) for c in raw.columns]]
     )
     bad = (
         raw_str.filter(bad_mask)
@@ -230,6 +231,13 @@ def _split(
         .rename({"__row": "row"})
     )
     return Validated(table, source, good, bad, notes or [])
+
+
+def _as_text(e: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A column as text for the quarantine table (a list as its values joined by ';')."""
+    if isinstance(dtype, pl.List | pl.Array):
+        return e.cast(pl.List(pl.String)).list.join(";")
+    return e.cast(pl.String)
 
 
 def _add_reason(reason: pl.Series, mask: pl.Series, text: str) -> pl.Series:
@@ -377,6 +385,11 @@ def validate_impressions(
                          f"column '{C.PROPENSITY}': must be in (0, 1]")
     reason = _add_reason(reason, (cast[C.POSITION] < 0).fill_null(False),
                          f"column '{C.POSITION}': must be >= 0")
+    slots = cast[C.SLOT_PROPENSITIES]
+    outside = (slots.list.eval((pl.element() < 0) | (pl.element() > 1)).list.any()
+               | (slots.list.len() <= cast[C.POSITION])).fill_null(False)
+    reason = _add_reason(reason, outside, f"column '{C.SLOT_PROPENSITIES}': values in [0, 1], one per "
+                         "slot up to at least the row's position")
     if known_items is not None:
         unknown = ~cast[C.ITEM_ID].is_in(known_items.implode()) & cast[C.ITEM_ID].is_not_null()
         reason = _add_reason(reason, unknown, f"column '{C.ITEM_ID}': item not in the catalogue")

@@ -10,23 +10,19 @@ The click model (position-based): a user `u` shown item `i` at position `k` clic
 relevance and users share tastes. `quality[i]` is an item-specific effect that content cannot
 see (a collaborative model can learn it from clicks on warm items).
 
-The logging policy (the legacy system that produced the click log) is epsilon-greedy:
+The logging policy (the production system that produced the click log) ranks like a production
+ranker with exploration: each day it scores the items available at the day's start for each
+taste segment (a segment-level model: `W_SEGMENT * segment_taste . onehot(attributes[i])`, plus
+`legacy_base[i]`, a noisy quality estimate, plus a "new in" boost for items created in the 7 days
+before), keeps its top `candidates`, and fills the slate by Plackett-Luce sampling without
+replacement over those scores at `temperature` (softmax exploration). The exact marginal
+probability that it shows item `i` in slot `k` of a request,
 
-- its *deterministic slate* for a request is the top `slate_size` items available at the start
-  of the request's day by a legacy score `legacy_base[i] + 1.5 [category = user's home category]
-  + 0.8 [colour = user's home colour] + 1.5 [created in the 7 days before that day]` ("new in"
-  promotion), in that order (`home` is the argmax of the user's taste);
-- each position independently, with probability `epsilon`, is *explored*: it shows an item
-  drawn uniformly, without replacement, from the items available at the request time that are
-  not in the deterministic slate.
+    mu(i, k | segment, day) = P(PL draws i in slot k)      (recsys.evaluation.plackett_luce)
 
-So the exact marginal probability that the policy shows item `i` at position `k` (recorded as
-the impression's `propensity`) is
-
-    (1 - epsilon)                    if i is the deterministic item at k
-    0                                if i is a deterministic item of another position, or not
-                                     yet available
-    epsilon / (M - slate_size)       otherwise, M = number of items available at the request time.
+is recorded with each impression: `propensity` at the logged slot and `slot_propensities` at
+every slot (what item-level off-policy estimators need). Every candidate has mu > 0 in every
+slot, so a target policy that only shows candidates has full support.
 
 Because the simulator knows the truth it also runs the *online* A/B test (`simulate_online`)
 that off-policy estimators try to predict from the log.
@@ -37,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
@@ -46,6 +42,7 @@ import polars as pl
 
 from recsys.data import appearance as A
 from recsys.data import history
+from recsys.evaluation import plackett_luce as PL
 from recsys.io import atomic_path, write_json
 from recsys.workspace import Workspace
 
@@ -53,6 +50,10 @@ DAY_US = 86_400_000_000
 META_FILE, ARRAYS_FILE = "truth.json", "arrays.npz"  # in the workspace's truth_dir
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Policy = Callable[[np.ndarray, datetime], np.ndarray]
+# the logging policy's score: W_SEGMENT x the segment's taste + legacy_base + LOGGING_NEW_BOOST for
+# items created in the LOGGING_NEW_DAYS before the day ("new in" promotion, so items that arrive in
+# a held-out window get impressions and cold-item clicks)
+W_SEGMENT, LOGGING_NEW_BOOST, LOGGING_NEW_DAYS = 0.6, 1.0, 7
 
 
 def to_us(when) -> np.ndarray | int:
@@ -104,20 +105,22 @@ class WorldTruth:
     start: datetime
     end: datetime
     slate_size: int
-    epsilon: float
+    temperature: float
+    candidates: int
     bias: float
     position_bias: np.ndarray  # (max_positions,)
     item_attributes: np.ndarray  # (n_items, 4) category, colour, pattern, background
     item_quality: np.ndarray  # (n_items,)
     item_created_us: np.ndarray  # (n_items,) sorted ascending
-    legacy_base: np.ndarray  # (n_items,) the logging policy's item score
+    legacy_base: np.ndarray  # (n_items,) the logging policy's quality estimate per item
     user_taste: np.ndarray  # (n_users, N_ATTRIBUTE_VALUES)
     user_created_us: np.ndarray  # (n_users,)
     user_activity: np.ndarray  # (n_users,) share of requests, sums to 1
-    user_home: np.ndarray  # (n_users,) home category * len(COLOURS) + home colour
-    logging_table: np.ndarray  # (n_categories * n_colours, n_days, slate_size) item indices
+    user_segment: np.ndarray  # (n_users,) taste segment
+    segment_taste: np.ndarray  # (n_segments, N_ATTRIBUTE_VALUES) the segments' mean tastes
     item_width: int
     user_width: int
+    _marginals: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- ids ----------------------------------------------------------------------------------
     @property
@@ -172,34 +175,86 @@ class WorldTruth:
         """Number of items created at or before each time (items are indexed in creation order)."""
         return np.searchsorted(self.item_created_us, t_us, side="right")
 
+    @property
+    def n_days(self) -> int:
+        return max(1, -(-(to_us(self.end) - to_us(self.start)) // DAY_US))
+
     def day_index(self, t_us) -> np.ndarray:
         start = to_us(self.start)
-        return np.clip((np.asarray(t_us) - start) // DAY_US, 0, self.logging_table.shape[1] - 1)
+        return np.clip((np.asarray(t_us) - start) // DAY_US, 0, self.n_days - 1)
 
-    def logging_slates_idx(self, users: np.ndarray, t_us) -> np.ndarray:
-        return self.logging_table[self.user_home[users], self.day_index(t_us)]
+    def logging_scores(self, day: int) -> np.ndarray:
+        """The logging policy's scores (n_segments, n_items) on `day`: -inf for items not yet
+        available at the day's start and for items outside a segment's top `candidates`."""
+        day_start = to_us(self.start) + day * DAY_US
+        avail = int(self.n_available(day_start))
+        onehot = self.item_attributes[:avail] + np.asarray(A.OFFSETS)[None, :]  # (avail, groups)
+        taste = self.segment_taste[:, onehot].sum(axis=2)  # (n_segments, avail)
+        fresh = self.item_created_us[:avail] > day_start - LOGGING_NEW_DAYS * DAY_US
+        scores = np.full((len(self.segment_taste), self.n_items), -np.inf)
+        scores[:, :avail] = W_SEGMENT * taste + self.legacy_base[:avail] + LOGGING_NEW_BOOST * fresh
+        if self.candidates < avail:
+            cut = -np.partition(-scores[:, :avail], self.candidates - 1, axis=1)[:, self.candidates - 1]
+            scores[scores < cut[:, None]] = -np.inf
+        return scores
 
-    def logging_slates(self, user_ids, as_of) -> np.ndarray:
-        """The logging policy's deterministic slate (item ids, shape (n, slate_size)) per user at
-        `as_of` (one datetime or one per user). Explored positions replace these items."""
+    def logging_marginals(self, day: int) -> np.ndarray:
+        """mu (n_segments, n_items, slate_size): the exact probability that the logging policy
+        shows each item in each slot on `day`, per segment (the last day asked is cached)."""
+        if self._marginals is None or self._marginals[0] != day:
+            scores = self.logging_scores(day)
+            cols = np.flatnonzero(np.isfinite(scores).any(axis=0))
+            mu = np.zeros((*scores.shape, self.slate_size))
+            mu[:, cols] = PL.marginals(scores[:, cols], self.temperature, self.slate_size)
+            self._marginals = (day, mu)
+        return self._marginals[1]
+
+    def logging_slates_idx(self, rng: np.random.Generator, users: np.ndarray, t_us) -> np.ndarray:
+        """Item indices (n, slate_size) the logging policy shows users (n,) at times t_us (n,)."""
+        days = self.day_index(t_us)
+        out = np.empty((len(users), self.slate_size), dtype=np.int64)
+        for day in np.unique(days):
+            rows = np.flatnonzero(days == day)
+            scores = self.logging_scores(int(day))
+            cols = np.flatnonzero(np.isfinite(scores).any(axis=0))
+            for lo in range(0, len(rows), 4096):  # bounds the (requests x candidates) noise
+                r = rows[lo : lo + 4096]
+                seg = self.user_segment[users[r]]
+                out[r] = cols[PL.sample(rng, scores[seg][:, cols], self.temperature, self.slate_size)]
+        return out
+
+    def slot_propensities_idx(self, users: np.ndarray, items: np.ndarray, t_us) -> np.ndarray:
+        """mu(i, k) at every slot k for item indices `items` (n,) or (n, L) shown to users (n,) at
+        times t_us (n,): shape items.shape + (slate_size,); 0 where the policy never shows it."""
+        days = self.day_index(t_us)
+        out = np.zeros((*items.shape, self.slate_size))
+        for day in np.unique(days):
+            rows = days == day
+            seg = self.user_segment[users[rows]].reshape(-1, *([1] * (items.ndim - 1)))
+            out[rows] = self.logging_marginals(int(day))[seg, items[rows]]
+        return out
+
+    def logging_slates(self, user_ids, as_of, seed: int = 0) -> np.ndarray:
+        """Slates (item ids, (n, slate_size)) drawn from the logging policy for each user at
+        `as_of` (one time or one per user), as the world's log draws them; `seed` fixes the draw."""
         users = self.user_index(user_ids)
         t = np.broadcast_to(to_us(as_of), users.shape)
-        return self.item_ids[self.logging_slates_idx(users, t)]
+        return self.item_ids[self.logging_slates_idx(np.random.default_rng(seed), users, t)]
+
+    def slot_propensities(self, user_ids, item_ids, as_of) -> np.ndarray:
+        """mu(i, k) at every slot k for each (user, item) at `as_of` (one time or one per row),
+        shape (n, slate_size); 0 where the policy never shows the item."""
+        users, items = self.user_index(user_ids), self.item_index(item_ids)
+        return self.slot_propensities_idx(users, items, np.broadcast_to(to_us(as_of), users.shape))
 
     def logging_propensity(self, user_ids, item_ids, positions, as_of) -> np.ndarray:
         """Exact marginal probability that the logging policy shows each item at each position
         for that user at `as_of` (see the module docstring); 0 where it never would."""
-        users, items = self.user_index(user_ids), self.item_index(item_ids)
         pos = np.asarray(positions, dtype=np.int64)
-        t = np.broadcast_to(to_us(as_of), users.shape)
-        det = self.logging_slates_idx(users, t)
+        per_slot = self.slot_propensities(user_ids, item_ids, as_of)
         in_range = (pos >= 0) & (pos < self.slate_size)
-        at_k = det[np.arange(len(users)), np.clip(pos, 0, self.slate_size - 1)] == items
-        in_det = (det == items[:, None]).any(axis=1)
-        m = self.n_available(t)
-        explore = np.where(items < m, self.epsilon / np.maximum(m - self.slate_size, 1), 0.0)
-        p = np.where(at_k, 1.0 - self.epsilon, np.where(in_det, 0.0, explore))
-        return np.where(in_range, p, 0.0)
+        picked = per_slot[np.arange(len(pos)), np.clip(pos, 0, self.slate_size - 1)]
+        return np.where(in_range, picked, 0.0)
 
     # --- online test --------------------------------------------------------------------------
     def simulate_online(
@@ -264,8 +319,8 @@ class WorldTruth:
         "user_taste",
         "user_created_us",
         "user_activity",
-        "user_home",
-        "logging_table",
+        "user_segment",
+        "segment_taste",
     )
 
     def save(self, ws: Workspace) -> None:
@@ -275,7 +330,8 @@ class WorldTruth:
             "start": self.start.isoformat(),
             "end": self.end.isoformat(),
             "slate_size": self.slate_size,
-            "epsilon": self.epsilon,
+            "temperature": self.temperature,
+            "candidates": self.candidates,
             "bias": self.bias,
             "item_width": self.item_width,
             "user_width": self.user_width,
@@ -310,7 +366,8 @@ class WorldTruth:
             start=datetime.fromisoformat(meta["start"]),
             end=datetime.fromisoformat(meta["end"]),
             slate_size=meta["slate_size"],
-            epsilon=meta["epsilon"],
+            temperature=meta["temperature"],
+            candidates=meta["candidates"],
             bias=meta["bias"],
             item_width=meta["item_width"],
             user_width=meta["user_width"],

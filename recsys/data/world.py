@@ -41,17 +41,12 @@ from recsys.progress import bar
 from recsys.workspace import Workspace
 
 START = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday; fixed so a seed fixes every timestamp
-POLICY_NAME = "world-logging-epsilon-greedy-v1"
+POLICY_NAME = "world-logging-plackett-luce-v1"
 TASTE_SCALES = (1.2, 0.8, 0.5, 0.3)  # category, colour, pattern, background
 N_SEGMENTS = 16
 QUALITY_STD = 0.8
 BIAS = -5.0
 CHUNK_REQUESTS = 50_000
-# The legacy policy's score: + W_CATEGORY / W_COLOUR for the user's home category / colour, and
-# + NEW_BOOST for items created in the NEW_DAYS before the day ("new in" promotion), so items that
-# arrive in the test window get impressions (and cold-item clicks) beyond epsilon exploration.
-W_CATEGORY, W_COLOUR = 1.5, 0.8
-NEW_BOOST, NEW_DAYS = 1.5, 7
 
 
 @dataclass
@@ -126,34 +121,13 @@ def build_truth(cfg: WorldConfig, seed: int) -> tuple[WorldTruth, dict[str, np.r
     taste = (protos[segment] + r.normal(0.0, 0.6, (m, A.N_ATTRIBUTE_VALUES)) * scales).astype(np.float32)
     activity = r.lognormal(0.0, 1.0, m)
     activity /= activity.sum()
-    n_col = len(A.COLOURS)
-    home_cat = taste[:, A.OFFSETS[0] : A.OFFSETS[0] + len(A.CATEGORIES)].argmax(1)
-    home_col = taste[:, A.OFFSETS[1] : A.OFFSETS[1] + n_col].argmax(1)
-    home = (home_cat * n_col + home_col).astype(np.int32)
-
-    # the logging policy's deterministic slates per (home, day)
-    combos = len(A.CATEGORIES) * n_col
-    ks, ls = np.divmod(np.arange(combos), n_col)
-    table = np.zeros((combos, cfg.days, S), dtype=np.int32)
-    for d in range(cfg.days):
-        avail = int(np.searchsorted(created, start_us + d * DAY_US, side="right"))
-        fresh = created[:avail] > start_us + (d - NEW_DAYS) * DAY_US
-        score = (
-            legacy[None, :avail]
-            + NEW_BOOST * fresh[None, :]
-            + W_CATEGORY * (attrs[None, :avail, 0] == ks[:, None])
-            + W_COLOUR * (attrs[None, :avail, 1] == ls[:, None])
-        ).astype(np.float32)
-        top = np.argpartition(-score, S - 1, axis=1)[:, :S]
-        order = np.argsort(-np.take_along_axis(score, top, 1), axis=1, kind="stable")
-        table[:, d] = np.take_along_axis(top, order, 1)
-
     k = np.arange(max(50, S))
     truth = WorldTruth(
         start=START,
         end=START + timedelta(days=cfg.days),
         slate_size=S,
-        epsilon=cfg.epsilon,
+        temperature=cfg.temperature,
+        candidates=min(cfg.candidates, n),
         bias=BIAS,
         position_bias=(1.0 / (k + 1.0)) ** 0.8,
         item_attributes=attrs,
@@ -163,8 +137,8 @@ def build_truth(cfg: WorldConfig, seed: int) -> tuple[WorldTruth, dict[str, np.r
         user_taste=taste,
         user_created_us=user_created,
         user_activity=activity,
-        user_home=home,
-        logging_table=table,
+        user_segment=segment.astype(np.int16),
+        segment_taste=protos.astype(np.float32),
         item_width=max(5, len(str(n - 1))),
         user_width=max(6, len(str(m - 1))),
     )
@@ -224,22 +198,6 @@ def render_images(truth: WorldTruth, items: pl.DataFrame, size: int, seed: int, 
     return len(jobs)
 
 
-def _explore(
-    rng: np.random.Generator, det: np.ndarray, explore: np.ndarray, n_avail: np.ndarray
-) -> np.ndarray:
-    """Fill explored positions, in position order, uniformly without replacement from the items
-    available (index < n_avail) that are not in the row's deterministic slate or already shown."""
-    out = det.copy()
-    for k in range(det.shape[1]):
-        todo = np.flatnonzero(explore[:, k])
-        while todo.size:
-            x = (rng.random(todo.size) * n_avail[todo]).astype(np.int64)
-            clash = (x[:, None] == det[todo]).any(1) | (x[:, None] == out[todo, :k]).any(1)
-            out[todo[~clash], k] = x[~clash]
-            todo = todo[clash]
-    return out
-
-
 def _impressions_chunk(
     truth: WorldTruth,
     rng: np.random.Generator,
@@ -249,14 +207,14 @@ def _impressions_chunk(
     req_width: int,
     ids: tuple[pl.Series, pl.Series],
 ) -> pl.DataFrame:
-    S, eps = truth.slate_size, truth.epsilon
-    det = truth.logging_slates_idx(users, t_us)
-    explore = rng.random(det.shape) < eps
-    n_avail = truth.n_available(t_us)
-    items = _explore(rng, det, explore, n_avail)
-    propensity = np.where(explore, eps / (n_avail - S)[:, None], 1.0 - eps)
+    """Requests (users, times, in time order) -> their logged impressions: Plackett-Luce slates
+    over the day's logging scores, exact marginal propensities, clicks from the click model."""
+    S = truth.slate_size
+    items = truth.logging_slates_idx(rng, users, t_us)
+    slot_prop = truth.slot_propensities_idx(users, items, t_us)  # (n, S slots shown, S slots)
+    propensity = np.take_along_axis(slot_prop, np.arange(S)[None, :, None], 2)[..., 0]
     p_click = truth.position_bias[:S][None, :] * truth.relevance_idx(users[:, None], items)
-    clicked = rng.random(det.shape) < p_click
+    clicked = rng.random(items.shape) < p_click
     req = pl.Series(np.repeat(np.arange(first_request, first_request + len(users)), S)).cast(pl.String)
     return pl.DataFrame(
         {
@@ -267,6 +225,9 @@ def _impressions_chunk(
             C.EVENT_TIMESTAMP: _ts_series(C.EVENT_TIMESTAMP, np.repeat(t_us, S)),
             C.CLICKED: clicked.ravel(),
             C.PROPENSITY: propensity.ravel().astype(np.float64),
+            C.SLOT_PROPENSITIES: pl.Series(slot_prop.reshape(-1, S).astype(np.float32)).cast(
+                pl.List(pl.Float32)
+            ),
         }
     ).with_columns(pl.lit(POLICY_NAME).alias(C.POLICY))
 

@@ -284,11 +284,14 @@ def decide(deltas: Mapping[str, Delta], config: EvaluationConfig) -> Verdict:
 
 
 #: off-policy estimators that may carry the verdict, most preferred first: self-normalised and
-#: doubly robust ones before plain reweighting; DM (no support check possible, biased where the
+#: doubly robust ones before plain reweighting, item-slot ones (the weaker item-position
+#: assumption) before the item-level PBM ones; DM (no support check possible, biased where the
 #: reward model is wrong) and clipped IPS (biased by construction) never do.
-PRIMARY_PREFERENCE = ("sndr", "dr", "snips", "mips", "pi_slate", "ips")
+PRIMARY_PREFERENCE = ("sndr", "dr", "snips", "pbm_snips", "pbm_dr", "mips", "pi_slate", "pbm_ips", "ips")
 #: estimators whose weights are per cluster, not per (item, slot): item-level deficiency does not apply
 CLUSTER_LEVEL = ("mips",)
+#: estimators that need support per item (any slot), not per (item, slot)
+ITEM_LEVEL = ("pbm_ips", "pbm_snips", "pbm_dr")
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,11 @@ def _support_problem(
     ess = min(o.ess_control, o.ess_treatment)
     if not np.isfinite(ess) or ess < min_ess:
         return f"ESS {o.ess_control:,.0f} / {o.ess_treatment:,.0f} < {min_ess:,.0f}"
-    if o.estimator not in CLUSTER_LEVEL:
+    if o.estimator in ITEM_LEVEL:
+        worst = max((s.item_share for s in support.values()), default=0.0)
+        if worst > max_deficiency:
+            return f"support deficiency {worst:.1%} > {max_deficiency:.1%} of the target's items"
+    elif o.estimator not in CLUSTER_LEVEL:
         worst = max((s.pair_share for s in support.values()), default=0.0)
         if worst > max_deficiency:
             return f"support deficiency {worst:.1%} > {max_deficiency:.1%} of the target's (item, slot) pairs"

@@ -21,16 +21,17 @@ class EvaluationConfig(ConfigModel):
     clip: float = Field(10.0, gt=0, description="weight cap of clipped IPS")
     offline_primary: str = Field(
         "auto", description="off-policy estimator the verdict rests on: 'auto' picks the first of "
-        "sndr, dr, snips, mips, pi_slate, ips whose support holds (offline_min_ess, "
-        "offline_max_support_deficiency), else the verdict falls back to primary_metric; 'none' "
-        "always uses primary_metric; or an estimator name. A primary_metric of 'ctr:<name>' wins"
+        "sndr, dr, snips, pbm_snips, pbm_dr, mips, pi_slate, pbm_ips, ips whose support holds "
+        "(offline_min_ess, offline_max_support_deficiency), else the verdict falls back to "
+        "primary_metric; 'none' always uses primary_metric; or an estimator name. A primary_metric "
+        "of 'ctr:<name>' wins"
     )
     offline_min_ess: float = Field(
         1000.0, ge=1, description="least effective sample size (each arm) for an off-policy primary"
     )
     offline_max_support_deficiency: float = Field(
-        0.05, ge=0, le=1, description="largest share of the target's (item, slot) pairs never logged "
-        "for an item-level off-policy primary"
+        0.05, ge=0, le=1, description="largest share of the target's (item, slot) pairs (items, for "
+        "the item-level pbm_* estimators) never logged, for an off-policy primary"
     )
     holdout_days: float = Field(
         0.0, ge=0, description="the last N days of the log are the offline A/B window: retrieval and "

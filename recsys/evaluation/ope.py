@@ -31,10 +31,22 @@ and, for the estimators that need them (optional):
     pi_cluster, pscore_cluster (m,)  p_pi(e(a_j) | x_j, k_j), p_mu(e(a_j) | x_j, k_j): both policies'
                                      probability of the logged item's cluster in that slot (MIPS)
     slate    (m,)  the logged slate (request) of each impression (pseudo-inverse)
+    pi_exam, pscore_exam (m,)  sum_k theta_k pi(a_j, k | x_j), sum_k theta_k mu(a_j, k | x_j): both
+                               policies' examination-weighted probability of the logged item in
+                               any slot (the item-level PBM estimators); theta_logged (m,) = theta
+                               at the logged slot; theta_target (m,) = the target's mean
+                               examination per slot of that request (sum of theta over the
+                               slots it fills / the request's logged slots)
 
 with the importance weight w_j = pi_j / pscore_j. Every estimator below is a ratio of sums of
 per-impression terms, `V = sum(num) / sum(den)` (SNDR: a sum of two such ratios), which is
 also how its bootstrap interval (users resampled, `recsys.evaluation.bootstrap`) is computed.
+
+Under the PBM a click at any slot also tells about the item elsewhere: the item-level estimators
+(`PBMIPS`, `PBMSNIPS`, `PBMDR`) reweight by the examination-weighted probability of the item in
+*any* slot, so a logged item counts wherever the target puts it (Li et al. 2018, the PBM
+estimator); with a Plackett-Luce logging policy that spreads each item over many slots, their
+weights are an order of magnitude smaller than the item-slot ones.
 
 For large catalogues, where a target rarely shows the very item logged in a slot, MIPS
 reweights item clusters instead of items (Saito & Joachims 2022); where whole slates are logged
@@ -72,8 +84,12 @@ __all__ = [
     "MIPS",
     "cluster_probability",
     "PseudoInverse",
+    "PBMIPS",
+    "PBMSNIPS",
+    "PBMDR",
     "PositionBasedModel",
     "fit_position_based_model",
+    "examination_from_log",
     "SupportReport",
     "support_deficiency",
     "build_slate_input",
@@ -112,6 +128,10 @@ class OPEInput:
     pi_cluster: np.ndarray | None = None
     pscore_cluster: np.ndarray | None = None
     slate: np.ndarray | None = None
+    pi_exam: np.ndarray | None = None
+    pscore_exam: np.ndarray | None = None
+    theta_logged: np.ndarray | None = None
+    theta_target: np.ndarray | None = None
     source: str = field(default="logged impressions", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +191,10 @@ def _validated(data: OPEInput) -> dict[str, object]:
         "pi_cluster": data.pi_cluster,
         "pscore_cluster": data.pscore_cluster,
         "slate": data.slate,
+        "pi_exam": data.pi_exam,
+        "pscore_exam": data.pscore_exam,
+        "theta_logged": data.theta_logged,
+        "theta_target": data.theta_target,
     }
     for name, arr in arrays.items():
         if arr is not None and np.shape(arr) != (m,):
@@ -224,6 +248,19 @@ def _validated(data: OPEInput) -> dict[str, object]:
                 f"[pi, 1]; {_rows(bad)}"
             )
         out["pscore_cluster"], out["pi_cluster"] = ps_c, pi_c
+    exam = ("pi_exam", "pscore_exam", "theta_logged", "theta_target")
+    given = [getattr(data, name) is not None for name in exam]
+    if any(given) and not all(given):
+        raise OPEInputError(f"{source}: {', '.join(exam)} come together (the PBM estimators need all four)")
+    if all(given):
+        values = {name: np.asarray(getattr(data, name), dtype=np.float64) for name in exam}
+        for name, v in values.items():
+            low_ok = v > 0 if name == "pscore_exam" else v >= 0
+            bad = np.isnan(v) | ~low_ok | ~np.isfinite(v)
+            if bad.any():
+                rule = "> 0 (the logged item was shown)" if name == "pscore_exam" else ">= 0"
+                raise OPEInputError(f"{source}: {name} must be finite and {rule}; {_rows(bad)}")
+        out.update(values)
     if data.slate is not None:
         slate = np.asarray(data.slate)
         if slate.dtype.kind not in "iu":
@@ -267,12 +304,14 @@ def check_ope_inputs(
     pi_cluster: np.ndarray | None = None,
     pscore_cluster: np.ndarray | None = None,
     slate: np.ndarray | None = None,
+    exam: dict[str, np.ndarray] | None = None,
 ) -> OPEInput:
     """The one door into the estimators: shapes, missing/zero/>1 propensities, ranges.
 
     `cluster` holds any labels (user ids); they become indices 0..n_clusters-1 here, and a
     missing (NaN / None) label is refused rather than merged into one unit. `slate` (request
-    ids, for the slate estimators) is mapped the same way. Raises
+    ids, for the slate estimators) is mapped the same way. `exam` holds pi_exam, pscore_exam,
+    theta_logged and theta_target for the PBM estimators. Raises
     `OPEInputError` naming the field, the rule and the first offending row numbers.
     """
     reward = _as_vector(reward, "reward", source)
@@ -312,6 +351,7 @@ def check_ope_inputs(
         pscore_cluster=pscore_cluster,
         slate=slate_idx,
         source=source,
+        **(exam or {}),
     )
 
 
@@ -581,9 +621,88 @@ class PseudoInverse(SlateEstimator):
         return self.weights(data) * data.reward, np.ones_like(data.reward)
 
 
-def default_estimators(clip: float = 10.0) -> list[SlateEstimator]:
-    """The estimators the A/B report runs on a log of marginal item-slot propensities."""
-    return [IPS(), ClippedIPS(clip=clip), SNIPS(), DirectMethod(), DoublyRobust(), SNDR()]
+def _exam(data: OPEInput, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(w, theta_logged, theta_target) of the PBM estimators, w = pi_exam / pscore_exam."""
+    if data.pi_exam is None or data.pscore_exam is None:
+        raise OPEInputError(
+            f"{name} needs the logging policy's probability of each logged item at every slot "
+            "(slot_propensities in the log) and the examination probabilities theta"
+        )
+    return data.pi_exam / data.pscore_exam, data.theta_logged, data.theta_target
+
+
+@dataclass
+class PBMIPS(SlateEstimator):
+    """Item-level IPS under the PBM (Li et al. 2018, "Offline Evaluation of Ranking Policies
+    with Click Models", KDD, the PBM estimator):
+
+        V = 1/m sum_j w_j c_j,   w_j = sum_k theta_k pi(a_j, k | x_j) / sum_k theta_k mu(a_j, k | x_j)
+
+    Why it is unbiased: E[c | x, a, k] = theta_k r(x, a), so over the logging policy
+    E[sum_slots w c] = sum_a r(x, a) sum_k theta_k pi(a, k | x), the target's clicks. Support is
+    needed per item (mu(a, k) > 0 for some slot k), not per (item, slot); theta is estimated
+    from the log (`fit_position_based_model`), and its scale cancels in w.
+    """
+
+    name: str = "pbm_ips"
+
+    def weights(self, data: OPEInput) -> np.ndarray:
+        return _exam(data, self.name)[0]
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        return self.weights(data) * data.reward, np.ones_like(data.reward)
+
+
+@dataclass
+class PBMSNIPS(SlateEstimator):
+    """Self-normalised PBM estimator:
+
+        V = sum_j w_j c_j / sum_j w_j theta_(k_j) / theta_target_j
+
+    with w as in `PBMIPS`, theta_(k_j) the examination of the logged slot and theta_target_j the
+    target's mean examination per slot of that request (sum of theta over the slots it fills,
+    divided by the logged slots S). Under the logging policy E[sum_slots w theta_k] = the
+    target's total examination = S theta_target, so the denominator estimates m the way SNIPS's
+    sum of weights does: a small, vanishing bias for much less variance than `PBMIPS` when a few
+    weights are large.
+    """
+
+    name: str = "pbm_snips"
+
+    def weights(self, data: OPEInput) -> np.ndarray:
+        return _exam(data, self.name)[0]
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        w, theta_logged, theta_target = _exam(data, self.name)
+        scale = np.divide(1.0, theta_target, out=np.zeros_like(w), where=theta_target > 0)
+        return w * data.reward, w * theta_logged * scale
+
+
+@dataclass
+class PBMDR(SlateEstimator):
+    """Doubly robust with the item-level PBM weights:
+
+        V = 1/m sum_j [ q_target_j + w_j (c_j - q_logged_j) ]
+
+    The reward model's residual at the logged item is reweighted like `PBMIPS`, so the estimate
+    is unbiased when the propensities are right, and lower-variance when q is close.
+    """
+
+    name: str = "pbm_dr"
+
+    def weights(self, data: OPEInput) -> np.ndarray:
+        return _exam(data, self.name)[0]
+
+    def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
+        q_logged, q_target = _require_model(data, self.name)
+        return q_target + self.weights(data) * (data.reward - q_logged), np.ones_like(data.reward)
+
+
+def default_estimators(clip: float = 10.0, item_level: bool = False) -> list[SlateEstimator]:
+    """The estimators the A/B report runs on a log of marginal item-slot propensities (and, with
+    `item_level`, on a log with every slot's propensity: the PBM estimators)."""
+    base = [IPS(), ClippedIPS(clip=clip), SNIPS(), DirectMethod(), DoublyRobust(), SNDR()]
+    return base + ([PBMIPS(), PBMSNIPS(), PBMDR()] if item_level else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,6 +770,38 @@ def fit_position_based_model(
     return PositionBasedModel(theta=theta, relevance=r, r_unseen=r_prior)
 
 
+def examination_from_log(position: np.ndarray, clicked: np.ndarray, propensity: np.ndarray) -> np.ndarray:
+    """theta (L,) from a randomised log, scaled to theta_0 = 1 (only ratios matter).
+
+    Under the PBM, E[sum over impressions in slot k of c / mu(a, k | x)] = theta_k * sum over the
+    logging policy's items of r(x, a) for every request x, the same sum for every slot when each
+    item can be logged in every slot (a Plackett-Luce policy over its candidates); so
+
+        theta_k  proportional to  sum_{j: k_j = k} c_j / mu(a_j, k_j | x_j)
+
+    unbiased without a relevance model, unlike EM under a user-independent relevance, which
+    confounds position with the logging policy's choice of better items for the top. The noisy
+    per-slot ratios are made non-increasing by pooling adjacent violators (examination falls
+    down the list), weighted by each slot's impressions.
+    """
+    position = np.asarray(position, dtype=np.int64)
+    n_slots = int(position.max()) + 1
+    raw = np.bincount(position, weights=np.asarray(clicked, dtype=np.float64) / propensity, minlength=n_slots)
+    count = np.bincount(position, minlength=n_slots).astype(np.float64)
+    rate = raw / np.maximum(count, 1.0)
+    blocks: list[list[float]] = []  # [mean, weight, length], merged while a later block is higher
+    for value, weight in zip(rate, count, strict=True):
+        blocks.append([value, max(weight, 1e-12), 1])
+        while len(blocks) > 1 and blocks[-1][0] > blocks[-2][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    theta = np.concatenate([np.full(n, v) for v, _, n in blocks])
+    if not theta[0] > 0:
+        raise OPEInputError("no clicks in the log's first slot: cannot estimate examination probabilities")
+    return np.maximum(theta / theta[0], 1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # overlap and the bridge from a log + target slates to estimator inputs
 
@@ -711,6 +862,43 @@ def support_deficiency(
 _PAD = ""
 
 
+def _exam_inputs(
+    theta: np.ndarray,
+    slot_propensities: np.ndarray,
+    target: np.ndarray,
+    item_ids: np.ndarray,
+    positions: np.ndarray,
+    request_ids: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """pi_exam, pscore_exam, theta_logged, theta_target (m,) for the PBM estimators.
+
+    theta (T,) examination per slot (rescaled to max 1: only ratios matter); slot_propensities
+    (m, S); target (m, L) the target's slate of each row's user; a slot beyond theta's range
+    gets the last theta."""
+    theta = np.asarray(theta, dtype=np.float64) / np.max(theta)
+
+    def at(k: np.ndarray) -> np.ndarray:
+        return theta[np.clip(k, 0, len(theta) - 1)]
+
+    slots_l = np.arange(target.shape[1])
+    shown = target == item_ids[:, None]  # (m, L): where the target puts the logged item
+    pi_exam = (shown * at(slots_l)[None, :]).sum(axis=1)
+    width = slot_propensities.shape[1]
+    pscore_exam = slot_propensities @ at(np.arange(width))
+    if request_ids is None:
+        per_request = np.full(len(item_ids), width)
+    else:
+        _, inverse, counts = np.unique(np.asarray(request_ids), return_inverse=True, return_counts=True)
+        per_request = counts[inverse]
+    theta_target = ((target != _PAD) * at(slots_l)[None, :]).sum(axis=1) / per_request
+    return {
+        "pi_exam": np.minimum(pi_exam, 1.0),
+        "pscore_exam": pscore_exam,
+        "theta_logged": at(np.asarray(positions, dtype=np.int64)),
+        "theta_target": theta_target,
+    }
+
+
 def build_slate_input(
     user_ids: np.ndarray,
     item_ids: np.ndarray,
@@ -723,6 +911,8 @@ def build_slate_input(
     item_vocab: np.ndarray | None = None,
     source: str = "impressions",
     request_ids: np.ndarray | None = None,
+    slot_propensities: np.ndarray | None = None,
+    theta: np.ndarray | None = None,
 ) -> tuple[OPEInput, SupportReport]:
     """Estimator input for a deterministic target from a log and the target's slate per user.
 
@@ -730,6 +920,9 @@ def build_slate_input(
     target_users (u,), target_slates (u, L): the target's slate for each user ('' pads).
     reward_model + item_vocab: PBM fitted on item indices of `item_vocab` (sorted ids), for DM/DR.
     request_ids (m,): the logged slate of each impression, for the pseudo-inverse estimator.
+    slot_propensities (m, S): the logging policy's probability of each logged item at every slot;
+    with theta (the examination per slot, e.g. `examination_from_log`) it adds the inputs of the
+    item-level PBM estimators.
     pi_j = 1[target_slates[user_j, position_j] == item_j]; users missing from target_users
     raise, since they would silently drop out of the estimate.
     """
@@ -765,6 +958,12 @@ def build_slate_input(
         q_target = np.where(
             in_slate & (target_item != _PAD), reward_model.q(index(target_item), positions), 0.0
         )
+    exam = None
+    if slot_propensities is not None and theta is not None:
+        exam = _exam_inputs(
+            theta, np.asarray(slot_propensities, dtype=np.float64), target_slates[row],
+            item_ids, positions, request_ids,
+        )
     data = check_ope_inputs(
         clicked,
         propensity,
@@ -774,6 +973,7 @@ def build_slate_input(
         q_target=q_target,
         source=source,
         slate=request_ids,
+        exam=exam,
     )
     support = support_deficiency(target_slates[np.unique(row)], item_ids, positions)
     return data, support

@@ -14,7 +14,7 @@ from recsys.data.config import WorldConfig
 from recsys.data.contracts import validate_impressions, validate_items, validate_users
 from recsys.data.splits import temporal_split
 from recsys.data.tables import load_table
-from recsys.data.truth import WorldTruth
+from recsys.data.truth import WorldTruth, to_us
 from recsys.data.world import generate_world
 from recsys.workspace import Workspace
 
@@ -86,34 +86,26 @@ def test_world_refuses_a_catalogue_smaller_than_three_slates(tmp_path) -> None:
 def test_recorded_propensities_are_the_logging_policys(small_world) -> None:
     ws, _ = small_world
     truth, imp = WorldTruth.load(ws), load_table(ws, "impressions")
-    p = truth.logging_propensity(
-        imp[C.USER_ID].to_numpy(),
-        imp[C.ITEM_ID].to_numpy(),
-        imp[C.POSITION].to_numpy(),
-        imp[C.EVENT_TIMESTAMP],
-    )
+    users, items = imp[C.USER_ID].to_numpy(), imp[C.ITEM_ID].to_numpy()
+    p = truth.logging_propensity(users, items, imp[C.POSITION].to_numpy(), imp[C.EVENT_TIMESTAMP])
     np.testing.assert_allclose(p, imp[C.PROPENSITY].to_numpy())
-    # the deterministic pick shows with probability 1 - epsilon, as recorded
-    det_share = (imp[C.PROPENSITY] == 1 - truth.epsilon).mean()
-    assert abs(det_share - (1 - truth.epsilon)) < 0.02
-    # and the slates the truth reports are what the log shows at unexplored positions
-    row = imp.filter(pl.col(C.PROPENSITY) == 1 - truth.epsilon).row(0, named=True)
-    slate = truth.logging_slates(np.array([row[C.USER_ID]]), row[C.EVENT_TIMESTAMP])
-    assert slate[0, row[C.POSITION]] == row[C.ITEM_ID]
-    # an item of the deterministic slate never shows at another position; unavailable items never
-    other = (row[C.POSITION] + 1) % truth.slate_size
-    assert (
-        truth.logging_propensity(
-            np.array([row[C.USER_ID]]), np.array([row[C.ITEM_ID]]), np.array([other]), row[C.EVENT_TIMESTAMP]
-        )[0]
-        == 0
-    )
+    every_slot = np.stack(imp[C.SLOT_PROPENSITIES].to_numpy())
+    np.testing.assert_allclose(every_slot, truth.slot_propensities(users, items, imp[C.EVENT_TIMESTAMP]),
+                               rtol=1e-6, atol=1e-9)
+    # each slot's marginals sum to one over the catalogue (Plackett-Luce fills every slot)
+    day = truth.day_index(to_us(truth.end)).item()
+    np.testing.assert_allclose(truth.logging_marginals(day).sum(axis=1), 1.0, atol=1e-6)
+    # the marginals are what the sampler draws: item-slot frequencies of 20,000 slates agree
+    user, when = truth.user_ids[:1], truth.end - timedelta(hours=1)
+    slates = truth.item_index(truth.logging_slates(np.repeat(user, 20_000), when, seed=3))
+    freq = np.zeros((truth.n_items, truth.slate_size))
+    np.add.at(freq, (slates, np.broadcast_to(np.arange(truth.slate_size), slates.shape)), 1 / 20_000)
+    mu = truth.slot_propensities(np.repeat(user, truth.n_items), truth.item_ids, when)
+    assert np.abs(freq - mu).max() < 5 * np.sqrt(mu.max() / 20_000)
+    # an item not yet created never shows
     newest = truth.item_ids[-1]
     before = truth.start - timedelta(days=1)
-    assert (
-        truth.logging_propensity(np.array([row[C.USER_ID]]), np.array([newest]), np.array([0]), before)[0]
-        == 0
-    )
+    assert truth.logging_propensity(user, np.array([newest]), np.array([0]), before)[0] == 0
 
 
 def test_click_model_and_truth_api(small_world) -> None:

@@ -1,0 +1,56 @@
+"""Plackett-Luce marginals against brute-force enumeration and against the sampler."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from recsys.evaluation import plackett_luce as PL
+
+
+def _enumerated(scores: np.ndarray, temperature: float, slots: int) -> np.ndarray:
+    """mu (M, slots) by summing the probability of every ordered slate."""
+    w = np.exp((scores - scores.max()) / temperature)
+    out = np.zeros((len(w), slots))
+    for slate in itertools.permutations(range(len(w)), slots):
+        p, left = 1.0, list(range(len(w)))
+        for j in slate:
+            p *= w[j] / w[left].sum()
+            left.remove(j)
+        for k, j in enumerate(slate):
+            out[j, k] += p
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.5, 3.0])
+def test_marginals_match_enumeration(temperature: float) -> None:
+    scores = np.random.default_rng(1).normal(0.0, 2.0, (3, 7))
+    scores[2, 3] = -np.inf  # never shown
+    mu = PL.marginals(scores, temperature, 4)
+    for row in range(3):
+        np.testing.assert_allclose(mu[row], _enumerated(scores[row], temperature, 4), atol=1e-7)
+    assert (mu[2, 3] == 0).all()
+
+
+def test_marginals_of_a_large_catalogue_match_the_sampler() -> None:
+    """2,000 candidates: most are 'light' (the power-sum path), the top ones 'heavy'."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0.0, 1.5, (2, 2000))
+    mu = PL.marginals(scores, 0.7, 10)
+    np.testing.assert_allclose(mu.sum(axis=1), 1.0, atol=1e-6)  # every slot holds one item
+    assert (mu.sum(axis=2) <= 1 + 1e-9).all()  # an item shows at most once
+    n = 20_000
+    slates = PL.sample(rng, np.repeat(scores[:1], n, axis=0), 0.7, 10)
+    freq = np.zeros((2000, 10))
+    np.add.at(freq, (slates, np.broadcast_to(np.arange(10), slates.shape)), 1 / n)
+    assert np.abs(freq - mu[0]).max() < 5 * np.sqrt(mu[0].max() / n)
+    # slot 0 is the softmax itself
+    np.testing.assert_allclose(mu[:, :, 0], PL.weights(scores, 0.7), atol=1e-12)
+
+
+def test_ties_and_bad_temperature() -> None:
+    np.testing.assert_allclose(PL.marginals(np.zeros((1, 12)), 1.0, 3), 1 / 12, atol=1e-7)
+    with pytest.raises(ValueError, match="temperature"):
+        PL.marginals(np.zeros((1, 3)), 0.0, 2)
