@@ -31,8 +31,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("RECSYS_PROGRESS", "0")
-# the server processes import `benchmarks.serving:bench_app` from the repository, wherever this runs
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 sys.path.insert(0, str(ROOT))
 BENCH_APP = "benchmarks.serving:bench_app"
 
@@ -268,6 +266,8 @@ def main() -> None:
     from serving.process import start_server
 
     home = args.home.resolve()
+    # the server processes import `benchmarks.serving:bench_app` from the repository, wherever this runs
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     if not (home / "bench-world.built").exists():
         print(f"building the world in {home} ({args.items:,} items, {args.users:,} users, "
               f"{args.impressions:,} impressions)", flush=True)
