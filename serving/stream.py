@@ -4,8 +4,11 @@ The event writer (`serving/events.py`) hands every batch it has made durable to
 `UserFeatureStream.submit`, which only queues it: the request path never waits on Feast. One
 thread takes everything queued since its last pass (so the writes batch themselves under load),
 recomputes the touched users' `user_behaviour` rows from their recent events
-(`features.stream.UserEventBuffer`, the daily job's code) and writes them with Feast's push API
-(`FeatureStore.push` to the view's `PushSource`) into the configured online store. The next
+(`features.stream.UserEventBuffer`, the daily job's code) and pushes them to the view's
+`PushSource` into the configured online store. Feast's `FeatureStore.push` looks up the views of
+a push source in the registry on every call (~10 ms of protobuf parsing here, more than the
+write); the stream looks them up once when it opens and then makes the write `push` makes
+(`write_to_online_store` of each of those views, `PushMode.ONLINE`). The next
 request reads them: the clicked item heads `last_clicked_items`, so it is excluded and the user
 vector follows the new history.
 
@@ -83,6 +86,7 @@ class UserFeatureStream:
         self._done = 0  # of them, pushed or failed
         self._closing = False
         self._ready = threading.Event()
+        self._views: list[str] = []  # fed by the push source, found when the thread opens the store
         self._thread = threading.Thread(target=self._run, name="feature-stream", daemon=True)
         self._thread.start()
 
@@ -130,13 +134,11 @@ class UserFeatureStream:
         from recsys.data.tables import load_table
 
         store = feature_store(self.settings)
-        try:
-            view = store.get_feature_view(USER_BEHAVIOUR)
-        except Exception:  # noqa: BLE001 (not registered yet: apply below registers it)
-            view = None
-        if view is None or view.stream_source is None or view.stream_source.name != USER_PUSH_SOURCE:
+        self._views = self._push_views(store)
+        if USER_BEHAVIOUR not in self._views:
             log.info("registering the push source %s (a registry from before streaming)", USER_PUSH_SOURCE)
             apply(self.settings, store)
+            self._views = self._push_views(store)
         items = None
         if self.ws.table("items").exists():
             items = load_table(self.ws, "items", columns=[C.ITEM_ID, C.CATEGORY])
@@ -146,6 +148,12 @@ class UserFeatureStream:
             self.stats.seeded_events = buffer.events
             log.info("feature stream: %d recent events of %d users in memory", buffer.events, len(buffer))
         return store, buffer
+
+    @staticmethod
+    def _push_views(store: Any) -> list[str]:
+        """The views fed by the push source (what `FeatureStore.push` writes to)."""
+        return [fv.name for fv in store.list_feature_views(allow_cache=False)
+                if fv.stream_source is not None and fv.stream_source.name == USER_PUSH_SOURCE]
 
     def _seed_log(self) -> pl.DataFrame:
         from features.stream import buffer_events
@@ -199,11 +207,10 @@ class UserFeatureStream:
 
     def _push(self, store: Any, rows: pl.DataFrame) -> pl.DataFrame | None:
         """Push rows to the online store; returns them when the store failed (to retry)."""
-        from feast.data_source import PushMode
-
-        stamped = rows.with_columns(push_timestamps(rows[C.EVENT_TIMESTAMP], datetime.now(UTC)))
+        stamped = rows.with_columns(push_timestamps(rows[C.EVENT_TIMESTAMP], datetime.now(UTC))).to_pandas()
         try:
-            store.push(USER_PUSH_SOURCE, stamped.to_pandas(), to=PushMode.ONLINE)
+            for view in self._views:  # FeatureStore.push(USER_PUSH_SOURCE, df, to=PushMode.ONLINE)
+                store.write_to_online_store(view, df=stamped)
         except Exception as exc:  # noqa: BLE001 (store down: keep the rows, retry)
             self.stats.failures += 1
             if self.stats.last_error is None or self.stats.failures % 100 == 1:
