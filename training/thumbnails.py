@@ -35,7 +35,7 @@ from PIL import Image
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.splits import hashed_fraction
-from recsys.data.tables import load_table, save_table
+from recsys.data.tables import load_table, portable_images, resolved_images, save_table
 from recsys.embeddings.images import is_ok, load_image
 from recsys.io import atomic_path, write_parquet
 from recsys.progress import bar
@@ -356,7 +356,7 @@ def read_provenance(ws: Workspace) -> pl.DataFrame:
     path = ws.thumbnails_dir / PROVENANCE
     if not path.exists():
         return pl.DataFrame(schema=PROVENANCE_SCHEMA)
-    return pl.read_parquet(path)
+    return resolved_images(ws, pl.read_parquet(path))  # stored relative to the workspace, which may move
 
 
 def _needs_image(settings: Settings, items: pl.DataFrame) -> np.ndarray:
@@ -402,7 +402,7 @@ def generate_thumbnails(settings: Settings, ws: Workspace, force: bool = False,
                 rows.extend(new)
                 failures.update({r[C.ITEM_ID]: r["error"] for r in new if r["status"] != "ok"})
                 prov = _merge_provenance(prov, new)
-                write_parquet(prov, ws.thumbnails_dir / PROVENANCE)  # resumable after every batch
+                write_parquet(portable_images(ws, prov), ws.thumbnails_dir / PROVENANCE)  # resumable
                 b.advance(len(batch), status=f"{len(failures)} failed")
     generated = sum(r["status"] == "ok" for r in rows)
     _apply_to_items(ws, items, need, prov)
