@@ -1,6 +1,10 @@
 """Module-level Feast objects for the `feast` CLI (`feast -c features apply`), which collects
 them from the repository's Python files. The sources live in the workspace named by
-RECSYS_HOME (see feature_store.yaml). Code should call `features.store.apply` instead."""
+RECSYS_HOME (see feature_store.yaml). Code should call `features.store.apply` instead.
+
+The registry records the sources' absolute paths; after the workspace moves, set RECSYS_HOME to
+its new folder: `recsys` re-points the registry on its next open (`features.store.repoint_registry`)
+and this module builds the definitions over the new folder."""
 
 from features.definitions import build_definitions
 from recsys.config import load_settings
