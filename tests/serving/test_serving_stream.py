@@ -8,7 +8,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from serving_helpers import wait_ready
@@ -26,16 +28,18 @@ _world = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_world)
 
 
-def trained_workspace(home: Path, tracking: dict[str, str]) -> Settings:
+SMALL = {"ranker.rounds": 30, "ranker.candidates": 8, "retrieval.candidates": 25,
+         "serving.event_flush_seconds": 0.2, "serving.store_check_seconds": 0}
+
+
+def trained_workspace(home: Path, **overrides: Any) -> Settings:
     """A small world with its behaviour features built and materialized, and a ranker (over
     CLIP-profile retrieval) promoted to champion."""
     from features.jobs import build_features, materialize
     from training.ranker import train_ranker
 
     world = _world.make_world(seed=3)
-    settings = load_settings(home=str(home), **tracking, **{
-        "ranker.rounds": 30, "ranker.candidates": 8, "retrieval.candidates": 25,
-        "serving.event_flush_seconds": 0.2, "serving.store_check_seconds": 0})
+    settings = load_settings(home=str(home), **{**SMALL, **overrides})
     ws = Workspace.at(settings.home)
     for name in ("items", "impressions"):
         save_table(ws, name, world[name])
@@ -48,7 +52,7 @@ def trained_workspace(home: Path, tracking: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tracking_store) -> Iterator[tuple[Settings, TestClient]]:
-    settings = trained_workspace(tmp_path_factory.mktemp("stream") / "ws", tracking_store)
+    settings = trained_workspace(tmp_path_factory.mktemp("stream") / "ws", **tracking_store)
     with TestClient(create_app(settings)) as client:
         wait_ready(client, timeout=300)
         assert client.app.state.stream is not None and client.app.state.stream.wait_ready(120)
@@ -96,3 +100,56 @@ def test_the_stream_is_off_by_setting(served, tmp_path: Path) -> None:
     assert start_user_feature_stream(off) is None
     bare = load_settings(home=str(tmp_path / "empty"))
     assert not stream_enabled(bare)  # no feature registry yet: nothing online to update
+
+
+@pytest.mark.slow
+def test_clicks_become_training_data_and_the_server_picks_up_the_new_ranker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve -> clicks -> `recsys import impressions <events folder>` -> `recsys train ranker
+    --promote` -> the server polls the champion alias, reloads, and its answers name the new
+    version. `--force`: the new ranker need not beat the old one on validation for this test."""
+    from typer.testing import CliRunner
+
+    from recsys.cli import app as cli
+    from recsys.data import columns as C
+    from recsys.data.tables import load_table
+    from serving.events import read_events
+
+    home = tmp_path / "ws"
+    monkeypatch.setenv("RECSYS_HOME", str(home))  # the CLI's workspace
+    monkeypatch.delenv("RECSYS_CONFIG", raising=False)
+    for key, value in {**SMALL, "serving.poll_seconds": 0.5}.items():
+        monkeypatch.setenv("RECSYS_" + key.upper().replace(".", "__"), str(value))
+    settings = trained_workspace(home)
+    ws = Workspace.at(settings.home)
+    logged = load_table(ws, "impressions").height
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout=300)
+        assert recommended(client, "u1")["ranker_version"] == "ranker/v1"
+        events = []
+        for n, user in enumerate(f"u{u}" for u in range(12)):
+            slate = recommended(client, user)["items"][:5]
+            request = uuid.uuid4().hex
+            events += [{"request_id": request, "user_id": user, "item_id": item["item_id"], "position": p,
+                        "clicked": p == n % 5, "propensity": item["propensity"], "policy": "ranker/v1"}
+                       for p, item in enumerate(slate)]
+        assert client.post("/v1/events", json={"events": events}).json() == {"accepted": len(events)}
+        deadline = time.monotonic() + 30
+        while read_events(ws.events_dir).height < len(events):  # the parquet flush (0.2 s)
+            assert time.monotonic() < deadline, "events never reached the events folder"
+            time.sleep(0.05)
+
+        runner = CliRunner()
+        imported = runner.invoke(cli, ["import", "impressions", str(ws.events_dir)])
+        assert imported.exit_code == 0, imported.output
+        assert load_table(ws, "impressions").height == logged + len(events)
+        trained = runner.invoke(cli, ["train", "ranker", "--promote", "--force",
+                                      "--retrieval", "clip-profile"])
+        assert trained.exit_code == 0, trained.output
+
+        deadline = time.monotonic() + 120
+        while (body := recommended(client, "u1"))["ranker_version"] != "ranker/v2":
+            assert time.monotonic() < deadline, f"the server still answers with {body['ranker_version']}"
+            time.sleep(0.2)
+        assert body["policy"].startswith("ranker/v2")
+    assert load_table(ws, "impressions").filter(pl.col(C.POLICY) == "ranker/v1").height == len(events)
