@@ -3,6 +3,7 @@ through Feast's push API into real online stores (sqlite, and a real redis-serve
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -155,3 +156,28 @@ def test_stream_registers_its_push_source_on_an_older_registry(settings, stored_
     finally:
         stream.close()
     assert OnlineFeatures(settings).user("u99")["user_behaviour__last_clicked_items"] == ["i001"]
+
+
+@pytest.mark.integration
+def test_rows_pushed_while_redis_is_down_arrive_when_it_is_back(redis_server, home, stored_world) -> None:
+    """A push that fails (Redis killed) is kept and retried; the event intake never waits on it."""
+    settings = load_settings(
+        **{"home": str(home), "features.online_store": "redis", "features.redis_url": redis_server.url}
+    )
+    build_features(settings, Workspace.at(settings.home))
+    stream = UserFeatureStream(settings, retry_seconds=0.1, seed=False)
+    try:
+        assert stream.wait_ready(120) and stream.stats.last_error is None
+        redis_server.stop()
+        stream.submit([{C.REQUEST_ID: "r1", C.POSITION: 0, C.USER_ID: "u01", C.ITEM_ID: "i007",
+                        TS: datetime.now(UTC), C.CLICKED: True}])
+        assert stream.flush(60)  # computed and tried: the push failed
+        assert stream.stats.failures >= 1 and stream.stats.pushed_rows == 0
+        redis_server.start()  # same port, empty (no persistence)
+        deadline = time.monotonic() + 60
+        while stream.stats.pushed_rows == 0:
+            assert time.monotonic() < deadline, stream.stats
+            time.sleep(0.05)
+    finally:
+        stream.close()
+    assert OnlineFeatures(settings).user("u01")["user_behaviour__last_clicked_items"] == ["i007"]
