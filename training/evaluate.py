@@ -38,7 +38,7 @@ from recsys.evaluation.ope import (
     examination_from_log,
     fit_position_based_model,
 )
-from recsys.evaluation.policy import Policy, PopularPolicy, as_simulator_policy
+from recsys.evaluation.policy import EasePolicy, Policy, PopularPolicy, as_simulator_policy
 from recsys.evaluation.report import log_report, write_report
 from recsys.progress import bar
 from recsys.workspace import Workspace
@@ -137,7 +137,8 @@ _MODEL_URI = re.compile(r"^models:/[^/@]+(@[\w-]+|/\d+)$")
 
 
 def resolve_policy(settings: Settings, spec: str, history: pl.DataFrame) -> tuple[Policy, str]:
-    """(policy, label) for `popular`, `popular:7d` or a model URI (`models:/ranker@champion`, `.../3`)."""
+    """(policy, label) for `popular`, `popular:7d` or a model URI: a ranker (`models:/ranker@champion`,
+    `.../3`: the two-stage system) or EASE alone (`models:/ease@champion`)."""
     if spec == "popular":
         return PopularPolicy(history), "popular"
     recent = re.fullmatch(r"popular:(\d+(?:\.\d+)?)d", spec)
@@ -152,6 +153,11 @@ def resolve_policy(settings: Settings, spec: str, history: pl.DataFrame) -> tupl
     from recsys.recommender import Recommender  # the two-stage system (retrieval + ranker)
 
     ref = tracking.resolve(settings, spec)
+    if ref.name == "ease":  # EASE alone, the collaborative baseline
+        from recsys.retrieval.ease import EaseModel
+
+        folder, _ = tracking.download_model(settings, spec)
+        return EasePolicy(EaseModel.load(folder), history, ref.tag), ref.tag
     as_of = history[C.EVENT_TIMESTAMP].max() if history.height else None
     recommender = Recommender.load(settings, ranker_uri=spec, as_of=as_of, log=history)
     return RecommenderPolicy(recommender, ref.tag, history, settings.ranker.history,
@@ -337,7 +343,7 @@ def evaluate_ab(
     )
     primary = ab.choose_primary(offline, support, cfg)  # the verdict's first check line says why
     truth_rows, truth_ctr, truth_note = _truth_check(
-        ws, policy_c, policy_t, offline, split, cfg, seed, logs, slates, notes
+        ws, policy_c, policy_t, offline, split, holdout, cfg, seed, logs, slates, notes
     )
     result = ab.ABResult(
         control=label_c,
@@ -502,13 +508,15 @@ def _truth_check(
     policy_t: Policy,
     offline,
     split: datetime,
+    holdout: pl.DataFrame,
     cfg: Any,
     seed: int,
     logs,
     slates,
     notes: list[str],
 ):
-    """The simulator's online A/B of both policies (embedded world only)."""
+    """The simulator's online A/B of both policies (embedded world only), on the held-out
+    window's requests."""
     from recsys.data.truth import WorldTruth
 
     if not WorldTruth.applies(ws):
@@ -518,12 +526,15 @@ def _truth_check(
 
     truth = WorldTruth.load(ws)
     width = truth.slate_size
+    # the held-out window's own requests, served live by each policy: the online test of that
+    # traffic, which is what the off-policy estimates on that window estimate
+    requests = holdout.group_by(C.REQUEST_ID).agg(pl.col(C.USER_ID).first()).sort(C.REQUEST_ID)
+    users = requests[C.USER_ID].to_numpy()
     ctr = {}
     for label, pol in (("control", policy_c), ("treatment", policy_t)):
         try:
-            res = truth.simulate_online(
-                as_simulator_policy(pol, width), cfg.online_requests, seed, slate_size=width, as_of=split
-            )
+            res = truth.simulate_online(as_simulator_policy(pol, width), len(users), seed,
+                                        slate_size=width, as_of=split, users=users)
         except ValueError as exc:  # e.g. a policy with fewer than slate_size items for some users
             return None, {}, f"the simulator could not serve the {label} policy ({exc})"
         ctr[label] = res.expected_ctr

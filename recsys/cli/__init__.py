@@ -13,6 +13,7 @@ from recsys.cli import (
     common,
     data,
     demo,
+    ease,
     embeddings,
     evaluate,
     features,
@@ -39,13 +40,14 @@ for _noun, _help in {
     "import": "Validate and import data into the workspace (MovieLens, or your own tables).",
     "data": "Versions of the stored tables: history and rollback.",
     "models": "Registered models, versions and aliases in MLflow.",
-    "train": "Train the retrieval model or the ranker from click logs.",
+    "train": "Train the retrieval model, EASE or the ranker from click logs.",
 }.items():
     GROUPS[_noun] = typer.Typer(help=_help, no_args_is_help=True)
     app.add_typer(GROUPS[_noun], name=_noun)
 
 # in pipeline order, which is the order `recsys --help` lists them in
-for _module in (data, embeddings, thumbnails, features, retrieval, ranking, evaluate, serve, demo, models):
+for _module in (data, embeddings, thumbnails, features, retrieval, ease, ranking, evaluate, serve, demo,
+                models):
     _module.register(app, GROUPS)
 
 

@@ -24,10 +24,12 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 def evaluate_ab(
     ctx: typer.Context,
     control: str = typer.Option(
-        ..., "--control", help="models:/ranker@champion, models:/ranker/3, or popular"
+        ..., "--control", help="models:/ranker@champion, models:/ranker/3 (the two-stage system), "
+        "models:/ease@champion (EASE alone), popular or popular:7d"
     ),
     treatment: str = typer.Option(
-        ..., "--treatment", help="models:/ranker@challenger, models:/ranker/4, or popular"
+        ..., "--treatment", help="models:/ranker@challenger, models:/ranker/4, "
+        "models:/ease@champion, popular or popular:7d"
     ),
     logs: Path = typer.Option(
         None,

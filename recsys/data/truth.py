@@ -265,13 +265,17 @@ class WorldTruth:
         slate_size: int = 10,
         as_of: datetime | None = None,
         batch_size: int = 2048,
+        users: np.ndarray | None = None,
     ) -> OnlineResult:
         """Run `policy` live: sample `n_requests` users (by activity), ask the policy for ranked
         slates at `as_of` (default: the end of the log), draw clicks from the true click model.
 
-        The same `seed` gives the same users and the same uniform draws, so two policies run with
-        one seed are compared on common random numbers (a paired test). An empty slot ("" or
-        None, a policy with too few candidates) is never clicked; CTR still counts it as shown.
+        `users` (ids, one per request) replaces the sample with given requests, e.g. those of a
+        log's held-out window: the online test of that very traffic, which is what an off-policy
+        estimate on that window estimates. The same `seed` gives the same users and the same
+        uniform draws, so two policies run with one seed are compared on common random numbers
+        (a paired test). An empty slot ("" or None, a policy with too few candidates) is never
+        clicked; CTR still counts it as shown.
         """
         if slate_size > len(self.position_bias):
             raise ValueError(
@@ -279,9 +283,13 @@ class WorldTruth:
             )
         as_of = as_of or self.end
         rng = np.random.default_rng(seed)
-        alive = self.user_created_us <= to_us(as_of)
-        p = self.user_activity * alive
-        users = rng.choice(self.n_users, size=n_requests, p=p / p.sum())
+        if users is None:
+            alive = self.user_created_us <= to_us(as_of)
+            p = self.user_activity * alive
+            users = rng.choice(self.n_users, size=n_requests, p=p / p.sum())
+        else:
+            users = self.user_index(users)
+            n_requests = len(users)
         draws = rng.random((n_requests, slate_size))
         clicks = expected = 0.0
         for lo in range(0, n_requests, batch_size):

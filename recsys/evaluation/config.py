@@ -40,6 +40,3 @@ class EvaluationConfig(ConfigModel):
     )
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many users")
     cold_item_clicks: int = Field(5, ge=0, description="items with fewer training clicks are 'cold'")
-    online_requests: int = Field(
-        20_000, ge=100, description="simulated requests per policy in the truth check"
-    )

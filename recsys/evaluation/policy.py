@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.retrieval.ease import EaseModel, click_matrix
 
 
 @runtime_checkable
@@ -102,3 +103,31 @@ class PopularPolicy:
         if out.shape[1] < k:
             out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values="")
         return out.astype(str)
+
+
+class EasePolicy:
+    """EASE alone (a registered `models:/ease@...`): each user's clicks before `as_of` times B,
+    items they clicked excluded; its fitted click counts break ties (a user without clicks gets
+    the most-clicked items). The collaborative baseline a two-stage system must beat."""
+
+    def __init__(self, model: EaseModel, events: pl.DataFrame, name: str = "ease"):
+        if C.CLICKED in events.columns:
+            events = events.filter(pl.col(C.CLICKED))
+        self.model, self.name = model, name
+        self.events = events.select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
+        self._past: tuple[datetime, pl.DataFrame] | None = None
+
+    def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
+        if self._past is None or self._past[0] != as_of:
+            self._past = (as_of, self.events.filter(pl.col(C.EVENT_TIMESTAMP) < as_of))
+        users = [str(u) for u in np.asarray(user_ids)]
+        x, _ = click_matrix(self._past[1], self.model.item_ids, users)
+        clicks = self.model.item_clicks
+        scores = self.model.scores(x) + 1e-6 * clicks / max(float(clicks.max()), 1.0)
+        scores[x.nonzero()] = -np.inf
+        width = min(k, scores.shape[1])
+        top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+        ids = np.asarray(self.model.item_ids, dtype=object)[top]
+        out = np.where(np.isfinite(np.take_along_axis(scores, top, 1)), ids, "")
+        return np.pad(out, ((0, 0), (0, k - width)), constant_values="").astype(str)
