@@ -33,6 +33,11 @@ def cluster_address(cfg: RayConfig) -> str:
     return cfg.address or os.environ.get("RAY_ADDRESS", "")
 
 
+def _on_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in (LOOPBACK, "localhost", "::1")
+
+
 def _verbose() -> bool:
     return logging.getLogger().getEffectiveLevel() <= logging.INFO
 
@@ -81,6 +86,8 @@ def ray_session(cfg: RayConfig) -> Iterator[str]:
     common = {"logging_level": logging.WARNING if verbose else logging.ERROR, "log_to_driver": verbose}
     with ExitStack() as stack:
         if address:
+            if _on_loopback(address):  # a cluster on this machine's 127.0.0.1: the driver joins there
+                stack.enter_context(loopback_node())
             ray.init(address=address, **common)
         else:
             stack.enter_context(loopback_node())
