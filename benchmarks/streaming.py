@@ -12,8 +12,9 @@ through Feast into the online store. A sender appends one click at a time at eac
 (clicks/s, open loop, random users); the clock starts when the click is durable (the moment the
 server answers 202) and stops when a Feast online read of that user (`OnlineFeatures.user`, what
 a request reads) shows the clicked item at the head of `last_clicked_items`. A poller re-reads
-every pending user about every millisecond. HTTP is not in the loop (about 1-2 ms a request on
-this machine, see benchmarks/serving.py).
+every pending user about every millisecond, in a process of its own (as a serving worker would
+read; in the writer's process it would take the GIL from the stream). HTTP is not in the loop
+(about 1-2 ms a request on this machine, see benchmarks/serving.py).
 
 Baselines in the same run: the batch path above, and the floor of the store itself (one
 precomputed row pushed through Feast and read back). `--redis` runs the same against a
@@ -30,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -145,40 +145,77 @@ def store_floor(settings, user: str, n: int = 50) -> np.ndarray:  # noqa: ANN001
     return np.asarray(out)
 
 
-def measure(settings, rate: float, seconds: float, users: int, items: int) -> dict[str, float]:  # noqa: ANN001
-    """Open-loop clicks at `rate`/s through the writer and the stream; ms from durable to visible."""
+def poll_visible(overrides: dict[str, object], clicks, results) -> None:  # noqa: ANN001
+    """The reader, in its own process (a serving worker's view, and no GIL shared with the
+    writer): re-reads every pending user about every millisecond; puts (user, ms from durable
+    to visible) on `results`; `None` on `clicks` ends it (pending clicks get 10 s more)."""
+    import queue
+
     from features.online import OnlineFeatures
+    from recsys.config import load_settings
+
+    online = OnlineFeatures(load_settings(**overrides))
+    online.user("u0")
+    results.put("ready")
+    pending: dict[str, tuple[str, float]] = {}
+    give_up = float("inf")
+    while pending or give_up == float("inf"):
+        while True:
+            try:
+                click = clicks.get_nowait()
+            except queue.Empty:
+                break
+            if click is None:
+                give_up = time.monotonic() + 10
+            else:
+                pending[click[0]] = (click[1], click[2])
+        if time.monotonic() > give_up:
+            break
+        for user, (item, t0) in list(pending.items()):
+            head = (online.user(user)["user_behaviour__last_clicked_items"] or [None])[0]
+            if head == item:
+                results.put((user, (time.monotonic() - t0) * 1000))
+                del pending[user]
+        time.sleep(0.001)
+    results.put(("lost", len(pending)))
+
+
+def measure(
+    settings, overrides: dict[str, object], rate: float, seconds: float, users: int
+) -> dict[str, float]:  # noqa: ANN001
+    """Open-loop clicks at `rate`/s through the writer and the stream; ms from durable to visible
+    (time.monotonic: one clock for both processes)."""
+    import multiprocessing as mp
+    import queue
+
     from recsys.data import columns as C
     from recsys.workspace import Workspace
     from serving.events import COLUMNS, EventWriter
     from serving.stream import UserFeatureStream
 
     ws = Workspace.at(settings.home)
+    ctx = mp.get_context("spawn")  # the writer's threads make fork unsafe
+    clicks, results = ctx.Queue(), ctx.Queue()
+    reader = ctx.Process(target=poll_visible, args=(overrides, clicks, results), daemon=True)
+    reader.start()
+    assert results.get(timeout=300) == "ready"
     stream = UserFeatureStream(settings)
     assert stream.wait_ready(300), stream.stats
     writer = EventWriter(ws.events_dir / f"rate-{rate:g}", flush_seconds=1.0, on_durable=stream.submit)
-    online = OnlineFeatures(settings)
-    pending: dict[str, tuple[str, float]] = {}  # user -> (item, durable at)
-    lock = threading.Lock()
+    in_flight: set[str] = set()
     latencies: list[float] = []
-    done = threading.Event()
-    give_up = [float("inf")]  # after the last click: stop polling clicks not visible 10 s later
 
-    def poll() -> None:
-        while not (done.is_set() and (not pending or time.perf_counter() > give_up[0])):
-            with lock:
-                work = list(pending.items())
-            for user, (item, t0) in work:
-                head = (online.user(user)["user_behaviour__last_clicked_items"] or [None])[0]
-                if head == item:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                    with lock:
-                        if pending.get(user, (None,))[0] == item:
-                            del pending[user]
-            time.sleep(0.001)
+    def drain(block: float | None = None) -> object:
+        while True:
+            try:
+                got = results.get(timeout=block) if block else results.get_nowait()
+            except queue.Empty:
+                return None
+            if got[0] == "lost":
+                return got[1]
+            in_flight.discard(got[0])
+            latencies.append(got[1])
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     rng = random.Random(int(rate))
     start = time.perf_counter()
     n = 0
@@ -186,41 +223,38 @@ def measure(settings, rate: float, seconds: float, users: int, items: int) -> di
         due = start + n / rate
         if now < due:
             time.sleep(due - now)
-        user = f"u{rng.randrange(users)}"
-        with lock:
-            if user in pending:  # one click in flight per user: its latency stays unambiguous
-                n += 1
-                continue
-        item = f"new-{uuid.uuid4().hex[:8]}"  # never clicked before: visible means this click
-        receipt = writer.append(
-            [
-                {
-                    **dict.fromkeys(COLUMNS),
-                    C.REQUEST_ID: uuid.uuid4().hex,
-                    C.USER_ID: user,
-                    C.ITEM_ID: item,
-                    C.POSITION: 0,
-                    C.EVENT_TIMESTAMP: datetime.now(UTC),
-                    C.CLICKED: True,
-                    C.POLICY: "bench",
-                }
-            ]
-        )
-        receipt.durable.result()
-        with lock:
-            pending[user] = (item, time.perf_counter())
         n += 1
+        drain()
+        user = f"u{rng.randrange(users)}"
+        if user in in_flight:  # one click in flight per user: its latency stays unambiguous
+            continue
+        item = f"new-{uuid.uuid4().hex[:8]}"  # never clicked before: visible means this click
+        row = {
+            **dict.fromkeys(COLUMNS),
+            C.REQUEST_ID: uuid.uuid4().hex,
+            C.USER_ID: user,
+            C.ITEM_ID: item,
+            C.POSITION: 0,
+            C.EVENT_TIMESTAMP: datetime.now(UTC),
+            C.CLICKED: True,
+            C.POLICY: "bench",
+        }
+        writer.append([row]).durable.result()
+        clicks.put((user, item, time.monotonic()))  # the moment the server would answer 202
+        in_flight.add(user)
     sent = time.perf_counter() - start
-    give_up[0] = time.perf_counter() + 10
-    done.set()
-    poller.join(60)
+    clicks.put(None)
+    lost = None
+    while lost is None:
+        lost = drain(block=30)
+    reader.join(30)
     writer.close()
     stream.close()
     lat = np.asarray(latencies)
     return {
         "rate": rate,
         "clicks": len(lat),
-        "lost": len(pending),
+        "lost": lost,
         "achieved": len(lat) / sent,
         "p50": float(np.percentile(lat, 50)),
         "p90": float(np.percentile(lat, 90)),
@@ -267,7 +301,7 @@ def main() -> None:
         loaded = time.perf_counter() - t
         floor = store_floor(settings, "u1")
         rows = [
-            measure(settings, float(r), args.seconds, args.users, args.items) for r in args.rates.split(",")
+            measure(settings, overrides, float(r), args.seconds, args.users) for r in args.rates.split(",")
         ]
     finally:
         if redis is not None:
