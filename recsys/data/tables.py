@@ -275,7 +275,12 @@ def portable_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
     the table stays right when the workspace moves; `load_table` resolves them again."""
     if C.IMAGE_URI not in df.columns:
         return df
-    return df.with_columns(pl.col(C.IMAGE_URI).map_elements(ws.portable, return_dtype=pl.String))
+    uri = pl.col(C.IMAGE_URI)
+    for root in dict.fromkeys((ws.root.as_posix(), ws.root.resolve().as_posix())):
+        prefix = root.rstrip("/") + "/"
+        inside = uri.str.starts_with(prefix) & ~uri.str.contains("/../", literal=True)
+        uri = pl.when(inside).then(uri.str.slice(len(prefix))).otherwise(uri)
+    return df.with_columns(uri.alias(C.IMAGE_URI))
 
 
 def resolved_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
