@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from serving_helpers import wait_ready
 
 from recsys.config import Settings, load_settings
+from recsys.data import columns as C
 from recsys.data.tables import save_table
 from recsys.workspace import Workspace
 from serving.app import create_app
@@ -41,8 +42,8 @@ def trained_workspace(home: Path, **overrides: Any) -> Settings:
     world = _world.make_world(seed=3)
     settings = load_settings(home=str(home), **{**SMALL, **overrides})
     ws = Workspace.at(settings.home)
-    for name in ("items", "impressions"):
-        save_table(ws, name, world[name])
+    save_table(ws, "items", world["items"].with_columns(pl.col(C.IMAGE_URI).cast(pl.String)))  # contract: str
+    save_table(ws, "impressions", world["impressions"])
     build_features(settings, ws)
     materialize(settings, ws, track=False)
     save_table(ws, "item_embeddings", world["item_embeddings"])
@@ -111,7 +112,6 @@ def test_clicks_become_training_data_and_the_server_picks_up_the_new_ranker(
     from typer.testing import CliRunner
 
     from recsys.cli import app as cli
-    from recsys.data import columns as C
     from recsys.data.tables import load_table
     from serving.events import read_events
 
