@@ -153,3 +153,40 @@ def test_clicks_become_training_data_and_the_server_picks_up_the_new_ranker(
             time.sleep(0.2)
         assert body["policy"].startswith("ranker/v2")
     assert load_table(ws, "impressions").filter(pl.col(C.POLICY) == "ranker/v1").height == len(events)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "memory"])
+def test_the_event_writer_hands_each_accepted_event_over_once(tmp_path: Path, durability: str) -> None:
+    """`on_durable` (the stream's intake) gets every accepted event once, after its receipt is
+    durable; duplicates never; its failure does not touch the events."""
+    from datetime import UTC, datetime
+
+    from serving.events import COLUMNS, EventWriter, read_events
+
+    got: list[dict] = []
+    receipts = []
+
+    def on_durable(rows: list[dict]) -> None:
+        if all(r.durable.done() for r in receipts):  # on disk before anyone hears of them
+            got.extend(rows)
+        raise RuntimeError("a bug downstream")
+
+    def row(n: int) -> dict:
+        return {**dict.fromkeys(COLUMNS), C.REQUEST_ID: "r", C.POSITION: n, C.USER_ID: "u1",
+                C.ITEM_ID: f"i{n}", C.EVENT_TIMESTAMP: datetime.now(UTC), C.CLICKED: True}
+
+    writer = EventWriter(tmp_path / "events", flush_seconds=0.05, durability=durability,
+                         on_durable=on_durable)
+    try:
+        receipts.append(writer.append([row(0), row(1)]))
+        receipts[-1].durable.result(10)
+        receipts.append(writer.append([row(1), row(2)]))  # row 1 again: a duplicate
+        receipts[-1].durable.result(10)
+        deadline = time.monotonic() + 10
+        while len(got) < 3:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.01)
+    finally:
+        writer.close()
+    assert sorted(r[C.POSITION] for r in got) == [0, 1, 2]
+    assert read_events(tmp_path / "events").height == 3
