@@ -4,6 +4,7 @@ with a real trained recommender, real Feast features (sqlite) and the real event
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,13 +52,42 @@ def trained_workspace(home: Path, **overrides: Any) -> Settings:
     return settings
 
 
+_redis_spec = importlib.util.spec_from_file_location("feature_fixtures",
+                                                     Path(__file__).parents[1] / "features" / "conftest.py")
+_redis = importlib.util.module_from_spec(_redis_spec)
+_redis_spec.loader.exec_module(_redis)
+USERS = {"sqlite": ("u1", "u2", "u5"), "redis": ("u3", "u4", "u6")}  # one workspace: other users
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tracking_store) -> Iterator[tuple[Settings, TestClient]]:
-    settings = trained_workspace(tmp_path_factory.mktemp("stream") / "ws", **tracking_store)
-    with TestClient(create_app(settings)) as client:
-        wait_ready(client, timeout=300)
-        assert client.app.state.stream is not None and client.app.state.stream.wait_ready(120)
-        yield settings, client
+def trained(tmp_path_factory: pytest.TempPathFactory, tracking_store) -> Settings:
+    return trained_workspace(tmp_path_factory.mktemp("stream") / "ws", **tracking_store)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def served(request: pytest.FixtureRequest, trained: Settings) -> Iterator[tuple[Settings, TestClient]]:
+    """The app over the trained workspace, its online store sqlite or a real redis-server
+    (started here, the batch features materialized into it)."""
+    from features.jobs import materialize
+
+    settings, redis = trained, None
+    if request.param == "redis":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        redis = _redis.RedisServer(binary)
+        redis.start()
+        settings = trained.model_copy(update={"features": trained.features.model_copy(
+            update={"online_store": "redis", "redis_url": redis.url})})
+        materialize(settings, track=False)
+    try:
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client, timeout=300)
+            assert client.app.state.stream is not None and client.app.state.stream.wait_ready(120)
+            yield settings, client
+    finally:
+        if redis is not None:
+            redis.stop()
 
 
 def recommended(client: TestClient, user: str) -> dict:
@@ -76,7 +106,7 @@ def test_a_posted_click_leaves_the_users_recommendations(served) -> None:
     from features.online import OnlineFeatures
 
     settings, client = served
-    for user in ("u1", "u2", "u5"):
+    for user in USERS[settings.features.online_store]:
         top = recommended(client, user)["items"][0]["item_id"]
         click(client, user, top)
         deadline = time.monotonic() + VISIBLE_WITHIN
@@ -92,8 +122,8 @@ def test_a_posted_click_leaves_the_users_recommendations(served) -> None:
     assert client.app.state.stream.stats.failures == 0
 
 
-def test_the_stream_is_off_by_setting(served, tmp_path: Path) -> None:
-    settings, _ = served
+def test_the_stream_is_off_by_setting(trained: Settings, tmp_path: Path) -> None:
+    settings = trained
     off = settings.model_copy(update={"features": settings.features.model_copy(update={"stream": False})})
     from serving.stream import start_user_feature_stream, stream_enabled
 
