@@ -226,4 +226,10 @@ class UserFeatureStream:
 
 def start_user_feature_stream(settings: Settings) -> UserFeatureStream | None:
     """The stream of a serving process, or None when it is off (`stream_enabled`)."""
-    return UserFeatureStream(settings) if stream_enabled(settings) else None
+    if not stream_enabled(settings):
+        return None
+    if settings.serving.workers > 1:
+        log.warning("feature stream with %d workers: each worker pushes rows counting only the events it "
+                    "received (see serving/stream.py); route a user's events to one worker",
+                    settings.serving.workers)
+    return UserFeatureStream(settings)
