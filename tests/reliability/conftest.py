@@ -100,7 +100,8 @@ def fault_template(tmp_path_factory: pytest.TempPathFactory) -> FaultWorld:
                    check=True, env=world.env)
     startup = time.monotonic() - t0
     stages = {"backfill": lambda: backfill(settings, ws),
-              "features": lambda: (build_features(settings, ws), materialize(settings, ws)),
+              "features": lambda: build_features(settings, ws),  # what `recsys features build` does
+              "materialize": lambda: materialize(settings, ws),
               "retrieval": lambda: train_retrieval(settings, ws),
               "ranker": lambda: train_ranker(settings, ws, promote=True)}
     for name, stage in stages.items():
