@@ -54,8 +54,10 @@ class ServingConfig(ConfigModel):
     workers: int = 1
     alias: str = "champion"
     api_key: str | None = Field(None, description="key for /v1/admin/*; admin is off when unset")
-    exploration: Literal["none", "epsilon", "softmax"] = "none"
-    epsilon: float = 0.1
+    exploration: Literal["none", "softmax"] = Field(
+        "softmax", description="softmax: Plackett-Luce sampling over the ranker's scores of the top "
+        "candidates, each item's exact propensities in the response (what off-policy evaluation of "
+        "the next model needs); none: the top k as ranked")
     poll_seconds: float = Field(0.0, description="poll the registry alias every N s (0: off)")
     store_check_seconds: float = Field(
         30.0, ge=0, description="probe the online feature store every N s and reopen it when it fails or "
@@ -69,7 +71,9 @@ class ServingConfig(ConfigModel):
         "kill -9), or nothing (memory: lost on kill -9 until the parquet flush)")
     event_dedup_window: int = Field(
         200_000, ge=0, description="recent (request_id, position) pairs kept to drop duplicates (0: off)")
-    temperature: float = Field(1.0, gt=0, description="softmax exploration temperature over ranker scores")
+    temperature: float = Field(
+        0.5, gt=0, description="softmax exploration temperature over ranker scores: lower shows the top "
+        "more often (costs less NDCG), higher explores more")
     max_in_flight: int = Field(
         8, ge=0, description="recommendation requests one worker holds at once; beyond it 503 with "
         "Retry-After at once, so the served keep their latency (0: no limit). A served request waits "

@@ -156,7 +156,8 @@ def event_rows(batch: EventBatch, now: datetime) -> list[dict[str, Any]]:
         ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
         rows.append({**dict.fromkeys(EVENT_COLUMNS), C.REQUEST_ID: e.request_id, C.USER_ID: e.user_id,
                      C.ITEM_ID: e.item_id, C.POSITION: e.position, C.EVENT_TIMESTAMP: ts,
-                     C.CLICKED: e.clicked, C.PROPENSITY: e.propensity, C.POLICY: e.policy or "unknown"})
+                     C.CLICKED: e.clicked, C.PROPENSITY: e.propensity, C.POLICY: e.policy or "unknown",
+                     C.SLOT_PROPENSITIES: e.slot_propensities})
     return rows
 
 

@@ -1,60 +1,50 @@
 """Which k of the ranked candidates a response shows, and with what probability.
 
-Every shown item carries its *position propensity*: the probability that this policy put this
-item at this position, given the items already placed above it. Off-policy estimators
-(IPS, SNIPS, DR) read it from the impressions log.
+Every shown item carries its *marginal* propensities: the probability that this policy shows
+that item at each rank of the response (`slot_propensities`), and at its own rank
+(`propensity`). Off-policy estimators read them from the impressions log: IPS, SNIPS and DR the
+item-slot one, the item-level PBM estimators every slot's.
 
-- `none`: deterministic top-k; every propensity is 1.
-- `epsilon`: slot by slot, the best remaining candidate with probability 1-eps, a uniformly
-  drawn remaining candidate with probability eps:
-  p(i at slot j) = (1-eps) * [i is the best remaining] + eps / n_remaining.
-- `softmax`: Plackett-Luce sampling without replacement over score / temperature:
-  p(i at slot j) = exp(s_i/T) / sum over remaining r of exp(s_r/T).
+- `none`: deterministic top-k; each item's propensity is 1 at its rank and 0 elsewhere.
+- `softmax`: Plackett-Luce sampling without replacement over score / temperature among the
+  ranked pool, with the exact marginals of `recsys.evaluation.plackett_luce` (every pool item
+  has a positive probability at every rank, so any target within the pool has support).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
-Policy = str  # "none" | "epsilon" | "softmax"
+from recsys.evaluation import plackett_luce as PL
+
+Policy = Literal["none", "softmax"]
+Shown = tuple[str, float, float, tuple[float, ...]]  # item_id, score, propensity, per-rank propensities
 
 
 def choose_slate(
     ranked: Sequence[tuple[str, float]],
     k: int,
     policy: Policy = "none",
-    epsilon: float = 0.1,
     temperature: float = 1.0,
     rng: np.random.Generator | None = None,
-) -> list[tuple[str, float, float]]:
-    """Pick up to `k` of `ranked` (best first) -> [(item_id, score, propensity)] in shown order."""
+) -> list[Shown]:
+    """Pick up to `k` of `ranked` (best first) -> [(item_id, score, propensity, slot_propensities)]
+    in shown order; slot_propensities has one entry per rank of the response."""
+    n = min(k, len(ranked))
     if policy == "none" or len(ranked) <= 1:
-        return [(i, s, 1.0) for i, s in ranked[:k]]
-    if rng is None:
-        rng = np.random.default_rng()
-    ids = [i for i, _ in ranked]
-    scores = np.asarray([s for _, s in ranked], dtype=np.float64)
-    remaining = list(range(len(ids)))  # indices, kept best-first
-    out: list[tuple[str, float, float]] = []
-    for _ in range(min(k, len(ids))):
-        n = len(remaining)
-        if policy == "epsilon":
-            pos = int(rng.integers(n)) if rng.random() < epsilon else 0
-            p = epsilon / n + ((1.0 - epsilon) if pos == 0 else 0.0)
-        elif policy == "softmax":
-            logits = scores[remaining] / temperature
-            probs = np.exp(logits - logits.max())
-            probs /= probs.sum()
-            pos = int(rng.choice(n, p=probs))
-            p = float(probs[pos])
-        else:
-            raise ValueError(f"unknown exploration policy '{policy}'; expected none, epsilon or softmax")
-        idx = remaining.pop(pos)
-        out.append((ids[idx], float(scores[idx]), float(p)))
-    return out
+        return [(i, s, 1.0, tuple(float(r == j) for r in range(n))) for j, (i, s) in enumerate(ranked[:n])]
+    if policy != "softmax":
+        raise ValueError(f"unknown exploration policy '{policy}'; expected none or softmax")
+    rng = rng or np.random.default_rng()
+    scores = np.asarray([s for _, s in ranked], dtype=np.float64)[None, :]
+    mu = PL.marginals(scores, temperature, n)[0]  # (pool, n)
+    picked = PL.sample(rng, scores, temperature, n)[0]
+    return [(ranked[j][0], ranked[j][1], float(mu[j, r]), tuple(mu[j].tolist()))
+            for r, j in enumerate(picked)]
 
 
 def seed_from(request_id: str) -> int:

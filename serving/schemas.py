@@ -86,6 +86,9 @@ class RecommendedItem(BaseModel):
     rank: int = Field(description="1-based position in the response")
     score: float
     propensity: float = Field(description="probability that this policy showed this item at this rank")
+    slot_propensities: list[float] | None = Field(
+        None, description="probability that this policy showed this item at each rank 1..k of this "
+        "response; echo it in POST /v1/events for item-level off-policy estimates")
     title: str | None = None
     category: str | None = None
     image_source: str | None = None
@@ -119,6 +122,8 @@ class Event(Strict):
     position: int | None = Field(None, ge=0, le=10_000, description="0-based slot in the slate")
     clicked: bool = False
     propensity: float | None = Field(None, gt=0, le=1)
+    slot_propensities: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, max_length=1000, description="the response's slot_propensities of this item")
     policy: str | None = Field(None, max_length=200)
     event_timestamp: datetime | None = Field(
         None, description="default: the time it was received; naive times are UTC; from 2000-01-01 to a day "

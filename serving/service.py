@@ -367,7 +367,7 @@ class RecommendService:
             explore = "none"
             metrics.fallbacks.labels(ranked.fallback_reason or ranked.fallback).inc()
         t = time.perf_counter()
-        slate = choose_slate(ranked.items, req.k, explore, cfg.epsilon, cfg.temperature,
+        slate = choose_slate(ranked.items, req.k, explore, cfg.temperature,
                              np.random.default_rng(seed_from(request_id)) if explore != "none" else None)
         timings["explore"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
@@ -375,10 +375,11 @@ class RecommendService:
             metrics.child(metrics.stage, stage).observe(seconds)
         cat = state.catalogue
         out = []
-        for rank, (item_id, score, propensity) in enumerate(slate, start=1):
+        for rank, (item_id, score, propensity, per_rank) in enumerate(slate, start=1):
             info = cat.items.get(item_id) if cat is not None else None
             out.append(RecommendedItem(
                 item_id=item_id, rank=rank, score=score, propensity=propensity,
+                slot_propensities=list(per_rank),
                 title=info.title if info else None, category=info.category if info else None,
                 image_source=info.image_source if info else None,
                 reason=ranked.reasons.get(item_id, POPULAR_REASON if ranked.fallback else None)))

@@ -798,7 +798,8 @@ def examination_from_log(position: np.ndarray, clicked: np.ndarray, propensity: 
             blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
     theta = np.concatenate([np.full(n, v) for v, _, n in blocks])
     if not theta[0] > 0:
-        raise OPEInputError("no clicks in the log's first slot: cannot estimate examination probabilities")
+        raise OPEInputError("no clicks in the log's first slot (after pooling): cannot estimate "
+                            "examination probabilities")
     return np.maximum(theta / theta[0], 1e-6)
 
 

@@ -268,6 +268,8 @@ def summary_dict(result: ABResult) -> dict:
                 "control": asdict(o.control),
                 "treatment": asdict(o.treatment),
                 "delta": asdict(o.delta),
+                "ess": {arm: (v if math.isfinite(v) else None)
+                        for arm, v in (("control", o.ess_control), ("treatment", o.ess_treatment))},
             }
             for o in result.offline or []
         ],

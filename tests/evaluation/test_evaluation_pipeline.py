@@ -10,6 +10,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from recsys.cli import common
+from recsys.cli import ease as ease_cli
 from recsys.cli import evaluate as evaluate_cli
 from recsys.config import load_settings
 from recsys.data.config import WorldConfig
@@ -23,7 +24,10 @@ ML100K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ml-10
 def _app() -> typer.Typer:
     app = typer.Typer()
     app.callback()(common.main_options)
-    evaluate_cli.register(app, {})
+    groups = {"train": typer.Typer()}
+    app.add_typer(groups["train"], name="train")
+    evaluate_cli.register(app, groups)
+    ease_cli.register(app, groups)
     return app
 
 
@@ -75,6 +79,26 @@ def test_cli_on_the_embedded_world_writes_report_truth_check_and_mlflow_run(worl
     tracking.setup_tracking(load_settings(home=world_home))
     runs = mlflow.search_runs(experiment_names=["recsys/evaluation"])
     assert len(runs) >= 1 and runs.iloc[0]["tags.ab.treatment"] == "popular:3d"
+
+
+def test_ease_against_popular_rests_on_an_item_level_estimator(world_home: Path) -> None:
+    """`train ease` then `evaluate ab` of EASE alone: the Plackett-Luce log's slot propensities
+    feed the PBM estimators, and the truth is the held-out requests served live."""
+    trained = CliRunner().invoke(_app(), ["--home", str(world_home), "train", "ease"],
+                                 env={"RECSYS_EVALUATION__HOLDOUT_DAYS": "7"})
+    assert trained.exit_code == 0, trained.output
+    res = _evaluate_ab(world_home, "popular", "models:/ease@champion", "--bootstrap", "200", "--no-track")
+    assert res.exit_code == 0, res.output
+    report = sorted(Workspace.at(world_home).reports_dir.glob("ab-*ease*"))[-1]
+    summary = json.loads((report / "summary.json").read_text())
+    estimators = {o["estimator"]: o for o in summary["offline"]}
+    assert {"pbm_ips", "pbm_snips", "pbm_dr"} <= set(estimators)
+    truth = summary["truth_ctr"]["treatment"] / summary["truth_ctr"]["control"] - 1
+    assert truth > 0.1  # EASE beats popularity online
+    # item-level weights carry more effective samples than the item-slot ones
+    assert estimators["pbm_snips"]["ess"]["treatment"] > 2 * estimators["snips"]["ess"]["treatment"]
+    d = estimators["pbm_snips"]["delta"]
+    assert d["lift_low"] <= truth <= d["lift_high"]
 
 
 def test_fail_on_regression_exits_non_zero_for_dont_ship(world_home: Path) -> None:

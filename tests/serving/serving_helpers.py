@@ -166,8 +166,9 @@ class Loader:
 
 
 def make_settings(home: Path, **overrides: Any) -> Settings:
+    """Test settings; answers are the ranked top k (exploration off) unless a test asks for it."""
     return load_settings(home=str(home), **{"serving.api_key": API_KEY, "serving.event_flush_seconds": 0.05,
-                                            **overrides})
+                                            "serving.exploration": "none", **overrides})
 
 
 def wait_ready(client: TestClient, timeout: float = 30.0) -> None:

@@ -104,14 +104,15 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
 
 
 def test_exploration_records_propensities(world: Workspace, loader) -> None:
-    app = create_app(make_settings(world.root, **{"serving.exploration": "epsilon", "serving.epsilon": 0.5}),
-                     loader=loader)
+    settings = make_settings(world.root, **{"serving.exploration": "softmax", "serving.temperature": 2.0})
+    app = create_app(settings, loader=loader)
     with TestClient(app) as c:
         wait_ready(c)
         bodies = [c.get("/v1/users/u1/recommendations", params={"k": 5}).json() for _ in range(10)]
     props = [it["propensity"] for b in bodies for it in b["items"]]
     assert all(0 < p <= 1 for p in props) and min(props) < 1.0
-    assert all(b["policy"].endswith(":epsilon") for b in bodies)
+    assert all(b["policy"].endswith(":softmax") for b in bodies)
+    assert all(len(it["slot_propensities"]) == 5 for b in bodies for it in b["items"])
     assert len({tuple(it["item_id"] for it in b["items"]) for b in bodies}) > 1
     assert N_ITEMS > 5
 

@@ -95,12 +95,12 @@ def test_without_models_the_catalogue_answers(world: Workspace) -> None:
 
 
 def test_exploration_records_propensities_below_one(world: Workspace, loader: Loader) -> None:
-    service = started(make_settings(world.root, **{"serving.exploration": "epsilon",
-                                                   "serving.epsilon": 0.5}), loader)
+    service = started(make_settings(world.root, **{"serving.exploration": "softmax",
+                                                   "serving.temperature": 2.0}), loader)
     bodies = [ask(service, k=5) for _ in range(10)]
     props = [it.propensity for b in bodies for it in b.items]
     assert all(0 < p <= 1 for p in props) and min(props) < 1.0
-    assert all(b.policy.endswith(":epsilon") for b in bodies)
+    assert all(b.policy.endswith(":softmax") for b in bodies)
 
 
 def test_rules_the_schema_let_through_are_refused_by_name(service: RecommendService) -> None:
