@@ -11,10 +11,10 @@ class WorldConfig(ConfigModel):
     items: int = Field(2000, ge=10)
     users: int = Field(5000, ge=10)
     days: int = Field(28, ge=1)
-    impressions: int = Field(500_000, ge=100, description="target number of logged impressions")
+    impressions: int = Field(600_000, ge=100, description="target number of logged impressions")
     slate_size: int = Field(10, ge=1)
     temperature: float = Field(
-        0.7, gt=0.0, description="the logging policy's Plackett-Luce (softmax) temperature over its "
+        1.0, gt=0.0, description="the logging policy's Plackett-Luce (softmax) temperature over its "
         "scores: lower shows its top items more often, higher explores more")
     candidates: int = Field(
         2000, ge=1, description="the logging policy samples each slate from its top N items per "
