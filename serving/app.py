@@ -88,6 +88,7 @@ def create_app(settings: Settings, loader: StateLoader = load_state) -> FastAPI:
         app.state.stream = start_user_feature_stream(settings)
         if app.state.stream is not None:
             app.state.events.on_durable = app.state.stream.submit
+            app.state.stream.register(service.metrics.registry)  # recsys_stream_* in /metrics
         tasks = [asyncio.create_task(service.load_initial())]
         if cfg.poll_seconds > 0:
             tasks.append(asyncio.create_task(service.poll_alias()))

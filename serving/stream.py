@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +53,30 @@ class StreamStats:
     pushes: int = 0
     failures: int = 0
     last_error: str | None = None
+
+
+class StreamCollector:
+    """The stream's figures for /metrics, read from its stats at each scrape (a push that fails
+    is retried and logged; here it is also counted)."""
+
+    def __init__(self, stream: UserFeatureStream):
+        self.stream = stream
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.stream.stats
+        counters = [("recsys_stream_events", "Accepted events handed to the feature stream", st.received),
+                    ("recsys_stream_rows_pushed", "User feature rows written to the online store",
+                     st.pushed_rows),
+                    ("recsys_stream_push_failures",
+                     "Passes whose write to the online store failed (their rows are retried)", st.failures)]
+        for name, text, value in counters:
+            yield CounterMetricFamily(name, text, value=value)
+        backlog = "Events handed to the stream, not pushed or failed yet"
+        yield GaugeMetricFamily("recsys_stream_backlog", backlog, value=self.stream.backlog)
+        yield GaugeMetricFamily("recsys_stream_up", "1 while the stream runs and its last push succeeded",
+                                value=float(self.stream.running and st.last_error is None))
 
 
 def stream_enabled(settings: Settings) -> bool:
@@ -102,6 +126,19 @@ class UserFeatureStream:
             self._submitted += len(rows)
             self.stats.received += len(rows)
             self._cond.notify()
+
+    @property
+    def backlog(self) -> int:
+        """Events submitted and not yet pushed (or failed)."""
+        return self._submitted - self._done
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def register(self, registry: Any) -> None:
+        """Expose the stream's figures in a Prometheus `CollectorRegistry` (the app's /metrics)."""
+        registry.register(StreamCollector(self))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Until the buffer is seeded and the store open (True), or the timeout (False)."""

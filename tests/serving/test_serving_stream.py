@@ -120,6 +120,10 @@ def test_a_posted_click_leaves_the_users_recommendations(served) -> None:
         assert features["user_behaviour__last_clicked_items"][0] == top
         assert features["user_behaviour__clicks_1d"] >= 1
     assert client.app.state.stream.stats.failures == 0
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith("recsys_stream_")]
+    metrics = {name: float(value) for name, value in (line.split(" ") for line in lines)}
+    assert metrics["recsys_stream_rows_pushed_total"] >= 3 and metrics["recsys_stream_up"] == 1.0
+    assert metrics["recsys_stream_push_failures_total"] == 0
 
 
 def test_the_stream_is_off_by_setting(trained: Settings, tmp_path: Path) -> None:
