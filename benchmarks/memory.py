@@ -1,8 +1,10 @@
 """Peak memory and time of every default command on a long-span, click-only log (issue 21).
 
     .venv/bin/python -m benchmarks.memory [--home DIR] [--clicks 100000] [--items 10000]
+    .venv/bin/python -m benchmarks.memory --cases 100000x10000,1000000x100000 --retrieval-epochs 2
 
-1. Generate a seeded click-only log shaped like a real one: `--users` users (activity
+1. Generate a seeded click-only log shaped like a real one: `--users` users (default 600 per
+   100k clicks; activity
    log-normal), `--items` items with title, description and category (Zipf-like popularity,
    exponent `--zipf`), `--pictures` of them with a small generated PNG, `--clicks` clicks spread
    uniformly over `--years` years. Only CLIP looks at the pictures.
@@ -15,8 +17,11 @@
    every 50 ms (which can miss a short spike). A poller also kills a command whose tree passes
    `--kill-above` GiB, so a blow-up is reported instead of taking the machine down.
 
-Prints a markdown table (step, peak RSS, seconds, status) and writes it as JSON to
-`<home>/memory.json`. Logs of each command are under `<home>/ws/logs/`.
+Prints a markdown table (step, peak RSS, the command's own planned peak from its `memory plan:`
+line (`recsys.memory`), measured / planned, seconds, status) and writes it as JSON to
+`<home>/memory.json`. Logs of each command are under `<home>/ws/logs/`. With `--cases`, one
+log after another (each in `<home>/CLICKSxITEMS/`), then a growth table: each step's peak as a
+ratio of the first case with the same catalogue.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -122,6 +128,16 @@ class Step:
     peak_mib: float | None
     seconds: float
     status: str  # ok, failed (exit N), killed above X GiB
+    planned_mib: float | None = None  # the command's own memory plan (recsys.memory), when it states one
+
+
+PLAN_LINE = re.compile(r"memory plan: ([\d.]+) GiB peak")
+
+
+def planned_mib(log_text: str) -> float | None:
+    """The planned peak a command printed (`memory plan: X GiB peak of ...`), in MiB."""
+    found = PLAN_LINE.findall(log_text)
+    return float(found[-1]) * 1024 if found else None
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -176,8 +192,10 @@ def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_abo
         if lines and lines[-1].isdigit():
             peak_mib = int(lines[-1]) / 1024  # GNU time: KiB
     status = f"killed above {kill_above:g} GiB" if killed else ("ok" if rc == 0 else f"failed (exit {rc})")
-    step = Step(name, "recsys " + " ".join(args), peak_mib, seconds, status)
-    print(f"  {name:<24} {_fmt_mib(peak_mib):>10} {seconds:8.1f} s  {status}", flush=True)
+    plan = planned_mib(log_path.read_text(errors="replace"))
+    step = Step(name, "recsys " + " ".join(args), peak_mib, seconds, status, plan)
+    planned = f"  (planned {_fmt_mib(plan)})" if plan else ""
+    print(f"  {name:<24} {_fmt_mib(peak_mib):>10} {seconds:8.1f} s  {status}{planned}", flush=True)
     if rc != 0 and not killed:
         tail = "\n".join(log_path.read_text().splitlines()[-15:])
         print(f"    --- last lines of {log_path.name}:\n{tail}", flush=True)
@@ -205,38 +223,54 @@ STEPS = (
 
 
 def table(steps: list[Step]) -> str:
-    lines = ["| step | peak RSS | seconds | status |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s.step} | {_fmt_mib(s.peak_mib)} | {s.seconds:.1f} | {s.status} |" for s in steps]
+    lines = ["| step | peak RSS | planned | measured / planned | seconds | status |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for s in steps:
+        ratio = f"{s.peak_mib / s.planned_mib:.2f}" if s.peak_mib and s.planned_mib else ""
+        planned = _fmt_mib(s.planned_mib) if s.planned_mib else ""
+        lines.append(f"| {s.step} | {_fmt_mib(s.peak_mib)} | {planned} | {ratio} | {s.seconds:.1f} "
+                     f"| {s.status} |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--home", type=Path, help="benchmark folder (default: a new temp folder); must be empty")
-    ap.add_argument("--users", type=int, default=600)
-    ap.add_argument("--items", type=int, default=10_000)
-    ap.add_argument("--clicks", type=int, default=100_000)
-    ap.add_argument("--years", type=float, default=20.0)
-    ap.add_argument("--pictures", type=int, default=2_000, help="items with a generated PNG")
-    ap.add_argument("--zipf", type=float, default=1.0, help="popularity exponent")
-    ap.add_argument("--seed", type=int, default=21)
-    ap.add_argument("--clip-epochs", type=int, default=2, help="RECSYS_CLIP__EPOCHS of `clip finetune`")
-    ap.add_argument("--steps", help="comma list of step names to run (default: all, in order)")
-    ap.add_argument("--kill-above", type=float, default=8.0, help="GiB: kill a command whose tree passes it")
-    args = ap.parse_args()
+def growth_table(cases: list[dict]) -> str:
+    """Peak RSS per step and case, and each case's peak as a ratio of the first case with the
+    same catalogue (growth with clicks)."""
+    names = [n for n, _ in STEPS if any(st["step"] == n for c in cases for st in c["steps"])]
+    head = [f"{c['log']['clicks']:,} clicks / {c['log']['items']:,} items" for c in cases]
+    lines = ["| step | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(cases)]
+    for name in names:
+        cells = []
+        for c in cases:
+            st = next((x for x in c["steps"] if x["step"] == name), None)
+            base_case = next(b for b in cases if b["log"]["items"] == c["log"]["items"])
+            base = next((x for x in base_case["steps"] if x["step"] == name), None)
+            if st is None or st["peak_mib"] is None:
+                cells.append("")
+                continue
+            cell = _fmt_mib(st["peak_mib"])
+            if base is not None and base is not st and base["peak_mib"]:
+                ratio = st["peak_mib"] / base["peak_mib"]
+                clicks = c["log"]["clicks"] / base_case["log"]["clicks"]
+                cell += f" ({ratio:.2f}x for {clicks:g}x clicks)"
+            if st["status"] != "ok":
+                cell += f", {st['status']}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
-    home = (args.home or Path(tempfile.mkdtemp(prefix="recsys-memory-"))).resolve()
+
+def run_case(home: Path, args: argparse.Namespace, clicks: int, items: int) -> dict:
+    """Generate one log in `home` (which must be empty) and run every wanted step on it."""
+    users = args.users or max(1, round(600 * clicks / 100_000))
     home.mkdir(parents=True, exist_ok=True)
     if any(home.iterdir()):
         raise SystemExit(f"{home} is not empty: the benchmark needs a fresh folder")
     t = time.perf_counter()
-    generate_log(home / "data", args.users, args.items, args.clicks, args.years, args.pictures, args.zipf,
-                 args.seed)
-    print(f"log: {args.users} users, {args.items} items ({args.pictures} with a picture), "
-          f"{args.clicks} clicks over {args.years:g} years, Zipf {args.zipf:g} (seed {args.seed}); "
+    generate_log(home / "data", users, items, clicks, args.years, args.pictures, args.zipf, args.seed)
+    print(f"log: {users} users, {items} items ({args.pictures} with a picture), "
+          f"{clicks} clicks over {args.years:g} years, Zipf {args.zipf:g} (seed {args.seed}); "
           f"generated in {time.perf_counter() - t:.1f} s -> {home / 'data'}", flush=True)
-    print(f"peak RSS from {'/usr/bin/time -f %M' if Path(TIME).exists() else 'psutil polling (50 ms)'}; "
-          f"clip finetune with RECSYS_CLIP__EPOCHS={args.clip_epochs}", flush=True)
     ws = home / "ws"
     ws.mkdir()
     # the workspace's own settings only: no RECSYS_* of the caller's shell, no recsys.toml (cwd = ws)
@@ -244,6 +278,10 @@ def main() -> None:
     env.update({"RECSYS_HOME": str(ws), "RECSYS_PROGRESS": "0", "RECSYS_SEED": str(args.seed),
                 "RECSYS_CLIP__EPOCHS": str(args.clip_epochs), "OMP_WAIT_POLICY": "passive",
                 "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "1000"})
+    if args.retrieval_epochs:
+        env["RECSYS_RETRIEVAL__EPOCHS"] = str(args.retrieval_epochs)
+    if args.memory_gib:
+        env["RECSYS_MEMORY_GIB"] = str(args.memory_gib)
     wanted = set(args.steps.split(",")) if args.steps else None
     steps = []
     for name, template in STEPS:
@@ -251,12 +289,50 @@ def main() -> None:
             continue
         cmd = [a.format(data=home / "data", home=home) for a in template]
         steps.append(run_step(name, cmd, ws, env, args.kill_above))
-    print("\n" + table(steps))
-    (home / "memory.json").write_text(json.dumps(
-        {"log": {k: getattr(args, k) for k in ("users", "items", "clicks", "years", "pictures", "zipf",
-                                               "seed")},
-         "clip_epochs": args.clip_epochs, "rss_source": "time" if Path(TIME).exists() else "psutil",
-         "steps": [asdict(s) for s in steps]}, indent=2))
+    print("\n" + table(steps), flush=True)
+    case = {"log": {"users": users, "items": items, "clicks": clicks,
+                    **{k: getattr(args, k) for k in ("years", "pictures", "zipf", "seed")}},
+            "clip_epochs": args.clip_epochs, "retrieval_epochs": args.retrieval_epochs,
+            "memory_gib": args.memory_gib, "rss_source": "time" if Path(TIME).exists() else "psutil",
+            "steps": [asdict(s) for s in steps]}
+    (home / "memory.json").write_text(json.dumps(case, indent=2))
+    return case
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", type=Path, help="benchmark folder (default: a new temp folder); must be empty")
+    ap.add_argument("--users", type=int, help="default: 600 per 100k clicks")
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--clicks", type=int, default=100_000)
+    ap.add_argument("--cases", help="several logs, one after another, as a CLICKSxITEMS list "
+                    "(e.g. 100000x10000,1000000x100000), each in <home>/CLICKSxITEMS; then a growth table")
+    ap.add_argument("--years", type=float, default=20.0)
+    ap.add_argument("--pictures", type=int, default=2_000, help="items with a generated PNG")
+    ap.add_argument("--zipf", type=float, default=1.0, help="popularity exponent")
+    ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--clip-epochs", type=int, default=2, help="RECSYS_CLIP__EPOCHS of `clip finetune`")
+    ap.add_argument("--retrieval-epochs", type=int, help="RECSYS_RETRIEVAL__EPOCHS of `train retrieval` "
+                    "(default: the setting's; the peak is reached in the first epoch)")
+    ap.add_argument("--memory-gib", type=float, help="RECSYS_MEMORY_GIB of every command (default: unset)")
+    ap.add_argument("--steps", help="comma list of step names to run (default: all, in order)")
+    ap.add_argument("--kill-above", type=float, default=8.0, help="GiB: kill a command whose tree passes it")
+    args = ap.parse_args()
+
+    home = (args.home or Path(tempfile.mkdtemp(prefix="recsys-memory-"))).resolve()
+    print(f"peak RSS from {'/usr/bin/time -f %M' if Path(TIME).exists() else 'psutil polling (50 ms)'}; "
+          f"clip finetune with RECSYS_CLIP__EPOCHS={args.clip_epochs}", flush=True)
+    if not args.cases:
+        run_case(home, args, args.clicks, args.items)
+        print(f"\nresults -> {home / 'memory.json'}")
+        return
+    cases = []
+    for spec in args.cases.split(","):
+        clicks, items = (int(float(x)) for x in spec.lower().split("x"))
+        print(f"\n## {clicks:,} clicks, {items:,} items", flush=True)
+        cases.append(run_case(home / f"{clicks}x{items}", args, clicks, items))
+        (home / "memory.json").write_text(json.dumps(cases, indent=2))
+    print("\n" + growth_table(cases))
     print(f"\nresults -> {home / 'memory.json'}")
 
 

@@ -133,9 +133,9 @@ def train_retrieval(budget: int, log_bytes: int, embedding_bytes: int, train_cli
                     ease_items: int, ease_gram_nonzeros: int, history: int, n_features: int,
                     ease: bool) -> MemoryPlan:
     """`train retrieval`: the click log (`log_bytes` as read, with its split copies) and the item
-    embeddings table, then either EASE's fit or the two-tower's examples (histories int64,
+    embeddings table, then either EASE's fit or the two-tower's examples (histories int32,
     features float32) beside the EASE model kept for the test table, whichever is larger."""
-    examples = train_clicks * (history * 8 * 2 + 24 + 4 * n_features)
+    examples = train_clicks * (history * 4 + 24 + 4 * n_features + 60)  # int32 histories, ids, sorted rows
     ease_peak = ease_fit_bytes(ease_items, ease_gram_nonzeros) if ease else 0
     ease_kept = 4 * ease_items * ease_items if ease else 0
     phase = ("two-tower examples", examples + ease_kept) if examples + ease_kept >= ease_peak \

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys import tracking
+from recsys import memory, tracking
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.contracts import ContractError
@@ -259,12 +259,64 @@ def candidate_models_split(settings: Settings, log_df: pl.DataFrame, items: Item
 
 def stacked_training_set(settings: Settings, log_df: pl.DataFrame, items: ItemTable,
                          source: CandidateSource | None, ease: EaseSource) -> Candidates:
-    """Candidates by stacking (`recsys.ranking.stacking`) on the candidate models' split."""
+    """Candidates by stacking (`recsys.ranking.stacking`) on the candidate models' split, users
+    sampled to `ranker.max_rows`."""
     split, base_ease = candidate_models_split(settings, log_df, items, ease, click_only=True)
     labels = pl.concat([split.valid, split.test])
+    per_group = group_rows(settings, source is not None, stacked=True)
     return stacked_candidates(split.train, labels, items, source=source, ease=base_ease,
                               history=settings.ranker.history, n_tt=settings.retrieval.candidates,
-                              n_ease=settings.retrieval.ease_candidates)
+                              n_ease=settings.retrieval.ease_candidates,
+                              max_groups=max(1, settings.ranker.max_rows // per_group), seed=settings.seed)
+
+
+# Behaviour-view columns of the impressions path's matrix, for the memory plan (the spec is
+# built after the candidates; stacking uses none).
+PLANNED_BEHAVIOUR_FEATURES = 24
+
+
+def group_rows(settings: Settings, with_source: bool, stacked: bool, slate: float = 0.0,
+               click_only: bool = False, with_ease: bool = False) -> int:
+    """Candidate rows a query group can hold: stacking, the sources' lists (their union, at most
+    the sum); else the logged slate plus the negatives added (two-tower or random, and EASE's)."""
+    if stacked:
+        n_tt = settings.retrieval.candidates if with_source else 0
+        return max(1, n_tt + settings.retrieval.ease_candidates)
+    negatives = settings.ranker.candidates * (int(with_source or click_only) + int(with_ease))
+    return max(1, int(round(slate)) + negatives)
+
+
+def sample_requests(log_df: pl.DataFrame, max_groups: int, seed: int) -> tuple[pl.DataFrame, int]:
+    """The rows of a seeded sample of `max_groups` requests (all of them when there are fewer),
+    and the number of requests before sampling."""
+    requests = log_df[C.REQUEST_ID].unique().sort()
+    if requests.len() <= max_groups:
+        return log_df, requests.len()
+    keep = requests.sample(max_groups, seed=seed)
+    return log_df.filter(pl.col(C.REQUEST_ID).is_in(keep.implode())), requests.len()
+
+
+def plan_memory(settings: Settings, log_df: pl.DataFrame, items: ItemTable, source: CandidateSource | None,
+                ease: EaseSource | None, click_only: bool) -> tuple[memory.MemoryPlan, int]:
+    """The step's memory plan (`recsys.memory.train_ranker`) and the rows a group can hold."""
+    n_features = len(FeatureSpec(categories=items.categories).names)
+    if click_only and ease is not None:
+        groups = log_df[C.USER_ID].n_unique()
+        per_group = group_rows(settings, source is not None, True)
+    else:
+        groups = log_df[C.REQUEST_ID].n_unique() if C.REQUEST_ID in log_df.columns else log_df.height
+        per_group = group_rows(settings, source is not None, False, slate=log_df.height / max(groups, 1),
+                               click_only=click_only, with_ease=ease is not None)
+        n_features += PLANNED_BEHAVIOUR_FEATURES
+    ease_items = min(settings.retrieval.ease_max_items, len(ease.item_rows)) if ease is not None else 0
+    clicks = log_df.filter(pl.col(C.CLICKED)) if C.CLICKED in log_df.columns else log_df
+    item_bytes = sum(v.nbytes for v in vars(items).values() if isinstance(v, np.ndarray)) + 100 * len(items)
+    plan = memory.train_ranker(memory.budget_bytes(settings.memory_gib), log_bytes=log_df.estimated_size(),
+                               item_bytes=item_bytes, ease_items=ease_items,
+                               ease_gram_nonzeros=memory.gram_nonzeros(clicks) if ease is not None else 0,
+                               rows=groups * per_group, n_features=n_features,
+                               max_rows=settings.ranker.max_rows)
+    return plan, per_group
 
 
 def ease_split(settings: Settings, log_df: pl.DataFrame, items: ItemTable,
@@ -308,8 +360,11 @@ def fit_with_base(params: dict[str, Any], spec: FeatureSpec, train: RankSet, sto
 
 
 def train_ranker(settings: Settings, ws: Workspace, logs: Path | None = None, promote: bool = False,
-                 retrieval_uri: str = "models:/retrieval@champion", force: bool = False) -> RankerResult:
-    """Train, log and register a ranker from a click log (default: the workspace's impressions)."""
+                 retrieval_uri: str = "models:/retrieval@champion", force: bool = False,
+                 say: Callable[[str], None] | None = None) -> RankerResult:
+    """Train, log and register a ranker from a click log (default: the workspace's impressions).
+    Before the training set is built, the memory plan (`recsys.memory`) goes to `say` and a
+    plan above `memory_gib` stops the run; query groups are sampled to `ranker.max_rows`."""
     configure_threads(settings.threads)
     cfg = settings.ranker
     t0 = time.perf_counter()
@@ -329,8 +384,12 @@ def train_ranker(settings: Settings, ws: Workspace, logs: Path | None = None, pr
     items, _ = load_items(ws)
     source = load_retrieval(settings, items, retrieval_uri)
     ease = load_ease(settings, items)
+    click_only = is_click_only(log_df)
+    plan, per_group = plan_memory(settings, log_df, items, source, ease, click_only)
+    (say or log.info)(plan.line())
+    plan.check()
     t = time.perf_counter()
-    if ease is not None and is_click_only(log_df):  # stacking on the candidate models' split
+    if ease is not None and click_only:  # stacking on the candidate models' split
         user_f = item_f = None
         views: dict[str, Any] = {}
         cands = stacked_training_set(settings, log_df, items, source, ease)
@@ -340,6 +399,8 @@ def train_ranker(settings: Settings, ws: Workspace, logs: Path | None = None, pr
         if ease is not None:  # temporal stacking: learn from the part the candidate models never saw
             label_log, history_log, base_ease = ease_split(settings, log_df, items, ease)
             counts["rows_before_label_period"] = history_log.height
+        label_log, counts["requests_before_sampling"] = sample_requests(
+            label_log, max(1, cfg.max_rows // per_group), settings.seed)
         user_f, user_view = user_behaviour_rows(settings, label_log)
         cands = build_candidates(label_log, items, history=cfg.history, negatives=cfg.candidates,
                                  source=source, rank_cap=settings.retrieval.candidates, seed=settings.seed,

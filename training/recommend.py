@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from recsys import memory
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.tables import load_table
@@ -73,8 +75,10 @@ def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, A
 def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, k: int,
                     as_of: datetime | None,
                     out: Path, recommender: Recommender | None = None,
-                    rules: Rules | None = None) -> BatchResult:
-    """Write (user_id, item_id, rank, score, reason) parquet for `users` (None: every user)."""
+                    rules: Rules | None = None, say: Callable[[str], None] | None = None) -> BatchResult:
+    """Write (user_id, item_id, rank, score, reason) parquet for `users` (None: every user).
+    Before the models load, the memory plan (`recsys.memory`) goes to `say`; a plan above
+    `memory_gib` stops the run."""
     configure_threads(settings.threads)
     t0 = time.perf_counter()
     log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
@@ -83,15 +87,24 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
         as_of = last + timedelta(microseconds=1) if last is not None else datetime.now(UTC)
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
-    if recommender is None:
-        item_f = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
-        recommender = Recommender.load(settings, item_features=item_f, as_of=as_of, log=log_df)
-    rec = recommender
     if users is None:
         if ws.table("users").exists():
             users = load_table(ws, "users", columns=[C.USER_ID])[C.USER_ID].to_list()
         else:
             users = log_df[C.USER_ID].unique(maintain_order=True).to_list()
+    if recommender is None:
+        n_items = load_table(ws, "items", columns=[C.ITEM_ID]).height
+        vectors = (load_table(ws, "item_embeddings", columns=[C.EMBEDDING]).estimated_size()
+                   if ws.table("item_embeddings").exists() else 0)
+        ease_items = min(n_items, settings.retrieval.ease_max_items) if settings.retrieval.ease else 0
+        plan = memory.recommend(memory.budget_bytes(settings.memory_gib), log_bytes=log_df.estimated_size(),
+                                log_rows=log_df.height, users=len(users),
+                                item_bytes=3 * vectors + 600 * n_items, ease_items=ease_items, k=k)
+        (say or log.info)(plan.line())
+        plan.check()
+        item_f = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
+        recommender = Recommender.load(settings, item_features=item_f, as_of=as_of, log=log_df)
+    rec = recommender
     state = user_state(log_df, as_of, rec.history)
     feats = user_features_as_of(ws, as_of)
     rows_u, rows_i, rows_r, rows_s, rows_why = [], [], [], [], []

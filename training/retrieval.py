@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys import tracking
+from recsys import memory, tracking
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.data.splits import (
@@ -146,10 +147,11 @@ def _champion_ndcg(settings: Settings, split: Split, items: pl.DataFrame, embedd
 
 
 def train_retrieval(settings: Settings, ws: Workspace, promote: bool = True,
-                    force: bool = False) -> RetrievalResult:
+                    force: bool = False, say: Callable[[str], None] | None = None) -> RetrievalResult:
     """Train, evaluate, log and register the two-tower retrieval model (and EASE beside it). With
     `promote`, the new two-tower becomes `@champion` when its test NDCG@10 beats the champion's
-    on the same split (or with `force`), else `@challenger`."""
+    on the same split (or with `force`), else `@challenger`. Once the log is read, the memory
+    plan (`recsys.memory`) goes to `say` and a plan above `memory_gib` stops the run."""
     configure_threads(settings.threads)
     import torch
 
@@ -176,6 +178,15 @@ def train_retrieval(settings: Settings, ws: Workspace, promote: bool = True,
         log.info("item cold-start protocol: %d items lose their train/validation clicks", len(held))
     counts.update({f"{k}_clicks": v for k, v in split.sizes().items()})
     seconds["read"] = time.perf_counter() - t0
+    n_features = len(USER_FEATURES) if protocol == "temporal" and cfg.user_features else 0
+    plan = memory.train_retrieval(
+        memory.budget_bytes(settings.memory_gib), log_bytes=clicks.estimated_size(),
+        embedding_bytes=embeddings.estimated_size(), train_clicks=split.train.height,
+        ease_items=min(clicks[C.ITEM_ID].n_unique(), cfg.ease_max_items),
+        ease_gram_nonzeros=memory.gram_nonzeros(clicks) if cfg.ease else 0, history=cfg.history,
+        n_features=n_features, ease=cfg.ease)
+    (say or log.info)(plan.line())
+    plan.check()
 
     t = time.perf_counter()
     train_feats = test_feats = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from recsys.cli.common import console, fail, settings_from, step, verbose, workspace
+from recsys.cli.common import console, fail, say, settings_from, step, verbose, workspace
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -39,7 +39,7 @@ def train_ranker(
     ws = workspace(settings)
     with step("train ranker") as info:
         try:
-            result = run(settings, ws, logs, promote, retrieval_uri=retrieval, force=force)
+            result = run(settings, ws, logs, promote, retrieval_uri=retrieval, force=force, say=say)
         except (ContractError, TrainingDataError, FileNotFoundError) as exc:
             raise fail(str(exc)) from exc
         counts = {k: v for k, v in result.counts.items() if v and k != "log_rows"}
@@ -97,7 +97,7 @@ def recommend(
                 result = recommend_on_ray(settings, ws, ids, k, when, out, rules=rules)
                 info["summary"] = result.summary()
                 return
-            result = recommend_batch(settings, ws, ids, k, when, out, rules=rules)
+            result = recommend_batch(settings, ws, ids, k, when, out, rules=rules, say=say)
         except (FileNotFoundError, LookupError, ValueError) as exc:
             raise fail(str(exc)) from exc
         info["summary"] = result.summary()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from recsys.cli.common import console, fail, settings_from, step, workspace
+from recsys.cli.common import console, fail, say, settings_from, step, workspace
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -38,7 +38,7 @@ def train_retrieval(
     ws = workspace(settings)
     with step("train retrieval") as info:
         try:
-            result = run(settings, ws, promote=not challenger, force=force)
+            result = run(settings, ws, promote=not challenger, force=force, say=say)
         except (FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from exc
         held = result.counts.get("cold_items_held_out")

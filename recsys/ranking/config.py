@@ -18,6 +18,9 @@ class RankerConfig(ConfigModel):
     lambda_l2: float = 0.0
     max_bin: int = 255
     candidates: int = Field(50, description="two-tower hard negatives added per request")
+    max_rows: int = Field(
+        5_000_000, ge=1000, description="training rows (candidates of all query groups) at most: beyond "
+        "it query groups are sampled (seeded) to fit; each row costs about 0.6 KB at the peak")
     validation_fraction: float = Field(
         0.2, gt=0, lt=1, description="latest share of query groups (by time) held out for early stopping"
     )

@@ -42,9 +42,12 @@ _NONE = np.zeros(0, np.int64)
 
 def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTable, *,
                        source: CandidateSource | None, ease: EaseSource, history: int, n_tt: int,
-                       n_ease: int, chunk: int = 512) -> Candidates:
+                       n_ease: int, chunk: int = 512, max_groups: int | None = None,
+                       seed: int = 0) -> Candidates:
     """Query groups (one per user of `labels` who has base clicks) with the union of the sources'
-    candidates, their per-source scores and ranks, and labels from `labels`."""
+    candidates, their per-source scores and ranks, and labels from `labels`. With more users than
+    `max_groups`, a seeded sample of `max_groups` of them (the training rows' memory budget,
+    `ranker.max_rows`)."""
     cols = [C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP]
     base = base.select(cols).with_columns(pl.lit(True).alias(C.CLICKED))
     as_of = base[C.EVENT_TIMESTAMP].max() + timedelta(microseconds=1)
@@ -52,6 +55,10 @@ def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTabl
     if not users:
         raise TrainingDataError("no user has clicks in both the base and the label part of the log: "
                                 "the ranker has nothing to learn from")
+    sampled_from = len(users)
+    if max_groups is not None and len(users) > max_groups:
+        pick = np.random.default_rng(seed).choice(len(users), size=max_groups, replace=False)
+        users = [users[i] for i in np.sort(pick)]
     queries = pl.DataFrame({"q": np.arange(len(users), dtype=np.int64), C.REQUEST_ID: users,
                             C.USER_ID: users})
     queries = queries.with_columns(pl.lit(as_of).cast(pl.Datetime("us", "UTC")).alias(C.EVENT_TIMESTAMP),
@@ -98,7 +105,7 @@ def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTabl
     rows = rows.with_columns(id_col.gather(rows["item_row"].to_numpy()).alias(C.ITEM_ID))
     stats = rows.group_by("q").agg(pl.col("label").sum().alias("pos"), pl.len().alias("n"))
     good = stats.filter((pl.col("pos") > 0) & (pl.col("pos") < pl.col("n")))["q"].sort()
-    counts.update({"groups": len(users), "groups_used": good.len()})
+    counts.update({"groups": len(users), "groups_used": good.len(), "groups_before_sampling": sampled_from})
     if good.len() == 0:
         raise TrainingDataError("no user's label clicks are among their candidates: nothing to rank")
     remap = pl.DataFrame({"q": good, "_new": np.arange(good.len(), dtype=np.int64)})

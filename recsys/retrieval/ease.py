@@ -154,6 +154,29 @@ def ndcg_of_scores(scores: np.ndarray, seen: sparse.csr_matrix, truth: sparse.cs
     return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
 
 
+SCORE_CELLS = 4_000_000  # (user, item) scores per chunk when ranking validation users
+
+
+def _chunked_ndcg(x_users: sparse.csr_matrix, b: np.ndarray, truth: sparse.csr_matrix, k: int) -> float:
+    """`ndcg_of_scores` of x B over users in chunks of ~`SCORE_CELLS` scores (a (U, n) score
+    matrix for every validation user would follow the number of users)."""
+    n_users, n = x_users.shape
+    step = max(1, SCORE_CELLS // max(n, 1))
+    if n_users <= step:
+        return ndcg_of_scores(np.asarray(x_users @ b), x_users, truth, k)
+    total, count = 0.0, 0
+    for s in range(0, n_users, step):
+        xs, ts = x_users[s:s + step], truth[s:s + step]
+        users_with_truth = int((np.diff(ts.indptr) > 0).sum())
+        if users_with_truth == 0:
+            continue
+        value = ndcg_of_scores(np.asarray(xs @ b), xs, ts, k)
+        if np.isfinite(value):
+            total += value * users_with_truth
+            count += users_with_truth
+    return total / count if count else float("nan")
+
+
 def choose_lambda(train: pl.DataFrame, valid: pl.DataFrame, lambdas: Sequence[float], k: int = 10,
                   max_items: int = 10_000) -> tuple[float, dict[float, float]]:
     """λ with the best validation NDCG@k: fit on `train`, rank for `valid`'s users (their train
@@ -172,6 +195,6 @@ def choose_lambda(train: pl.DataFrame, valid: pl.DataFrame, lambdas: Sequence[fl
         np.copyto(g, gram)
         g[np.diag_indices_from(g)] += lam
         b = _weights_from_regularised_gram(g)
-        table[float(lam)] = ndcg_of_scores(np.asarray(x_users @ b), x_users, truth.tocsr(), k)
+        table[float(lam)] = _chunked_ndcg(x_users, b, truth.tocsr(), k)
     best = max(table, key=lambda lam: (np.nan_to_num(table[lam], nan=-1.0), -lam))
     return best, table

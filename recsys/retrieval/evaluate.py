@@ -121,12 +121,16 @@ def _cell(value: object) -> str:
 
 def evaluate_methods(methods: dict[str, Scorer], known: pl.DataFrame, test: pl.DataFrame,
                      item_ids: Sequence[str], ks: Sequence[int] = (10, 50),
-                     segments: Sequence[str] = SEGMENTS, chunk: int = 2048,
+                     segments: Sequence[str] = SEGMENTS, max_cells: int = 4_000_000,
                      available: np.ndarray | None = None) -> EvalResult:
-    """Rank every (available) item for every test user with each method; metrics per segment."""
+    """Rank every (available) item for every test user with each method; metrics per segment.
+
+    Users are scored in chunks of about `max_cells` (user, item) scores (float64, a few copies
+    in `top_k`): memory follows the catalogue, not the number of test users."""
     ks = sorted(set(ks))
     pos = _positions(item_ids)
     n_items = len(item_ids)
+    chunk = max(1, max_cells // max(n_items, 1))
     known_rows = known.select(C.USER_ID, C.ITEM_ID).join(pos, on=C.ITEM_ID).unique()
     # a test click on an item the user clicked before can never be a hit (seen items are not
     # ranked): it is not part of the truth

@@ -24,6 +24,7 @@ from recsys.retrieval.config import RetrievalConfig
 from recsys.retrieval.model import TowerSpec, TwoTower, sampled_softmax_loss, user_buckets
 
 log = logging.getLogger(__name__)
+VALIDATION_CELLS = 4_000_000  # (user, item) scores per chunk of the per-epoch validation
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Examples:
 
     bucket: np.ndarray     # (N,) int64 hashed user id
     item: np.ndarray       # (N,) int64 1-based item index
-    history: np.ndarray    # (N, H) int64 1-based indices of the previous clicks, 0 = empty
+    history: np.ndarray    # (N, H) int32 1-based indices of the previous clicks, 0 = empty (int32:
+                           # the largest array of a long log, and item indices fit)
     features: np.ndarray   # (N, F) float32 standardised user features (F may be 0)
 
     def __len__(self) -> int:
@@ -40,7 +42,7 @@ class Examples:
 
 
 def click_histories(clicks: pl.DataFrame, item_index: dict[str, int], length: int,
-                    include_current: bool = False) -> tuple[pl.DataFrame, np.ndarray]:
+                    include_current: bool = False, dtype: type = np.int64) -> tuple[pl.DataFrame, np.ndarray]:
     """Per click, the 1-based indices of the same user's previous `length` clicked items.
 
     Point-in-time: a click's history holds only clicks strictly before it (ties by row order),
@@ -58,7 +60,7 @@ def click_histories(clicks: pl.DataFrame, item_index: dict[str, int], length: in
     new_group = df.select((pl.col(C.USER_ID) != pl.col(C.USER_ID).shift(1)).fill_null(True))
     pos = np.arange(n)
     group_start = np.maximum.accumulate(np.where(new_group.to_series().to_numpy(), pos, 0)) if n else pos
-    hist = np.zeros((n, length), dtype=np.int64)
+    hist = np.zeros((n, length), dtype=dtype)
     first = 0 if include_current else 1
     for col, j in enumerate(range(first, first + length)):
         src = pos - j
@@ -77,7 +79,7 @@ def build_examples(clicks: pl.DataFrame, item_index: dict[str, int], history: in
     if unknown.height:
         raise ValueError(f"{unknown.height} clicks name items outside the catalogue, e.g. "
                          f"{unknown[C.ITEM_ID].head(3).to_list()}")
-    df, hist = click_histories(clicks.with_row_index("_orig"), item_index, history)
+    df, hist = click_histories(clicks.with_row_index("_orig"), item_index, history, dtype=np.int32)
     order = df["_orig"].to_numpy()
     feats = (np.zeros((df.height, 0), dtype=np.float32) if features is None
              else np.asarray(features, dtype=np.float32)[order])
@@ -289,13 +291,24 @@ def train_two_tower(items: pl.DataFrame, embeddings: pl.DataFrame, train_clicks:
                                                else np.zeros(len(scaler.names), np.float32) for u in users]))
         k = min(cfg.eval_k, spec.n_items)
 
+        # users scored in chunks of ~VALIDATION_CELLS scores: memory follows the catalogue
+        chunk = max(1, VALIDATION_CELLS // spec.n_items)
+        s_order = np.argsort(s_rows, kind="stable")
+        s_rows, s_items = s_rows[s_order], s_items[s_order]
+        s_bounds = np.searchsorted(s_rows, np.arange(0, len(users) + chunk, chunk))
+
         def validate(model: TwoTower) -> float:
+            ranked = np.empty((len(users), k), dtype=np.int64)
             with torch.no_grad():
                 dev = model.item_clip.device
-                u = model.user_tower(buckets.to(dev), torch.as_tensor(hist).to(dev),
-                                     None if vfeats is None else vfeats.to(dev))
-                scores = (u @ model.all_item_vectors().T).cpu().numpy()
-            ranked = top_k(scores, k, s_rows, s_items)
+                items_t = model.all_item_vectors().T
+                for c, s in enumerate(range(0, len(users), chunk)):
+                    e = min(s + chunk, len(users))
+                    u = model.user_tower(buckets[s:e].to(dev), torch.as_tensor(hist[s:e]).to(dev),
+                                         None if vfeats is None else vfeats[s:e].to(dev))
+                    scores = (u @ items_t).cpu().numpy()
+                    sel = slice(s_bounds[c], s_bounds[c + 1])
+                    ranked[s:e] = top_k(scores, k, s_rows[sel] - s, s_items[sel])
             recall = ranking_metrics(ranked, t_rows, t_items, ks=(k,), metrics=("recall",))[f"recall@{k}"]
             return float(np.nanmean(recall))
 
