@@ -111,6 +111,7 @@ class UserFeatureStream:
         self._closing = False
         self._ready = threading.Event()
         self._views: list[str] = []  # fed by the push source, found when the thread opens the store
+        self._items_file: tuple[int, int, int] | None = None  # the items table behind the categories
         self._thread = threading.Thread(target=self._run, name="feature-stream", daemon=True)
         self._thread.start()
 
@@ -168,7 +169,6 @@ class UserFeatureStream:
         from features.jobs import BehaviourParams
         from features.store import apply, feature_store
         from features.stream import UserEventBuffer
-        from recsys.data.tables import load_table
 
         store = feature_store(self.settings)
         self._views = self._push_views(store)
@@ -176,15 +176,28 @@ class UserFeatureStream:
             log.info("registering the push source %s (a registry from before streaming)", USER_PUSH_SOURCE)
             apply(self.settings, store)
             self._views = self._push_views(store)
-        items = None
-        if self.ws.table("items").exists():
-            items = load_table(self.ws, "items", columns=[C.ITEM_ID, C.CATEGORY])
-        buffer = UserEventBuffer(items, BehaviourParams.from_settings(self.settings))
+        buffer = UserEventBuffer(None, BehaviourParams.from_settings(self.settings))
+        self._refresh_items(buffer)
         if self._seed_wanted:
             buffer.seed(self._seed_log())
             self.stats.seeded_events = buffer.events
             log.info("feature stream: %d recent events of %d users in memory", buffer.events, len(buffer))
         return store, buffer
+
+    def _refresh_items(self, buffer: Any) -> None:
+        """Give the buffer the items table's categories again when the table was rewritten (an
+        item imported while serving): the category shares then match the batch job's."""
+        from recsys.data.tables import load_table
+
+        path = self.ws.table("items")
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if identity != self._items_file:
+            buffer.items = load_table(self.ws, "items", columns=[C.ITEM_ID, C.CATEGORY])
+            self._items_file = identity
 
     @staticmethod
     def _push_views(store: Any) -> list[str]:
@@ -227,6 +240,8 @@ class UserFeatureStream:
                 closing = self._closing
             rows_out = None
             try:
+                if rows:
+                    self._refresh_items(buffer)
                 rows_out = buffer.add(rows) if rows else None
             except Exception:  # a bug, not the store: say so and keep going
                 log.exception("feature stream: cannot compute the rows of %d events", len(rows))

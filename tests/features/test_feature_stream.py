@@ -181,3 +181,27 @@ def test_rows_pushed_while_redis_is_down_arrive_when_it_is_back(redis_server, ho
     finally:
         stream.close()
     assert OnlineFeatures(settings).user("u01")["user_behaviour__last_clicked_items"] == ["i007"]
+
+
+def test_an_item_imported_while_streaming_gets_its_category(settings, stored_world) -> None:
+    """The stream reads the items table again when it is rewritten, so a new item's clicks count
+    under its category (as the batch job counts them), not under 'unknown'."""
+    ws = Workspace.at(settings.home)
+    build_features(settings, ws)
+    stream = UserFeatureStream(settings, seed=False)
+
+    def click(item: str, n: int) -> list[str]:
+        stream.submit([{C.REQUEST_ID: f"r{n}", C.POSITION: 0, C.USER_ID: "u77", C.ITEM_ID: item,
+                        TS: datetime.now(UTC), C.CLICKED: True}])
+        assert stream.flush(60) and stream.stats.failures == 0
+        return OnlineFeatures(settings).user("u77")["user_behaviour__click_categories_30d"]
+
+    try:
+        assert stream.wait_ready(120)
+        assert click("new-1", 1) == ["unknown"]
+        items = stored_world["items"]
+        new = items.head(1).with_columns(pl.lit("new-1").alias(C.ITEM_ID), pl.lit("kites").alias(C.CATEGORY))
+        save_table(ws, "items", pl.concat([items, new]))
+        assert click("new-1", 2) == ["kites"]  # both clicks, now under the item's category
+    finally:
+        stream.close()
