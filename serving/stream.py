@@ -15,8 +15,11 @@ vector follows the new history.
 At start the thread seeds its buffer from the impressions table and the events folder (the
 recent events of every user), so a pushed row counts a user's history, not only what this
 process saw. A pushed row is stamped at the midnight its values belong to (after the user's
-latest event) plus the time of day of the push: later pushes win in Redis (which keeps the
-newest timestamp per entity) and a daily materialization of the same day's events does too.
+latest event) plus the time of day of the push, so later pushes win in Redis (which keeps the
+newest timestamp per entity and skips older rows). A materialization's row for the same day
+(stamped at that midnight) is then older and skipped by Redis: the pushed row holds the same
+events or more. The next day's snapshot is newer and replaces it; sqlite keeps whichever row
+was written last.
 
 Several workers each see only their own events: a user's row then counts what one worker saw
 since the last `recsys features build`. Run one worker, or route a user's events to one worker.
