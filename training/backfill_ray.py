@@ -17,6 +17,7 @@ reachable from every node (an MLflow server with an object store; images on shar
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -63,12 +64,17 @@ def embed_on_ray(settings: Settings, encoder: ClipEncoder, work: EmbedWork) -> I
     step = batch * max(1, min(BLOCK_BATCHES, len(work) // (batch * workers * 2)))  # >= 2 blocks per actor
     blocks = [frame.slice(i, step).to_arrow() for i in range(0, frame.height, step)]
     gpu = resolve_device(settings.device).startswith("cuda")
-    rows = ray.data.from_arrow(blocks).map_batches(
-        EncodeItems, fn_constructor_args=(settings, encoder.version, work.stamp), batch_size=batch,
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-        max_restarts=0,  # a lost actor fails the run; the next run resumes from the shards
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts only through its deprecated **ray_remote_args (removed in 2.64)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rows = ray.data.from_arrow(blocks).map_batches(
+            EncodeItems, fn_constructor_args=(settings, encoder.version, work.stamp), batch_size=batch,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
+            # a lost actor fails the run (the next run resumes from the shards): with restarts on,
+            # Ray prints that constructor arguments in the object store may not survive one
+            max_restarts=0,
+        )
     log.debug("backfill on Ray: %d items, %d actors, batch %d", len(work), workers, batch)
     for part in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield pl.from_arrow(part).cast({C.EVENT_TIMESTAMP: pl.Datetime("us", "UTC")})
