@@ -13,7 +13,9 @@ other work, and a busy second core caps the scaling.
   `recsys-clip-tiny` weights, `--force`; local = one process (`clip.workers` 0, one core);
 * recommend: a ranker trained on the world (clip-profile retrieval over synthetic 64-d item
   vectors), top 10 for the first `--rec-users` users;
-* features: `build_features` vs `build_features_on_ray` over the whole log.
+* features: `build_features` vs `build_features_on_ray` over the whole log;
+* `--memory`: the resident memory of one encoder actor (after a batch) and of one `RankUsers`
+  actor (its `Recommender` over the whole catalogue, after ranking 200 users).
 
     OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1 RECSYS_PROGRESS=0 .venv/bin/python benchmarks/ray.py
 """
@@ -73,6 +75,45 @@ def synthetic_vectors(items: pl.DataFrame, dim: int = 64, seed: int = 0) -> pl.D
                          C.IMAGE_SOURCE: ["none"] * n, C.MODEL_VERSION: ["synthetic"] * n})
 
 
+def _actor_rss_mib(actor) -> float:
+    import psutil
+    import ray
+
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def worker_memory(settings: Settings, ws: Workspace, backfill_settings: Settings | None) -> None:
+    """Print the RSS of one encoder actor and one RankUsers actor after some work."""
+    from datetime import UTC, datetime
+
+    import ray
+
+    from recsys.embeddings.encoder import load_trained_encoder
+    from training.backfill_ray import EncodeItems
+    from training.recommend_ray import RankUsers
+
+    if backfill_settings is not None:
+        bws = Workspace.at(backfill_settings.home)
+        items = load_table(bws, "items").head(64)
+        version = load_trained_encoder(backfill_settings).version
+        actor = ray.remote(num_cpus=1)(EncodeItems).remote(backfill_settings, version, datetime.now(UTC))
+        batch = pl.DataFrame({"id": items[C.ITEM_ID], "text": items[C.DESCRIPTION], "uri": items[C.IMAGE_URI],
+                              "source": items[C.IMAGE_SOURCE], "hash": items[C.ITEM_ID]}).to_arrow()
+        ray.get(actor.__call__.remote(batch))
+        print(f"memory: encoder actor (recsys-clip-tiny, float32) {_actor_rss_mib(actor):,.0f} MiB RSS")
+        ray.kill(actor)
+    log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
+    as_of = datetime.now(UTC)
+    actor = ray.remote(num_cpus=1)(RankUsers).remote(settings, log_df, as_of, None)
+    users = log_df[C.USER_ID].unique().head(200).to_list()
+    ray.get(actor.rank.remote(users, {}, {}, 10, as_of, None))
+    n_items = load_table(ws, "items", columns=[C.ITEM_ID]).height
+    print(f"memory: RankUsers actor ({n_items:,} items, {log_df.height:,} log rows) "
+          f"{_actor_rss_mib(actor):,.0f} MiB RSS")
+    ray.kill(actor)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=100_000)
@@ -81,6 +122,7 @@ def main() -> None:
     ap.add_argument("--backfill-items", type=int, default=3_000)
     ap.add_argument("--rec-users", type=int, default=2_000)
     ap.add_argument("--skip", default="", help="comma list of backfill,recommend,features")
+    ap.add_argument("--memory", action="store_true", help="measure one actor of each kind's RSS")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     from recsys.embeddings.config import ClipConfig
@@ -160,6 +202,9 @@ def main() -> None:
             same = all(pl.read_parquet(out / f"{n}.parquet").equals(pl.read_parquet(out / "local.parquet"))
                        for n in ("ray1", "ray2"))
             print(f"recommend ({args.rec_users:,} users; identical output: {same}): {results['recommend']}")
+
+        if args.memory:
+            worker_memory(settings, ws, bs if "backfill" not in skip else None)
 
     sizes = {"backfill": f"{args.backfill_items:,} items", "features": "whole log",
              "recommend": f"{args.rec_users:,} users"}
