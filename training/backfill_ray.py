@@ -56,14 +56,21 @@ class EncodeItems:
 def embed_on_ray(settings: Settings, encoder: ClipEncoder, work: EmbedWork) -> Iterator[pl.DataFrame]:
     """An `Embedder` on Ray: the work's rows, batch by batch, from a pool of `EncodeItems` actors
     (needs an open session: `ray_session`)."""
+    import ray
     import ray.data
 
     workers = worker_count(settings.ray)
+    gpu = resolve_device(settings.device).startswith("cuda")
+    if gpu:  # one GPU per encoder actor: no more actors than the cluster has GPUs
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus == 0:
+            raise RuntimeError(f"device {settings.device} asks for a GPU, and the Ray cluster has none: "
+                               "set device = \"cpu\" or join a cluster with GPU nodes")
+        workers = min(workers, gpus)
     batch = settings.ray.batch_size
     frame = work.frame()
     step = batch * max(1, min(BLOCK_BATCHES, len(work) // (batch * workers * 2)))  # >= 2 blocks per actor
     blocks = [frame.slice(i, step).to_arrow() for i in range(0, frame.height, step)]
-    gpu = resolve_device(settings.device).startswith("cuda")
     with warnings.catch_warnings():
         # Ray 2.60 takes max_restarts only through its deprecated **ray_remote_args (removed in 2.64)
         warnings.simplefilter("ignore", DeprecationWarning)
