@@ -93,4 +93,4 @@ def backfill_on_ray(settings: Settings, ws: Workspace, force: bool = False, push
     the caller's)."""
     with ray_session(settings.ray) as where:
         return backfill(settings, ws, force=force, push_to_feast=push_to_feast, encoder=encoder,
-                        embed=embed_on_ray, engine=f"ray ({where}, {worker_count(settings.ray)} workers)")
+                        embed=embed_on_ray, engine=f"ray ({where}, workers {worker_count(settings.ray)})")
