@@ -4,10 +4,7 @@ workspace is tests/test_moved_workspace.py; these are the parts, quickly."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +13,7 @@ import pytest
 from recsys import tracking
 from recsys.config import load_settings
 from recsys.data import columns as C
-from recsys.data.tables import import_file, load_table, save_table
+from recsys.data.tables import load_table, save_table
 from recsys.workspace import Workspace
 
 
@@ -106,24 +103,3 @@ def test_feature_registry_follows_a_move(tmp_path: Path) -> None:
     paths = {v.name: v.batch_source.path for v in store.list_feature_views()}
     assert paths and all(Path(p).parent == new / "feast" / "sources" for p in paths.values()), paths
     assert not (tmp_path / "a").exists()
-
-
-def test_import_removes_the_temps_a_killed_import_left(tmp_path: Path) -> None:
-    ws = Workspace.at(tmp_path / "ws")
-    users = pl.DataFrame({C.USER_ID: ["u1", "u2"], C.CREATED_AT: [datetime(2024, 1, 1, tzinfo=UTC)] * 2})
-    path = tmp_path / "users.parquet"
-    users.write_parquet(path)
-    import_file(ws, "users", path)
-    stale = [ws.data_dir / ".users.parquet.abcd1234.parquet",
-             ws.table_history("users") / ".v2.parquet.abcd1234.parquet",
-             ws.table_history("users") / ".versions.json.abcd1234.json",
-             ws.quarantine_dir / ".users-20240101T000000000000.parquet.abcd1234.parquet"]
-    for p in stale:
-        p.write_bytes(b"")
-        os.utime(p, (time.time() - 60, time.time() - 60))
-    other = ws.data_dir / ".items.parquet.abcd1234.parquet"  # another table's: not this import's
-    other.write_bytes(b"")
-    os.utime(other, (time.time() - 60, time.time() - 60))
-    import_file(ws, "users", path)
-    assert not any(p.exists() for p in stale) and other.exists()
-    assert load_table(ws, "users").height == 2

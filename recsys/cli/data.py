@@ -51,6 +51,9 @@ def generate(
     images: bool = typer.Option(None, "--images/--no-images", help="Render item images"),
 ) -> None:
     """Generate the embedded world: a seeded simulated shop with items, users and a click log."""
+    import time
+
+    from recsys.data.tables import remove_import_temps
     from recsys.data.world import generate_world
 
     settings = settings_from(
@@ -65,6 +68,7 @@ def generate(
     )
     ws = workspace(settings)
     with step("generate") as info:
+        remove_import_temps(ws, ["items", "users", "impressions"], time.time())  # of a killed generate
         result = generate_world(settings.world, settings.seed, ws)
         info["summary"] = result.summary()
 
