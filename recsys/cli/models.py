@@ -37,7 +37,7 @@ def mlflow_ui(
     from recsys import tracking
 
     settings = settings_from(ctx)
-    uri = tracking.tracking_uri(settings)
+    uri = tracking.setup_tracking(settings)  # re-points a moved workspace's store first
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [
         sys.executable,
