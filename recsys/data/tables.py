@@ -273,9 +273,9 @@ def save_table(ws: Workspace, name: str, df: pl.DataFrame, note: str = "") -> Pa
 def portable_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
     """Image paths inside the workspace stored relative to its root (`Workspace.portable`), so
     the table stays right when the workspace moves; `load_table` resolves them again."""
-    if C.IMAGE_URI not in df.columns:
+    if C.IMAGE_URI not in df.columns or df.schema[C.IMAGE_URI] == pl.Null:  # no column, or all null
         return df
-    uri = pl.col(C.IMAGE_URI)
+    uri = pl.col(C.IMAGE_URI).cast(pl.String)
     for root in dict.fromkeys((ws.root.as_posix(), ws.root.resolve().as_posix())):
         prefix = root.rstrip("/") + "/"
         inside = uri.str.starts_with(prefix) & ~uri.str.contains("/../", literal=True)
@@ -286,9 +286,9 @@ def portable_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
 def resolved_images(ws: Workspace, df: pl.DataFrame) -> pl.DataFrame:
     """Relative image paths of a stored table as absolute paths of the workspace where it is
     now (URLs and absolute paths outside it unchanged)."""
-    if C.IMAGE_URI not in df.columns:
+    if C.IMAGE_URI not in df.columns or df.schema[C.IMAGE_URI] == pl.Null:
         return df
-    uri = pl.col(C.IMAGE_URI)
+    uri = pl.col(C.IMAGE_URI).cast(pl.String)
     relative = ~uri.str.starts_with("/") & ~uri.str.contains("://", literal=True)
     root = ws.root.as_posix().rstrip("/") + "/"
     return df.with_columns(pl.when(relative).then(pl.lit(root) + uri).otherwise(uri).alias(C.IMAGE_URI))
