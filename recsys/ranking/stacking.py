@@ -43,7 +43,7 @@ _NONE = np.zeros(0, np.int64)
 def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTable, *,
                        source: CandidateSource | None, ease: EaseSource, history: int, n_tt: int,
                        n_ease: int, chunk: int = 512, max_groups: int | None = None,
-                       seed: int = 0) -> Candidates:
+                       seed: int = 0, max_cells: int = 20_000_000) -> Candidates:
     """Query groups (one per user of `labels` who has base clicks) with the union of the sources'
     candidates, their per-source scores and ranks, and labels from `labels`. With more users than
     `max_groups`, a seeded sample of `max_groups` of them (the training rows' memory budget,
@@ -71,6 +71,7 @@ def stacked_candidates(base: pl.DataFrame, labels: pl.DataFrame, items: ItemTabl
     counts = {"label_clicks": int(sum(len(t) for t in truth)), "label_clicks_outside_candidates": 0}
     if source is not None:
         vecs, present = dense_vectors(source, len(items))
+    chunk = max(1, min(chunk, max_cells // max(len(items), 1)))  # (users, items) score blocks bounded
     for s in range(0, len(users), chunk):
         e = min(s + chunk, len(users))
         tt = None
