@@ -98,7 +98,8 @@ class MemoryPlan:
 # Coefficients below were fitted on benchmarks/memory.py logs (20k-10M clicks, 3k-100k items);
 # the benchmark prints each step's plan beside its measured peak.
 
-EVENT_BYTES = 500  # features build: an event of the log, normalised, with its per-key columns
+EVENT_BYTES = 800  # features build: an event of the log, normalised, with its per-key columns (fitted
+# between 1M and 10M clicks: 525 bytes an event from 100k to 1M, about 830 from 1M to 10M)
 PART_EVENT_BYTES = 2_500  # features build: an event of the one part being computed
 PART_EVENTS = 50_000  # about the events of one part (features/jobs.py `PART_EVENT_DAYS`)
 LOG_COPIES = 4  # train retrieval: the click log, its split parts and the known part, alive together
