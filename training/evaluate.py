@@ -204,18 +204,25 @@ class RecommenderPolicy:
             self._feats = (as_of, user_features_as_of(self.workspace, as_of) if self.workspace else {})
         return self._feats[1]
 
-    def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
+    def scored(self, user_ids: np.ndarray, as_of: datetime, k: int) -> list[list[tuple[str, float]]]:
+        """Each user's top k as (item id, ranker score), best first: what the server explores over."""
         state = self._state(as_of)
         feats = self._features(as_of)
         future = self._not_yet_created(as_of)
-        out = np.full((len(user_ids), k), "", dtype=object)
-        for row, user in enumerate(np.asarray(user_ids).astype(str)):
+        out = []
+        for user in np.asarray(user_ids).astype(str):
             recent, seen = state.get(user, ([], set()))
             rec = self.recommender.recommend(
                 user, k=k, user_features=feats.get(user), exclude=future, as_of=as_of,
                 history=recent or None, seen=seen,
             )
-            for j, (item, _, _) in enumerate(rec.items[:k]):
+            out.append([(item, float(score)) for item, score, _ in rec.items[:k]])
+        return out
+
+    def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray:
+        out = np.full((len(user_ids), k), "", dtype=object)
+        for row, items in enumerate(self.scored(user_ids, as_of, k)):
+            for j, (item, _) in enumerate(items):
                 out[row, j] = item
         return out.astype(str)
 

@@ -81,8 +81,10 @@ def tables(result: ABResult) -> list[tuple[str, list[str], list[list[str]], str]
             )
         choice = f"Primary: {result.primary.reason}. " if result.primary else ""
         note = (
-            "CTR per shown slot under the position-based click model. ESS: effective sample size of "
-            "each estimator's importance weights (n/a: no weights). "
+            "CTR per shown slot under the position-based click model. ips, snips, dr, sndr reweight a "
+            "logged item in its own slot; the item-level pbm_* estimators wherever the target puts it "
+            "(they need the log's slot_propensities), so their weights are smaller. ESS: effective "
+            "sample size of each estimator's importance weights (n/a: no weights). "
             + choice
             + " ".join(f"{arm}: {rep.describe()}." for arm, rep in result.support.items())
         )
@@ -124,7 +126,8 @@ def tables(result: ABResult) -> list[tuple[str, list[str], list[list[str]], str]
                 "Truth check: estimate vs the simulator's online A/B",
                 ["arm", "estimator", "estimate", "CI", "true CTR", "covered"],
                 rows,
-                f"True online lift (treatment vs control): {_pct(lift)}.",
+                f"The simulator serves the held-out window's requests with each policy. True online "
+                f"lift (treatment vs control): {_pct(lift)}.",
             )
         )
     return out
