@@ -217,10 +217,9 @@ class WorldTruth:
             rows = np.flatnonzero(days == day)
             scores = self.logging_scores(int(day))
             cols = np.flatnonzero(np.isfinite(scores).any(axis=0))
-            for lo in range(0, len(rows), 4096):  # bounds the (requests x candidates) noise
-                r = rows[lo : lo + 4096]
-                seg = self.user_segment[users[r]]
-                out[r] = cols[PL.sample(rng, scores[seg][:, cols], self.temperature, self.slate_size)]
+            weights = PL.weights(scores[:, cols], self.temperature)  # one row per segment
+            out[rows] = cols[PL.sample_grouped(rng, weights, self.user_segment[users[rows]].astype(np.int64),
+                                               self.slate_size)]
         return out
 
     def slot_propensities_idx(self, users: np.ndarray, items: np.ndarray, t_us) -> np.ndarray:

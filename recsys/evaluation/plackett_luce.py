@@ -64,6 +64,38 @@ def sample(rng: np.random.Generator, scores: np.ndarray, temperature: float, siz
     return np.where(np.isfinite(np.take_along_axis(s, out, 1)), out, -1)
 
 
+def sample_grouped(rng: np.random.Generator, weights: np.ndarray, group: np.ndarray, size: int,
+                   rounds: int = 64) -> np.ndarray:
+    """Slates (n, size) for many requests that share a few weight vectors: row r draws by
+    Plackett-Luce over `weights[group[r]]` (G, M), normalised, at least `size` positive each.
+
+    Slot by slot, a draw from the whole categorical that hits an item already in the slate is
+    redrawn: rejection from the full distribution is exactly a draw from the items left, so
+    the slate is Plackett-Luce. A draw costs a binary search in the group's cumulative weights
+    instead of M Gumbel keys per request; rows still clashing after `rounds` redraws (a few
+    dominant items) take the Gumbel-top-k draw of `sample`."""
+    g, m = weights.shape
+    cdf = np.cumsum(weights, axis=1)
+    cdf /= cdf[:, -1:]
+    flat = (cdf + np.arange(g)[:, None]).ravel()  # group j's cdf lies in (j, j + 1]
+    n = len(group)
+    out = np.full((n, size), -1, dtype=np.int64)
+    for k in range(size):
+        todo = np.arange(n)
+        for _ in range(rounds):
+            pick = np.searchsorted(flat, group[todo] + rng.random(len(todo)), side="right")
+            pick = np.minimum(pick, (group[todo] + 1) * m - 1) - group[todo] * m
+            out[todo, k] = pick
+            todo = todo[(out[todo, :k] == pick[:, None]).any(axis=1)]
+            if not len(todo):
+                break
+        if len(todo):
+            logs = np.log(weights[group[todo]], where=weights[group[todo]] > 0,
+                          out=np.full((len(todo), m), -np.inf))
+            out[todo] = sample(rng, logs, 1.0, size)
+    return out
+
+
 def _count_table(p: np.ndarray, slots: int, start: np.ndarray) -> np.ndarray:
     """Counts after adding items one by one: out[j, k] = P(exactly k arrived among items < j and
     the group counted in `start` (slots, r)), k < slots, from arrival probabilities p (H, r).

@@ -54,3 +54,24 @@ def test_ties_and_bad_temperature() -> None:
     np.testing.assert_allclose(PL.marginals(np.zeros((1, 12)), 1.0, 3), 1 / 12, atol=1e-7)
     with pytest.raises(ValueError, match="temperature"):
         PL.marginals(np.zeros((1, 3)), 0.0, 2)
+
+
+def test_grouped_rejection_sampling_draws_the_same_marginals() -> None:
+    rng = np.random.default_rng(2)
+    scores = rng.normal(0.0, 1.5, (3, 300))
+    scores[:, 250:] = -np.inf  # never drawn
+    mu = PL.marginals(scores, 1.0, 5)
+    group = rng.integers(0, 3, 60_000)
+    slates = PL.sample_grouped(rng, PL.weights(scores, 1.0), group, 5)
+    assert (slates < 250).all() and all(len(set(row)) == 5 for row in slates[:2000])
+    for g in range(3):
+        drawn = slates[group == g]
+        freq = np.zeros((300, 5))
+        np.add.at(freq, (drawn, np.broadcast_to(np.arange(5), drawn.shape)), 1 / len(drawn))
+        assert np.abs(freq - mu[g]).max() < 5 * np.sqrt(mu[g].max() / len(drawn))
+    # two dominant items: rows still clashing after the redraw rounds take the Gumbel draw
+    heavy = np.array([[10.0, 9.5] + [0.0] * 10])
+    drawn = PL.sample_grouped(rng, PL.weights(heavy, 1.0), np.zeros(20_000, dtype=np.int64), 3, rounds=2)
+    freq = np.zeros((12, 3))
+    np.add.at(freq, (drawn, np.broadcast_to(np.arange(3), drawn.shape)), 1 / 20_000)
+    assert np.abs(freq - PL.marginals(heavy, 1.0, 3)[0]).max() < 0.02
