@@ -156,12 +156,17 @@ def ranker_row_bytes(n_features: int) -> int:
 
 def train_ranker(budget: int, log_bytes: int, item_bytes: int, ease_items: int, ease_gram_nonzeros: int,
                  rows: int, n_features: int, max_rows: int) -> MemoryPlan:
-    """`train ranker`: the log, the item table (CLIP vectors), the EASE refit on the candidate
-    models' part, and the training rows (at most `ranker.max_rows`, groups sampled to it)."""
+    """`train ranker`: the log and the item table (CLIP vectors), then either the EASE refit on
+    the candidate models' part (its weights, 4 n² bytes, and XᵀX in sparse form while it is made
+    dense) or the training rows (at most `ranker.max_rows`, groups sampled to it) beside those
+    weights, whichever is larger. The champion EASE's weights are memory-mapped, read by rows."""
     kept = min(rows, max_rows)
+    weights = 4 * ease_items * ease_items
+    fit = weights + 8 * min(ease_gram_nonzeros, ease_items * ease_items)
+    training = weights + kept * ranker_row_bytes(n_features)
+    phase = ("training rows", training) if training >= fit else ("EASE base fit", fit)
     parts = {"libraries": LIBRARIES["train ranker"], "click log": log_bytes * LOG_COPIES,
-             "item table": item_bytes, "EASE base fit": ease_fit_bytes(ease_items, ease_gram_nonzeros),
-             "training rows": kept * ranker_row_bytes(n_features)}
+             "item table": item_bytes, phase[0]: phase[1]}
     notes = [f"{kept:,} of up to {rows:,} candidate rows (ranker.max_rows)"] if rows > max_rows else []
     return MemoryPlan("train ranker", parts, budget, notes=notes,
                       advice=f"Lower ranker.max_rows ({max_rows:,}: query groups are sampled to it) or "

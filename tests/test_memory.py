@@ -54,7 +54,7 @@ def test_plans_grow_with_the_sizes_that_drive_them() -> None:
     assert "retrieval.ease_max_items" in big_ease.advice
     capped = memory.train_ranker(memory.GIB, log_bytes=0, item_bytes=0, ease_items=0, ease_gram_nonzeros=0,
                                  rows=10**8, n_features=40, max_rows=10**6)
-    assert capped.parts["training rows"] == 10**6 * memory.ranker_row_bytes(40)
+    assert capped.parts["training rows"] == 10**6 * memory.ranker_row_bytes(40)  # no EASE: weights 0
     assert "10,000,000" not in capped.line() and "1,000,000 of up to 100,000,000" in capped.line()
 
 
