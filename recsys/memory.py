@@ -179,10 +179,11 @@ USER_STATE_CLICK = 150  # recommend: a click as Python objects (str in a list an
 def recommend(budget: int, log_bytes: int, log_rows: int, users: int, item_bytes: int, ease_items: int,
               k: int) -> MemoryPlan:
     """`recommend`: the log, each user's clicks as Python objects, the item table and vectors,
-    EASE's weights (4 n² bytes) and the output rows."""
+    EASE's weights (4 n² bytes), each user's latest behaviour snapshot and the output rows."""
     parts = {"libraries": LIBRARIES["recommend"], "click log": log_bytes * 2,
              "user state": log_rows * USER_STATE_CLICK, "item table": item_bytes,
-             "EASE weights": 4 * ease_items * ease_items, "output rows": users * k * 200}
+             "EASE weights": 4 * ease_items * ease_items, "output rows": users * k * 200,
+             "user features": users * 1500}
     return MemoryPlan("recommend", parts, budget,
                       advice=f"Lower retrieval.ease_max_items ({ease_items:,}) and retrain, or recommend "
                              "for fewer users at a time (--users FILE).")

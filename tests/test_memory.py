@@ -128,3 +128,25 @@ def test_default_pipeline_on_a_long_span_large_catalogue_log_stays_under_a_limit
     # the heavy steps state their plan
     planned = {s["step"] for s in steps if s["planned_mib"]}
     assert {"features build", "train retrieval", "train ranker --promote", "recommend --all"} <= planned
+
+
+def test_latest_user_snapshot_read_in_batches_matches_a_sort_of_the_whole_source(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.recommend as rec
+    from recsys.workspace import Workspace
+
+    ws = Workspace.at(home)
+    ws.feature_sources_dir.mkdir(parents=True, exist_ok=True)
+    path = ws.feature_sources_dir / "user_behaviour.parquet"
+    rng = np.random.default_rng(5)
+    start = datetime(2006, 1, 1, tzinfo=UTC)
+    stamps = sorted(start + timedelta(days=int(d)) for d in rng.integers(0, 7000, 40))
+    lists = [["a", "b"][: i % 3] for i in range(40)]
+    src = pl.DataFrame({C.USER_ID: [f"u{u}" for u in rng.integers(0, 6, 40)], C.EVENT_TIMESTAMP: stamps,
+                        "clicks_7d": rng.integers(0, 9, 40), "last_clicked_items": lists})
+    src.unique([C.USER_ID, C.EVENT_TIMESTAMP]).write_parquet(path, row_group_size=7)
+    monkeypatch.setattr(rec, "FEATURE_BATCH_ROWS", 5)
+    for as_of in (start + timedelta(days=3500), start + timedelta(days=8000)):
+        whole = (pl.read_parquet(path).filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).sort(C.EVENT_TIMESTAMP)
+                 .group_by(C.USER_ID).last())
+        assert rec.user_features_as_of(ws, as_of) == {r[C.USER_ID]: r for r in whole.iter_rows(named=True)}

@@ -30,6 +30,7 @@ from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
+FEATURE_BATCH_ROWS = 100_000  # user_behaviour rows read at a time for the latest snapshot per user
 OUT_SCHEMA = {C.USER_ID: pl.String, C.ITEM_ID: pl.String, "rank": pl.Int32, "score": pl.Float64,
               "reason": pl.String}
 
@@ -67,8 +68,19 @@ def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, A
     path = ws.feature_sources_dir / "user_behaviour.parquet"
     if not path.exists():
         return {}
-    df = (pl.scan_parquet(path).filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).sort(C.EVENT_TIMESTAMP)
-          .group_by(C.USER_ID).last().collect())
+    # the latest timestamp per user from (user, timestamp) alone, then the source is read in
+    # batches keeping only those rows: sorting the whole source held every snapshot with its
+    # lists (3.9 GiB for 6.9M snapshots; a streaming semi-join still 3.1 GiB)
+    import pyarrow.parquet as pq
+
+    latest = (pl.scan_parquet(path).select(C.USER_ID, C.EVENT_TIMESTAMP)
+              .filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).group_by(C.USER_ID)
+              .agg(pl.col(C.EVENT_TIMESTAMP).max()).collect())
+    parts = [pl.from_arrow(batch).join(latest, on=[C.USER_ID, C.EVENT_TIMESTAMP], how="semi")
+             for batch in pq.ParquetFile(path).iter_batches(batch_size=FEATURE_BATCH_ROWS)]
+    if not parts:
+        return {}
+    df = pl.concat(parts).unique(subset=[C.USER_ID], keep="last")
     return {r[C.USER_ID]: r for r in df.iter_rows(named=True)}
 
 
