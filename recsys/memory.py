@@ -176,11 +176,16 @@ def train_ranker(budget: int, log_bytes: int, item_bytes: int, ease_items: int, 
 USER_STATE_CLICK = 150  # recommend: a click as Python objects (str in a list and a set)
 
 
+ITEM_SNAPSHOT_ROW = 100  # recommend: a row of the item_behaviour source while the latest are picked
+
+
 def recommend(budget: int, log_bytes: int, log_rows: int, users: int, item_bytes: int, ease_items: int,
-              k: int) -> MemoryPlan:
+              k: int, item_snapshots: int = 0) -> MemoryPlan:
     """`recommend`: the log, each user's clicks as Python objects, the item table and vectors,
-    EASE's weights (4 n² bytes), each user's latest behaviour snapshot and the output rows."""
+    EASE's weights (4 n² bytes), the item_behaviour source's rows (`item_snapshots`) read to pick
+    each item's latest, each user's latest behaviour snapshot and the output rows."""
     parts = {"libraries": LIBRARIES["recommend"], "click log": log_bytes * 2,
+             "item behaviour source": item_snapshots * ITEM_SNAPSHOT_ROW,
              "user state": log_rows * USER_STATE_CLICK, "item table": item_bytes,
              "EASE weights": 4 * ease_items * ease_items, "output rows": users * k * 200,
              "user features": users * 1500}

@@ -109,12 +109,16 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
         vectors = (load_table(ws, "item_embeddings", columns=[C.EMBEDDING]).estimated_size()
                    if ws.table("item_embeddings").exists() else 0)
         ease_items = min(n_items, settings.retrieval.ease_max_items) if settings.retrieval.ease else 0
+        item_source = ws.feature_sources_dir / "item_behaviour.parquet"
+        snapshots = (pl.scan_parquet(item_source).select(pl.len()).collect().item()
+                     if item_source.exists() else 0)
         plan = memory.recommend(memory.budget_bytes(settings.memory_gib), log_bytes=log_df.estimated_size(),
                                 log_rows=log_df.height, users=len(users),
-                                item_bytes=3 * vectors + 600 * n_items, ease_items=ease_items, k=k)
+                                item_bytes=3 * vectors + 600 * n_items, ease_items=ease_items, k=k,
+                                item_snapshots=snapshots)
         (say or log.info)(plan.line())
         plan.check()
-        item_f = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
+        item_f = latest_item_behaviour(item_source, as_of)
         recommender = Recommender.load(settings, item_features=item_f, as_of=as_of, log=log_df)
     rec = recommender
     state = user_state(log_df, as_of, rec.history)
