@@ -193,9 +193,11 @@ class WorldTruth:
         fresh = self.item_created_us[:avail] > day_start - LOGGING_NEW_DAYS * DAY_US
         scores = np.full((len(self.segment_taste), self.n_items), -np.inf)
         scores[:, :avail] = W_SEGMENT * taste + self.legacy_base[:avail] + LOGGING_NEW_BOOST * fresh
-        if self.candidates < avail:
-            cut = -np.partition(-scores[:, :avail], self.candidates - 1, axis=1)[:, self.candidates - 1]
-            scores[scores < cut[:, None]] = -np.inf
+        if self.candidates < avail:  # exactly the top `candidates` of each segment stay
+            out = np.full_like(scores, -np.inf)
+            top = np.argpartition(-scores[:, :avail], self.candidates - 1, axis=1)[:, : self.candidates]
+            np.put_along_axis(out, top, np.take_along_axis(scores, top, 1), axis=1)
+            return out
         return scores
 
     def logging_marginals(self, day: int) -> np.ndarray:
@@ -203,9 +205,12 @@ class WorldTruth:
         shows each item in each slot on `day`, per segment (the last day asked is cached)."""
         if self._marginals is None or self._marginals[0] != day:
             scores = self.logging_scores(day)
-            cols = np.flatnonzero(np.isfinite(scores).any(axis=0))
+            # each segment over its own candidates (the same number for every segment)
+            shown = np.sort(np.argsort(~np.isfinite(scores), axis=1, kind="stable")[
+                :, : int(np.isfinite(scores).sum(axis=1).min())], axis=1)
             mu = np.zeros((*scores.shape, self.slate_size))
-            mu[:, cols] = PL.marginals(scores[:, cols], self.temperature, self.slate_size)
+            own = PL.marginals(np.take_along_axis(scores, shown, 1), self.temperature, self.slate_size)
+            np.put_along_axis(mu, shown[..., None], own, axis=1)
             self._marginals = (day, mu)
         return self._marginals[1]
 
