@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -14,6 +16,18 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+SERVING_BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "serving.py"
+
+
+@pytest.fixture(scope="session")
+def serving_bench() -> ModuleType:
+    """benchmarks/serving.py as a module: its world builder trains the real models (Feast
+    features, two-tower, EASE, LightGBM ranker in MLflow) that the tests on real models serve."""
+    spec = importlib.util.spec_from_file_location("bench_serving", SERVING_BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

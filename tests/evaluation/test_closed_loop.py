@@ -7,7 +7,6 @@ two-tower, EASE, LightGBM ranker in MLflow); clicks are drawn from the world's t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -23,16 +22,7 @@ from recsys.workspace import Workspace
 from serving.app import create_app
 
 pytestmark = pytest.mark.integration  # Feast, MLflow, LightGBM, torch and the server, for real
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serving.py"
 SIZES = {"items": 200, "users": 150, "impressions": 5_000}
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_serving", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _wait_ready(client: TestClient) -> None:
@@ -45,8 +35,9 @@ def _wait_ready(client: TestClient) -> None:
     raise TimeoutError("the server never loaded its models")
 
 
-def test_served_events_are_imported_and_evaluated_off_policy(tmp_path: Path) -> None:
-    bench = _bench()
+def test_served_events_are_imported_and_evaluated_off_policy(tmp_path: Path, serving_bench: ModuleType
+                                                              ) -> None:
+    bench = serving_bench
     home = tmp_path / "ws"
     bench.build_world(home, **SIZES)
     settings = bench.bench_settings(home, *SIZES.values()).model_copy(deep=True)

@@ -6,7 +6,6 @@ benchmark and this test serve the same kind of world."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -22,21 +21,12 @@ from serving.process import SETTINGS_ENV
 from serving.protocols import OnlineFeatureReader, RecommendationModel
 
 pytestmark = pytest.mark.integration  # Feast, MLflow, LightGBM and torch, for real
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "serving.py"
 SIZES = {"items": 200, "users": 150, "impressions": 5_000}
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_serving", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    bench = _bench()
+def trained(tmp_path_factory: pytest.TempPathFactory, serving_bench: ModuleType) -> Settings:
+    bench = serving_bench
     home = tmp_path_factory.mktemp("real-models") / "ws"
     bench.build_world(home, **SIZES)
     settings = bench.bench_settings(home, *SIZES.values()).model_copy(deep=True)
@@ -65,10 +55,10 @@ def test_real_models_serve_ranked_recommendations(trained: Settings) -> None:
         assert c.get(f"/v1/users/{user}/recommendations").json()["ranker_version"] == "ranker/v1"
 
 
-def test_the_no_op_baseline_is_in_the_benchmarks_app_only(trained: Settings,
+def test_the_no_op_baseline_is_in_the_benchmarks_app_only(trained: Settings, serving_bench: ModuleType,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SETTINGS_ENV, trained.model_dump_json())  # as start_server hands it over
-    with TestClient(_bench().bench_app()) as bench, TestClient(create_app(trained)) as production:
+    with TestClient(serving_bench.bench_app()) as bench, TestClient(create_app(trained)) as production:
         wait_ready(bench, timeout=300)
         wait_ready(production, timeout=300)
         assert bench.get("/v1/noop").json() == {"ok": True}
