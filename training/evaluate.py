@@ -5,9 +5,10 @@
 2. Each policy ranks the catalogue for every user with a held-out click, as of the split time,
    with seen items excluded; ranking and beyond-accuracy metrics by segment, paired bootstrap.
 3. Where the held-out impressions carry logging propensities: off-policy CTR of both policies
-   (IPS, clipped IPS, SNIPS, DM, DR, SNDR) with intervals. Otherwise the report says why not.
-4. On the embedded world: the simulator's online A/B of both policies, the truth to check
-   every estimator against.
+   (IPS, clipped IPS, SNIPS, DM, DR, SNDR; with every slot's propensity also the item-level PBM
+   estimators) with intervals. Otherwise the report says why not.
+4. On the embedded world: the simulator serves the held-out window's requests with both
+   policies, the truth to check every estimator against.
 5. Verdict: on the off-policy CTR of the estimator the support diagnostics pick (effective
    sample size, support deficiency; `ab.choose_primary`), else on the ranking metric; report
    (markdown + HTML) under the workspace's reports folder, MLflow run.
