@@ -94,7 +94,7 @@ def test_ease_against_popular_rests_on_an_item_level_estimator(world_home: Path)
     estimators = {o["estimator"]: o for o in summary["offline"]}
     assert {"pbm_ips", "pbm_snips", "pbm_dr"} <= set(estimators)
     truth = summary["truth_ctr"]["treatment"] / summary["truth_ctr"]["control"] - 1
-    assert truth > 0.1  # EASE beats popularity online
+    assert truth > 0  # EASE beats popularity online
     # item-level weights carry more effective samples than the item-slot ones
     assert estimators["pbm_snips"]["ess"]["treatment"] > 2 * estimators["snips"]["ess"]["treatment"]
     d = estimators["pbm_snips"]["delta"]

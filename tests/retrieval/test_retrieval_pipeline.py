@@ -86,8 +86,10 @@ def test_embedded_world_two_tower_and_clip_beat_popularity(home, seed):
     The item cold-start protocol holds out a fifth of the items' train/validation clicks: a
     temporal split alone leaves only the 15-18 items created in its last two days cold, too few
     for a margin that holds across seeds. Measured over seeds 0-2 (600 items, 5,000 users, 1M
-    impressions): two-tower / popularity NDCG@10 on warm items 1.42-2.74; CLIP-only / popularity
-    (chance: no cold item has a click) Recall@10 on cold items 2.6-4.0, over 626-1,005 users."""
+    impressions, the Plackett-Luce logging of issue 15): two-tower / popularity NDCG@10 on warm
+    items 1.56-2.31; CLIP-only / popularity (chance: no cold item has a click) Recall@10 on cold
+    items 1.80-3.14 (2.6-4.0 under the earlier deterministic logging, whose clicks followed the
+    users' home category more closely)."""
     from recsys.data.world import generate_world
     from training.backfill import backfill
     from training.clip import finetune_clip
@@ -103,4 +105,4 @@ def test_embedded_world_two_tower_and_clip_beat_popularity(home, seed):
     assert result.counts["cold_items_held_out"] > 60
     assert v("clip_only", "cold_items", "users") > 300
     assert v("two_tower", "warm_items", "ndcg@10") > 1.2 * v("popularity", "warm_items", "ndcg@10")
-    assert v("clip_only", "cold_items", "recall@10") > 2 * v("popularity", "cold_items", "recall@10")
+    assert v("clip_only", "cold_items", "recall@10") > 1.5 * v("popularity", "cold_items", "recall@10")
