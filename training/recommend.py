@@ -84,17 +84,12 @@ def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, A
     return {r[C.USER_ID]: r for r in df.iter_rows(named=True)}
 
 
-def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, k: int,
-                    as_of: datetime | None,
-                    out: Path, recommender: Recommender | None = None,
-                    rules: Rules | None = None, say: Callable[[str], None] | None = None) -> BatchResult:
-    """Write (user_id, item_id, rank, score, reason) parquet for `users` (None: every user).
-    Before the models load, the memory plan (`recsys.memory`) goes to `say`; a plan above
-    `memory_gib` stops the run."""
-    configure_threads(settings.threads)
-    t0 = time.perf_counter()
+def batch_inputs(ws: Workspace, as_of: datetime | None,
+                 users: list[str] | None) -> tuple[pl.DataFrame, datetime, list[str]]:
+    """(click log, as_of, users) of a batch run: `as_of` defaults to just after the log's last
+    event (every logged click is known; naive = UTC), `users` to the users table's (else the log's)."""
     log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
-    if as_of is None:  # just after the log's last event: every logged click is known
+    if as_of is None:
         last = log_df[C.EVENT_TIMESTAMP].max()
         as_of = last + timedelta(microseconds=1) if last is not None else datetime.now(UTC)
     if as_of.tzinfo is None:
@@ -104,6 +99,19 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
             users = load_table(ws, "users", columns=[C.USER_ID])[C.USER_ID].to_list()
         else:
             users = log_df[C.USER_ID].unique(maintain_order=True).to_list()
+    return log_df, as_of, users
+
+
+def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, k: int,
+                    as_of: datetime | None,
+                    out: Path, recommender: Recommender | None = None,
+                    rules: Rules | None = None, say: Callable[[str], None] | None = None) -> BatchResult:
+    """Write (user_id, item_id, rank, score, reason) parquet for `users` (None: every user).
+    Before the models load, the memory plan (`recsys.memory`) goes to `say`; a plan above
+    `memory_gib` stops the run."""
+    configure_threads(settings.threads)
+    t0 = time.perf_counter()
+    log_df, as_of, users = batch_inputs(ws, as_of, users)
     if recommender is None:
         n_items = load_table(ws, "items", columns=[C.ITEM_ID]).height
         vectors = (load_table(ws, "item_embeddings", columns=[C.EMBEDDING]).estimated_size()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,13 @@ import polars as pl
 
 from recsys.config import Settings
 from recsys.data import columns as C
-from recsys.data.tables import load_table
 from recsys.distributed.cluster import ray_session, worker_count
 from recsys.io import write_parquet
 from recsys.recommender import Recommender, latest_item_behaviour, user_state
 from recsys.rules import Rules
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
-from training.recommend import OUT_SCHEMA, BatchResult, user_features_as_of
+from training.recommend import OUT_SCHEMA, BatchResult, batch_inputs, user_features_as_of
 
 log = logging.getLogger(__name__)
 UserState = Mapping[str, tuple[list[str], set[str]]]
@@ -94,17 +93,7 @@ def recommend_on_ray(settings: Settings, ws: Workspace, users: list[str] | None,
 
     configure_threads(settings.threads)
     t0 = time.perf_counter()
-    log_df = load_table(ws, "impressions", columns=[C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP, C.CLICKED])
-    if as_of is None:  # just after the log's last event, as the local path
-        last = log_df[C.EVENT_TIMESTAMP].max()
-        as_of = last + timedelta(microseconds=1) if last is not None else datetime.now(UTC)
-    if as_of.tzinfo is None:
-        as_of = as_of.replace(tzinfo=UTC)
-    if users is None:
-        if ws.table("users").exists():
-            users = load_table(ws, "users", columns=[C.USER_ID])[C.USER_ID].to_list()
-        else:
-            users = log_df[C.USER_ID].unique(maintain_order=True).to_list()
+    log_df, as_of, users = batch_inputs(ws, as_of, users)  # as the local path
     state = user_state(log_df, as_of, settings.ranker.history)
     feats = user_features_as_of(ws, as_of)
     item_f = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
