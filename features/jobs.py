@@ -515,10 +515,6 @@ def build_features(settings: Settings, ws: Workspace | None = None,
     Each source is written to a temporary file and renamed, so a failed job leaves the previous
     tables whole. Records an MLflow run (`recsys/features`, run `build`) with the lineage.
     """
-    import mlflow
-
-    from features.store import apply
-    from recsys import tracking
     from recsys.data.tables import load_table
     from recsys.progress import bar
 
@@ -545,13 +541,34 @@ def build_features(settings: Settings, ws: Workspace | None = None,
             rows[USER_BEHAVIOUR], last = _write_parts(parts, user_tmp, USER_BEHAVIOUR)
         b.advance(1, status="write + apply")
         del impressions, items  # `feast apply` below imports ~0.8 GiB of its own
-        notes = []
-        if ws.table("item_embeddings").exists():
-            paths[ITEM_CONTENT] = _write_item_content(ws)
-        else:
-            notes.append("no item_embeddings table yet: item_content stays empty until `recsys backfill`")
-        apply(settings)
+        notes = content_and_apply(settings, ws, paths)
         b.advance(1)
+    return log_build(settings, ws, params, until, rows, paths, last, start, notes)
+
+
+def content_and_apply(settings: Settings, ws: Workspace, paths: dict[str, Path]) -> list[str]:
+    """After the behaviour sources are written (by either engine): the item_content source from
+    item_embeddings (its path added to `paths`), then `feast apply`. Returns the notes to show."""
+    from features.store import apply
+
+    notes = []
+    if ws.table("item_embeddings").exists():
+        paths[ITEM_CONTENT] = _write_item_content(ws)
+    else:
+        notes.append("no item_embeddings table yet: item_content stays empty until `recsys backfill`")
+    apply(settings)
+    return notes
+
+
+def log_build(settings: Settings, ws: Workspace, params: BehaviourParams, until: datetime | None,
+              rows: dict[str, int], paths: dict[str, Path], last: datetime | None, start: float,
+              notes: list[str], extra_params: dict[str, object] | None = None) -> BuildResult:
+    """The MLflow run of a build (`recsys/features`, run `build`: parameters, lineage, rows) and
+    its result; `extra_params` say how it ran (e.g. the engine)."""
+    import mlflow
+
+    from recsys import tracking
+
     with tracking.start_run(settings, "features", run_name="build") as run:
         mlflow.log_params(
             {
@@ -561,6 +578,7 @@ def build_features(settings: Settings, ws: Workspace | None = None,
                 "last_clicked": params.last_clicked,
                 "until": str(until),
                 "feast_project": settings.features.project,
+                **(extra_params or {}),
             }
         )
         tables = {t: ws.table(t) for t in ("impressions", "items", "item_embeddings")}

@@ -25,10 +25,8 @@ import polars as pl
 
 from features.definitions import (
     ITEM_BEHAVIOUR,
-    ITEM_CONTENT,
     USER_BEHAVIOUR,
     VIEWS,
-    WINDOWS,
     source_path,
     source_schema,
 )
@@ -40,11 +38,11 @@ from features.jobs import (
     _popularity_ranks,
     _windowed_counts,
     _with_popularity_rank,
-    _write_item_content,
     _write_parts,
+    content_and_apply,
+    log_build,
     normalize_events,
     remove_temps,
-    source_lineage,
     user_behaviour,
 )
 from recsys.config import Settings
@@ -113,10 +111,6 @@ def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
                           until: datetime | None = None) -> BuildResult:
     """`features.jobs.build_features` with the behaviour jobs on Ray: the same sources, written
     whole (temp + rename), `feast apply`, and the MLflow run (`engine=ray` among its params)."""
-    import mlflow
-
-    from features.store import apply
-    from recsys import tracking
     from recsys.data.tables import load_table
 
     ws = ws or Workspace.at(settings.home)
@@ -136,25 +130,6 @@ def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
         ):
             rows = {ITEM_BEHAVIOUR: _write_parts(parts[ITEM_BEHAVIOUR], item_tmp, ITEM_BEHAVIOUR)[0]}
             rows[USER_BEHAVIOUR], last = _write_parts(parts[USER_BEHAVIOUR], user_tmp, USER_BEHAVIOUR)
-    notes = []
-    if ws.table("item_embeddings").exists():
-        paths[ITEM_CONTENT] = _write_item_content(ws)
-    else:
-        notes.append("no item_embeddings table yet: item_content stays empty until `recsys backfill`")
-    apply(settings)
-    with tracking.start_run(settings, "features", run_name="build") as run:
-        mlflow.log_params({
-            "windows_days": ",".join(map(str, WINDOWS)), "ctr_prior_clicks": params.prior_clicks,
-            "ctr_prior_impressions": params.prior_impressions, "last_clicked": params.last_clicked,
-            "until": str(until), "feast_project": settings.features.project, "engine": "ray",
-            "ray": where, "ray_workers": workers,
-        })
-        tables = {t: ws.table(t) for t in ("impressions", "items", "item_embeddings")}
-        tracking.log_lineage(tables, feature_views=source_lineage(ws),
-                             extra={"last_snapshot": str(last) if last else None})
-        mlflow.log_metrics({f"rows.{v}": n for v, n in rows.items()})
-        seconds = time.perf_counter() - start
-        mlflow.log_metric("seconds", seconds)
-    for note in notes:
-        log.warning(note)
-    return BuildResult(rows, paths, run.info.run_id, seconds, last, notes)
+    notes = content_and_apply(settings, ws, paths)
+    return log_build(settings, ws, params, until, rows, paths, last, start, notes,
+                     {"engine": "ray", "ray": where, "ray_workers": workers})
