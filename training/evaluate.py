@@ -510,6 +510,23 @@ def _slot_propensities(logged: pl.DataFrame, width: int, notes: list[str]) -> np
     return lists.list.slice(0, width).list.to_array(width).to_numpy().astype(np.float64)
 
 
+def _ranked_already(slates, label: str, users: np.ndarray, width: int):
+    """The slates `_offline` ranked for these users at the split time as a simulator policy, so
+    the truth check does not rank them again; None when they do not cover the requests."""
+    if slates is None or slates[1][label].shape[1] != width:
+        return None
+    ranked_users, slate = slates[0], slates[1][label]
+    row = np.minimum(np.searchsorted(ranked_users, users), len(ranked_users) - 1)
+    if not (ranked_users[row] == users).all():
+        return None
+    index = dict(zip(ranked_users.tolist(), range(len(ranked_users)), strict=True))
+
+    def serve(user_ids: np.ndarray, as_of: datetime) -> np.ndarray:
+        return slate[[index[u] for u in np.asarray(user_ids).astype(str)]]
+
+    return serve
+
+
 def _truth_check(
     ws: Workspace,
     policy_c: Policy,
@@ -540,9 +557,9 @@ def _truth_check(
     users = requests[C.USER_ID].to_numpy()
     ctr = {}
     for label, pol in (("control", policy_c), ("treatment", policy_t)):
+        serve = _ranked_already(slates, label, users, width) or as_simulator_policy(pol, width)
         try:
-            res = truth.simulate_online(as_simulator_policy(pol, width), len(users), seed,
-                                        slate_size=width, as_of=split, users=users)
+            res = truth.simulate_online(serve, len(users), seed, slate_size=width, as_of=split, users=users)
         except ValueError as exc:  # e.g. a policy with fewer than slate_size items for some users
             return None, {}, f"the simulator could not serve the {label} policy ({exc})"
         ctr[label] = res.expected_ctr
