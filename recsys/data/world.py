@@ -212,7 +212,7 @@ def _impressions_chunk(
     S = truth.slate_size
     items = truth.logging_slates_idx(rng, users, t_us)
     slot_prop = truth.slot_propensities_idx(users, items, t_us)  # (n, S slots shown, S slots)
-    propensity = np.take_along_axis(slot_prop, np.arange(S)[None, :, None], 2)[..., 0]
+    propensity = slot_prop[:, np.arange(S), np.arange(S)]  # each item at the slot it was shown in
     p_click = truth.position_bias[:S][None, :] * truth.relevance_idx(users[:, None], items)
     clicked = rng.random(items.shape) < p_click
     req = pl.Series(np.repeat(np.arange(first_request, first_request + len(users)), S)).cast(pl.String)

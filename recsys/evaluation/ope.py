@@ -631,8 +631,15 @@ def _exam(data: OPEInput, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return data.pi_exam / data.pscore_exam, data.theta_logged, data.theta_target
 
 
+class _ItemLevel(SlateEstimator):
+    """The PBM estimators' weights: w = pi_exam / pscore_exam (see `PBMIPS`)."""
+
+    def weights(self, data: OPEInput) -> np.ndarray:
+        return _exam(data, self.name)[0]
+
+
 @dataclass
-class PBMIPS(SlateEstimator):
+class PBMIPS(_ItemLevel):
     """Item-level IPS under the PBM (Li et al. 2018, "Offline Evaluation of Ranking Policies
     with Click Models", KDD, the PBM estimator):
 
@@ -641,20 +648,17 @@ class PBMIPS(SlateEstimator):
     Why it is unbiased: E[c | x, a, k] = theta_k r(x, a), so over the logging policy
     E[sum_slots w c] = sum_a r(x, a) sum_k theta_k pi(a, k | x), the target's clicks. Support is
     needed per item (mu(a, k) > 0 for some slot k), not per (item, slot); theta is estimated
-    from the log (`fit_position_based_model`), and its scale cancels in w.
+    from the randomised log (`examination_from_log`), and its scale cancels in w.
     """
 
     name: str = "pbm_ips"
-
-    def weights(self, data: OPEInput) -> np.ndarray:
-        return _exam(data, self.name)[0]
 
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         return self.weights(data) * data.reward, np.ones_like(data.reward)
 
 
 @dataclass
-class PBMSNIPS(SlateEstimator):
+class PBMSNIPS(_ItemLevel):
     """Self-normalised PBM estimator:
 
         V = sum_j w_j c_j / sum_j w_j theta_(k_j) / theta_target_j
@@ -669,9 +673,6 @@ class PBMSNIPS(SlateEstimator):
 
     name: str = "pbm_snips"
 
-    def weights(self, data: OPEInput) -> np.ndarray:
-        return _exam(data, self.name)[0]
-
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         w, theta_logged, theta_target = _exam(data, self.name)
         scale = np.divide(1.0, theta_target, out=np.zeros_like(w), where=theta_target > 0)
@@ -679,7 +680,7 @@ class PBMSNIPS(SlateEstimator):
 
 
 @dataclass
-class PBMDR(SlateEstimator):
+class PBMDR(_ItemLevel):
     """Doubly robust with the item-level PBM weights:
 
         V = 1/m sum_j [ q_target_j + w_j (c_j - q_logged_j) ]
@@ -689,9 +690,6 @@ class PBMDR(SlateEstimator):
     """
 
     name: str = "pbm_dr"
-
-    def weights(self, data: OPEInput) -> np.ndarray:
-        return _exam(data, self.name)[0]
 
     def terms(self, data: OPEInput) -> tuple[np.ndarray, np.ndarray]:
         q_logged, q_target = _require_model(data, self.name)
