@@ -39,7 +39,15 @@ from recsys.evaluation.ope import (
     examination_from_log,
     fit_position_based_model,
 )
-from recsys.evaluation.policy import EasePolicy, Policy, PopularPolicy, as_simulator_policy
+from recsys.evaluation.policy import (
+    EasePolicy,
+    Policy,
+    PopularPolicy,
+    ScoredPolicy,
+    StochasticSlates,
+    as_simulator_policy,
+    exploration_pool,
+)
 from recsys.evaluation.report import log_report, write_report
 from recsys.progress import bar
 from recsys.workspace import Workspace
@@ -346,8 +354,9 @@ def evaluate_ab(
     segments = _segments(users, history, vocab, items, click_counts, cfg.cold_item_clicks)
     ranking = ab.compare_rankings(ranked_c, ranked_t, data, segments, k, cfg.bootstrap, cfg.alpha, seed)
 
+    explore = _served_temperature(settings)
     offline, support, ope_note, slates = _offline(
-        policy_c, policy_t, history, holdout, split, vocab, cfg, seed, notes
+        policy_c, policy_t, history, holdout, split, vocab, cfg, seed, notes, explore
     )
     primary = ab.choose_primary(offline, support, cfg)  # the verdict's first check line says why
     truth_rows, truth_ctr, truth_note = _truth_check(
@@ -400,6 +409,29 @@ def evaluate_ab(
     return ABRun(result, paths, run_id)
 
 
+def _served_temperature(settings: Settings) -> float | None:
+    """The softmax temperature the server would explore a ranker with, or None (deterministic)."""
+    if settings.evaluation.target_exploration == "serving" and settings.serving.exploration == "softmax":
+        return settings.serving.temperature
+    return None
+
+
+def _target_slates(policy: Policy, users: np.ndarray, as_of: datetime, width: int, label: str,
+                   temperature: float | None, notes: list[str]) -> np.ndarray | StochasticSlates:
+    """The target as the server would run it: a scored policy explored at `temperature`
+    (Plackett-Luce over its top `exploration_pool(width)`), else its deterministic top `width`."""
+    if temperature is None or not isinstance(policy, ScoredPolicy):
+        return _rank_all(policy, users, as_of, width, f"{label} slates")
+    pool, scored = exploration_pool(width), []
+    with bar(f"rank · {label} pool", total=len(users), unit="users") as b:
+        for lo in range(0, len(users), 4096):
+            scored.extend(policy.scored(users[lo : lo + 4096], as_of, pool))
+            b.advance(min(4096, len(users) - lo))
+    notes.append(f"off-policy: the {label} ({policy.name}) is evaluated as the server runs it, Plackett-Luce "
+                 f"at temperature {temperature:g} over its top {pool} (evaluation.target_exploration)")
+    return StochasticSlates.of(scored, temperature, width, pool)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
@@ -414,6 +446,7 @@ def _offline(
     cfg: Any,
     seed: int,
     notes: list[str],
+    temperature: float | None = None,
 ):
     """Off-policy CTR of both policies on the held-out impressions, or the reason it cannot run.
 
@@ -440,7 +473,7 @@ def _offline(
     users = np.unique(logged[C.USER_ID].to_numpy().astype(str))
     slates = {}
     for label, pol in (("control", policy_c), ("treatment", policy_t)):
-        slates[label] = _rank_all(pol, users, split, width, f"{label} slates")
+        slates[label] = _target_slates(pol, users, split, width, label, temperature, notes)
     hist_imp = history.filter(pl.col(C.POSITION).is_not_null())
     fit_on = hist_imp if hist_imp.height else logged
     model = fit_position_based_model(
@@ -465,13 +498,14 @@ def _offline(
                 logged[C.CLICKED].to_numpy(),
                 logged[C.PROPENSITY].to_numpy(),
                 users,
-                slate,
+                slate.items if isinstance(slate, StochasticSlates) else slate,
                 reward_model=model,
                 item_vocab=vocab,
                 source="held-out impressions",
                 request_ids=logged[C.REQUEST_ID].to_numpy(),
                 slot_propensities=slot_props,
                 theta=theta,
+                target_marginals=slate.marginals if isinstance(slate, StochasticSlates) else None,
             )
     except OPEInputError as exc:
         return None, {}, f"the held-out impressions cannot be used for off-policy estimation: {exc}", None
@@ -510,21 +544,28 @@ def _slot_propensities(logged: pl.DataFrame, width: int, notes: list[str]) -> np
     return lists.list.slice(0, width).list.to_array(width).to_numpy().astype(np.float64)
 
 
-def _ranked_already(slates, label: str, users: np.ndarray, width: int):
+def _ranked_already(slates, label: str, users: np.ndarray, width: int, seed: int):
     """The slates `_offline` ranked for these users at the split time as a simulator policy, so
-    the truth check does not rank them again; None when they do not cover the requests."""
-    if slates is None or slates[1][label].shape[1] != width:
+    the truth check does not rank them again (a stochastic target draws each request's slate, as
+    the server would); None when they do not cover the requests."""
+    if slates is None or _width(slates[1][label]) != width:
         return None
     ranked_users, slate = slates[0], slates[1][label]
     row = np.minimum(np.searchsorted(ranked_users, users), len(ranked_users) - 1)
     if not (ranked_users[row] == users).all():
         return None
     index = dict(zip(ranked_users.tolist(), range(len(ranked_users)), strict=True))
+    rng = np.random.default_rng([seed, 7])
 
     def serve(user_ids: np.ndarray, as_of: datetime) -> np.ndarray:
-        return slate[[index[u] for u in np.asarray(user_ids).astype(str)]]
+        rows = np.array([index[u] for u in np.asarray(user_ids).astype(str)], dtype=np.int64)
+        return slate.sample(rows, rng) if isinstance(slate, StochasticSlates) else slate[rows]
 
     return serve
+
+
+def _width(slate: np.ndarray | StochasticSlates) -> int:
+    return slate.marginals.shape[2] if isinstance(slate, StochasticSlates) else slate.shape[1]
 
 
 def _truth_check(
@@ -557,7 +598,7 @@ def _truth_check(
     users = requests[C.USER_ID].to_numpy()
     ctr = {}
     for label, pol in (("control", policy_c), ("treatment", policy_t)):
-        serve = _ranked_already(slates, label, users, width) or as_simulator_policy(pol, width)
+        serve = _ranked_already(slates, label, users, width, seed) or as_simulator_policy(pol, width)
         try:
             res = truth.simulate_online(serve, len(users), seed, slate_size=width, as_of=split, users=users)
         except ValueError as exc:  # e.g. a policy with fewer than slate_size items for some users
@@ -566,6 +607,8 @@ def _truth_check(
     if slates is not None:  # exact overlap: the simulator knows the logging policy's propensities
         users, by_arm = slates
         for label, slate in by_arm.items():
+            if isinstance(slate, StochasticSlates):  # one draw per user, as the server would show
+                slate = slate.sample(np.arange(len(users)), np.random.default_rng(seed))
             slots = np.broadcast_to(np.arange(slate.shape[1]), slate.shape)
             ok = slate != ""
             mu = truth.logging_propensity(

@@ -1,5 +1,7 @@
 """Settings of the offline A/B evaluation (`recsys evaluate ab`)."""
 
+from typing import Literal
+
 from pydantic import Field
 
 from recsys.configbase import ConfigModel
@@ -37,6 +39,12 @@ class EvaluationConfig(ConfigModel):
         0.0, ge=0, description="the last N days of the log are the offline A/B window: retrieval and "
         "ranker training never see them (0: train on everything; evaluate ab then uses the window the "
         "compared rankers were trained without, and refuses when there is none)"
+    )
+    target_exploration: Literal["serving", "none"] = Field(
+        "serving", description="off-policy targets as the server runs them: 'serving' evaluates a "
+        "ranker that the server would explore with (serving.exploration = softmax) as that stochastic "
+        "policy (Plackett-Luce at serving.temperature over its top candidates); 'none' evaluates its "
+        "deterministic top k. Ranking metrics always use the top k"
     )
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many users")
     cold_item_clicks: int = Field(5, ge=0, description="items with fewer training clicks are 'cold'")

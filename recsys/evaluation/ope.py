@@ -834,67 +834,80 @@ class SupportReport:
 
 
 def support_deficiency(
-    target: np.ndarray, logged_items: np.ndarray, logged_positions: np.ndarray
+    target: np.ndarray,
+    logged_items: np.ndarray,
+    logged_positions: np.ndarray,
+    mass: np.ndarray | None = None,
 ) -> SupportReport:
-    """Target slates (n, L) of item ids vs the logged (item, slot) pairs (m,), (m,)."""
-    target = np.asarray(target)
+    """Target items (n, P) vs the logged (item, slot) pairs (m,), (m,).
+
+    mass (n, P, L): the target's probability of each of its items at each slot (a stochastic
+    target); None for deterministic slates, where item j of a row is at slot j. Shares are of
+    the target's mass: the expected share of its shown (item, slot) pairs the log lacks."""
+    target = np.asarray(target).astype(str)
     n, width = target.shape
-    slots = np.broadcast_to(np.arange(width), (n, width))
-    valid = target != _PAD if target.dtype.kind in "UO" else target >= 0
-    t_items, t_slots = target[valid], slots[valid]
-    item_seen = np.isin(t_items, logged_items)
-    t_keys = np.char.add(np.char.add(t_items.astype(str), "#"), t_slots.astype(str))
-    l_keys = np.char.add(
-        np.char.add(np.asarray(logged_items).astype(str), "#"), np.asarray(logged_positions).astype(str)
-    )
-    pair_seen = np.isin(t_keys, np.unique(l_keys))
-    total = max(int(valid.sum()), 1)
-    examples = [str(x) for x in np.unique(t_items[~item_seen])[:5]]
+    if mass is None:
+        mass = _one_hot_mass(target)
+    valid = target != _PAD
+    mass = np.where(valid[:, :, None], np.asarray(mass, dtype=np.float64), 0.0)
+    logged_items = np.asarray(logged_items).astype(str)
+    logged_positions = np.asarray(logged_positions, dtype=np.int64)
+    codes, inverse = np.unique(np.concatenate([target.ravel(), logged_items]), return_inverse=True)
+    t_code, l_code = inverse[: n * width].reshape(n, width), inverse[n * width :]
+    item_seen = np.isin(t_code, l_code)  # (n, P)
+    slots = mass.shape[2]
+    stride = max(slots, int(logged_positions.max(initial=0)) + 1)
+    pair_seen = np.isin(t_code[:, :, None] * stride + np.arange(slots), l_code * stride + logged_positions)
+    total = max(float(mass.sum()), 1e-300)
+    unseen = (mass.sum(axis=2) > 0) & ~item_seen
     return SupportReport(
-        item_share=float((~item_seen).sum() / total),
-        pair_share=float((~pair_seen).sum() / total),
-        target_slots=int(valid.sum()),
-        examples=examples,
+        item_share=float((mass.sum(axis=2) * ~item_seen).sum() / total),
+        pair_share=float((mass * ~pair_seen).sum() / total),
+        target_slots=int(round(float(mass.sum()))),
+        examples=[str(x) for x in codes[np.unique(t_code[unseen])][:5]],
     )
 
 
 _PAD = ""
 
 
+def _one_hot_mass(target: np.ndarray) -> np.ndarray:
+    """(n, L, L) marginals of deterministic slates (n, L): item j at slot j with probability 1."""
+    n, width = target.shape
+    return np.broadcast_to(np.eye(width), (n, width, width)) * (target != _PAD)[:, :, None]
+
+
 def _exam_inputs(
     theta: np.ndarray,
     slot_propensities: np.ndarray,
-    target: np.ndarray,
-    item_ids: np.ndarray,
+    mass: np.ndarray,
+    filled: np.ndarray,
     positions: np.ndarray,
     request_ids: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
     """pi_exam, pscore_exam, theta_logged, theta_target (m,) for the PBM estimators.
 
     theta (T,) examination per slot (rescaled to max 1: only ratios matter); slot_propensities
-    (m, S); target (m, L) the target's slate of each row's user; a slot beyond theta's range
-    gets the last theta."""
+    (m, S); mass (m, L) the target's probability of each row's logged item at each slot;
+    filled (m, L) the probability that the target fills each slot for that row's user; a slot
+    beyond theta's range gets the last theta."""
     theta = np.asarray(theta, dtype=np.float64) / np.max(theta)
 
     def at(k: np.ndarray) -> np.ndarray:
         return theta[np.clip(k, 0, len(theta) - 1)]
 
-    slots_l = np.arange(target.shape[1])
-    shown = target == item_ids[:, None]  # (m, L): where the target puts the logged item
-    pi_exam = (shown * at(slots_l)[None, :]).sum(axis=1)
+    theta_l = at(np.arange(mass.shape[1]))
     width = slot_propensities.shape[1]
-    pscore_exam = slot_propensities @ at(np.arange(width))
     if request_ids is None:
-        per_request = np.full(len(item_ids), width)
+        per_request = np.full(len(positions), width)
     else:
         _, inverse, counts = np.unique(np.asarray(request_ids), return_inverse=True, return_counts=True)
         per_request = counts[inverse]
-    theta_target = ((target != _PAD) * at(slots_l)[None, :]).sum(axis=1) / per_request
     return {
-        "pi_exam": np.minimum(pi_exam, 1.0),
-        "pscore_exam": pscore_exam,
+        "pi_exam": np.minimum(mass @ theta_l, 1.0),
+        "pscore_exam": slot_propensities @ at(np.arange(width)),
         "theta_logged": at(np.asarray(positions, dtype=np.int64)),
-        "theta_target": theta_target,
+        "theta_target": (filled @ theta_l) / per_request,
     }
 
 
@@ -912,8 +925,9 @@ def build_slate_input(
     request_ids: np.ndarray | None = None,
     slot_propensities: np.ndarray | None = None,
     theta: np.ndarray | None = None,
+    target_marginals: np.ndarray | None = None,
 ) -> tuple[OPEInput, SupportReport]:
-    """Estimator input for a deterministic target from a log and the target's slate per user.
+    """Estimator input for a target policy from a log and the target's slate (or pool) per user.
 
     user_ids, item_ids, positions, clicked, propensity: (m,) logged impressions.
     target_users (u,), target_slates (u, L): the target's slate for each user ('' pads).
@@ -922,7 +936,11 @@ def build_slate_input(
     slot_propensities (m, S): the logging policy's probability of each logged item at every slot;
     with theta (the examination per slot, e.g. `examination_from_log`) it adds the inputs of the
     item-level PBM estimators.
-    pi_j = 1[target_slates[user_j, position_j] == item_j]; users missing from target_users
+    target_marginals (u, P, L): a stochastic target, e.g. Plackett-Luce over each user's ranked
+    pool `target_slates` (u, P): its probability of pool item p at slot k. Then
+    pi_j = target_marginals[user_j, p(item_j), position_j] and DR's q_target is the target's
+    expected q at the logged slot; without it the target is deterministic,
+    pi_j = 1[target_slates[user_j, position_j] == item_j]. Users missing from target_users
     raise, since they would silently drop out of the estimate.
     """
     user_ids, item_ids = np.asarray(user_ids).astype(str), np.asarray(item_ids).astype(str)
@@ -940,10 +958,22 @@ def build_slate_input(
             f"{np.unique(user_ids[~found])[:5].tolist()})"
         )
     row = order[loc]
-    width = target_slates.shape[1]
+    if target_marginals is None:  # deterministic slates: item j of a row at slot j
+        target_marginals = _one_hot_mass(target_slates)
+    pool_mass = np.asarray(target_marginals, dtype=np.float64)  # (u, P, L)
+    if pool_mass.shape[:2] != target_slates.shape:
+        raise ValueError(
+            f"target_marginals has shape {pool_mass.shape}; expected {target_slates.shape} + (L,)"
+        )
+    m, width = len(item_ids), pool_mass.shape[2]
+    _, code = np.unique(np.concatenate([target_slates.ravel(), item_ids]), return_inverse=True)
+    pool_code = np.where(target_slates == _PAD, -1, code[: target_slates.size].reshape(target_slates.shape))
+    match = pool_code[row] == code[target_slates.size :, None]  # (m, P): the logged item in the pool
+    has = match.any(axis=1)
+    mass = np.where(has[:, None], pool_mass[row, match.argmax(axis=1)], 0.0)  # (m, L): item per slot
     in_slate = positions < width
-    target_item = np.where(in_slate, target_slates[row, np.minimum(positions, width - 1)], _PAD)
-    pi = (target_item == item_ids).astype(np.float64)
+    slot = np.minimum(positions, width - 1)
+    pi = np.where(in_slate, mass[np.arange(m), slot], 0.0)
     q_logged = q_target = None
     if reward_model is not None:
         if item_vocab is None:
@@ -954,14 +984,16 @@ def build_slate_input(
             return np.where(item_vocab[pos] == ids, pos, -1)
 
         q_logged = reward_model.q(index(item_ids), positions)
-        q_target = np.where(
-            in_slate & (target_item != _PAD), reward_model.q(index(target_item), positions), 0.0
-        )
+        # E_target[q(item at the logged slot)] = sum_p pi(p, k_j) q(p, k_j) over the user's pool
+        at_slot = pool_mass[row[:, None], np.arange(pool_mass.shape[1])[None, :], slot[:, None]]  # (m, P)
+        pool_idx = index(target_slates)[row]  # (m, P)
+        q_pool = reward_model.q(pool_idx, positions[:, None])
+        q_target = np.where(in_slate, (at_slot * q_pool).sum(axis=1), 0.0)
     exam = None
     if slot_propensities is not None and theta is not None:
         exam = _exam_inputs(
-            theta, np.asarray(slot_propensities, dtype=np.float64), target_slates[row],
-            item_ids, positions, request_ids,
+            theta, np.asarray(slot_propensities, dtype=np.float64), mass, pool_mass.sum(axis=1)[row],
+            positions, request_ids,
         )
     data = check_ope_inputs(
         clicked,
@@ -974,5 +1006,6 @@ def build_slate_input(
         slate=request_ids,
         exam=exam,
     )
-    support = support_deficiency(target_slates[np.unique(row)], item_ids, positions)
+    users = np.unique(row)
+    support = support_deficiency(target_slates[users], item_ids, positions, pool_mass[users])
     return data, support

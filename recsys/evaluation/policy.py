@@ -3,10 +3,14 @@
 Anything with a `name` and `rank(user_ids, as_of, k)` is a `Policy` (the two-stage recommender
 is adapted to it in `training/evaluate.py`). Off-policy estimation of a deterministic policy
 needs nothing more: its probability of an (item, slot) is 1 when its slate puts the item there.
+A `ScoredPolicy` also gives its scores, so it can be evaluated as the server runs it with
+exploration on: Plackett-Luce over its top `exploration_pool(k)` (`StochasticSlates`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -14,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.evaluation import plackett_luce as PL
 from recsys.retrieval.ease import EaseModel, click_matrix
 
 
@@ -29,6 +34,59 @@ class Policy(Protocol):
     name: str
 
     def rank(self, user_ids: np.ndarray, as_of: datetime, k: int) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ScoredPolicy(Policy, Protocol):
+    """A policy that also gives its scores: scored(user_ids, as_of, k) -> per user its top k as
+    (item id, score), best first (what the server's exploration samples from)."""
+
+    def scored(self, user_ids: np.ndarray, as_of: datetime, k: int) -> list[list[tuple[str, float]]]: ...
+
+
+def exploration_pool(k: int) -> int:
+    """How many of the ranked candidates the server's exploration samples a k-slate from."""
+    return min(max(3 * k, 20), 300)
+
+
+@dataclass(frozen=True)
+class StochasticSlates:
+    """A Plackett-Luce target: each user's ranked pool items (u, P) ('' pads) with scores (u, P)
+    (-inf pads), sampled at `temperature` into slates of `marginals.shape[2]` slots;
+    marginals (u, P, L) is the exact probability of each pool item at each slot."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    temperature: float
+    marginals: np.ndarray
+
+    @classmethod
+    def of(cls, scored: Sequence[Sequence[tuple[str, float]]], temperature: float, slots: int,
+           pool: int) -> StochasticSlates:
+        """From each user's top `pool` (item, score) lists, as `ScoredPolicy.scored` gives them."""
+        items = np.full((len(scored), pool), "", dtype=object)
+        scores = np.full((len(scored), pool), -np.inf)
+        for row, ranked in enumerate(scored):
+            for j, (item, score) in enumerate(ranked[:pool]):
+                items[row, j], scores[row, j] = item, score
+        marginals = np.zeros((len(scored), pool, slots))
+        some = np.isfinite(scores).any(axis=1)  # users with nothing to show keep zero mass
+        if some.any():
+            mu = PL.marginals(scores[some], temperature, min(slots, pool))
+            marginals[some, :, : mu.shape[2]] = mu
+        return cls(items.astype(str), scores, temperature, marginals)
+
+    def sample(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One slate (len(rows), L) of item ids per requested row, drawn as the server draws it."""
+        slots = self.marginals.shape[2]
+        out = np.full((len(rows), slots), "", dtype=object)
+        scores = self.scores[rows]
+        some = np.isfinite(scores).any(axis=1)
+        if some.any():
+            picked = PL.sample(rng, scores[some], self.temperature, slots)
+            ids = np.take_along_axis(self.items[rows][some], np.maximum(picked, 0), axis=1)
+            out[np.flatnonzero(some), : picked.shape[1]] = np.where(picked >= 0, ids, "")
+        return out.astype(str)
 
 
 def as_simulator_policy(policy: Policy, k: int):

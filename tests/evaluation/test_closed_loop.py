@@ -70,13 +70,15 @@ def test_served_events_are_imported_and_evaluated_off_policy(tmp_path: Path, ser
     assert imported.exit_code == 0, imported.output
     ab = runner.invoke(cli, ["--home", str(home), "evaluate", "ab", "--control", "models:/ranker@champion",
                              "--treatment", "popular", "--holdout-days", "1", "--bootstrap", "100",
-                             "--no-track"])
+                             "--no-track"], env={"RECSYS_SERVING__TEMPERATURE": "1.0"})
     assert ab.exit_code == 0, ab.output
     report = sorted(ws.reports_dir.glob("ab-*"))[-1]
     summary = json.loads((report / "summary.json").read_text())
     assert f"{served:,} held-out rows" in summary["window"]  # the window is exactly the served traffic
     estimators = {o["estimator"]: o for o in summary["offline"]}
     assert {"snips", "pbm_snips", "pbm_dr"} <= set(estimators)
-    # the deterministic ranker is what the server explored around: its item-level support is broad
+    # the server explored around the ranker: its item-level support is broad
     assert estimators["pbm_snips"]["ess"]["control"] > 300
     assert 0 < estimators["pbm_snips"]["control"]["estimate"] < 1
+    # the ranker is estimated as the server ran it (softmax at its temperature), not its top 10
+    assert "evaluated as the server runs it, Plackett-Luce at temperature 1" in (report / "report.md").read_text()

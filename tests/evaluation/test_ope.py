@@ -163,6 +163,53 @@ def test_support_deficiency_is_reported_not_ignored(world_factory) -> None:
         )
 
 
+def test_a_stochastic_target_weights_each_logged_item_by_its_marginal() -> None:
+    """Pool (a, b, z) with marginals over 2 slots (each slot's column sums to 1); worked by hand."""
+    from recsys.evaluation.ope import PositionBasedModel
+
+    mu = np.array([[[0.6, 0.3], [0.3, 0.5], [0.1, 0.2]]])  # (1 user, 3 pool items, 2 slots)
+    vocab = np.array(["a", "b", "c", "z"])
+    model = PositionBasedModel(theta=np.array([1.0, 0.5]), relevance=np.array([0.5, 0.2, 0.1, 0.4]),
+                               r_unseen=0.0)
+    data, support = build_slate_input(
+        ["u", "u", "u"], ["a", "b", "c"], [0, 1, 0], [1, 0, 1], [0.5, 0.5, 0.25], ["u"],
+        np.array([["a", "b", "z"]]), reward_model=model, item_vocab=vocab, target_marginals=mu,
+    )
+    np.testing.assert_allclose(data.pi, [0.6, 0.5, 0.0])  # c is outside the target's pool
+    # E_target q at slot 0: 0.6 q(a) + 0.3 q(b) + 0.1 q(z); at slot 1 the same with theta 0.5
+    at0 = 0.6 * 0.5 + 0.3 * 0.2 + 0.1 * 0.4
+    at1 = 0.5 * (0.3 * 0.5 + 0.5 * 0.2 + 0.2 * 0.4)
+    np.testing.assert_allclose(data.q_target, [at0, at1, at0])
+    # logged pairs (a,0), (b,1), (c,0): z's 0.3 of the 2 slots' mass is an unseen item; (a,1),
+    # (b,0) and z's pairs were never logged
+    assert support.item_share == pytest.approx(0.3 / 2)
+    assert support.pair_share == pytest.approx((0.3 + 0.3 + 0.3) / 2)
+    # one-hot marginals are the deterministic slate
+    det, _ = build_slate_input(["u", "u", "u"], ["a", "b", "c"], [0, 1, 0], [1, 0, 1], [0.5, 0.5, 0.25],
+                               ["u"], np.array([["b", "a"]]))
+    one_hot, _ = build_slate_input(["u", "u", "u"], ["a", "b", "c"], [0, 1, 0], [1, 0, 1],
+                                   [0.5, 0.5, 0.25], ["u"], np.array([["b", "a"]]),
+                                   target_marginals=np.eye(2)[None])
+    np.testing.assert_array_equal(det.pi, one_hot.pi)
+    np.testing.assert_array_equal(det.pi, [0.0, 0.0, 0.0])
+
+
+def test_stochastic_slates_draw_with_their_marginals() -> None:
+    from recsys.evaluation.policy import StochasticSlates
+
+    scored = [[("a", 1.0), ("b", 0.5), ("c", 0.0)], [("d", 0.0)], []]
+    target = StochasticSlates.of(scored, temperature=0.5, slots=2, pool=4)
+    assert target.items.tolist() == [["a", "b", "c", ""], ["d", "", "", ""], ["", "", "", ""]]
+    np.testing.assert_allclose(target.marginals[0].sum(axis=0), [1.0, 1.0])
+    np.testing.assert_allclose(target.marginals[1], [[1, 0], [0, 0], [0, 0], [0, 0]])
+    assert not target.marginals[2].any()
+    draws = target.sample(np.zeros(20_000, dtype=np.int64), np.random.default_rng(0))
+    for slot in range(2):
+        freq = [(draws[:, slot] == item).mean() for item in "abc"]
+        np.testing.assert_allclose(freq, target.marginals[0, :3, slot], atol=0.01)
+    assert target.sample(np.array([1, 2]), np.random.default_rng(0)).tolist() == [["d", ""], ["", ""]]
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input: every case raises a named error at the door, never an IndexError or a silent NaN
 
