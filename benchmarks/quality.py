@@ -310,6 +310,11 @@ def run_world(ws: Path, seed: int, lambdas: Sequence[float], env: dict[str, str]
                **source_scorers(ws, known, item_ids), "recsys (recommend --all)": recs_scorer(recs, item_ids)}
     segments = [s for s in SEGMENTS if s != "cold_users"]
     rows = score_methods(methods, known, test, item_ids, segments=segments, available=available)
+    # `cold_items` ranks the cold items among themselves, which recsys's top 10 cannot do: the
+    # same clicks against each method's top 10 of every item are what a user is shown
+    cold_test = test.join(known.select(C.ITEM_ID).unique(), on=C.ITEM_ID, how="anti")
+    rows += [{**r, "segment": "cold items, top 10 of all", f"coverage@{K}": float("nan")}
+             for r in score_methods(methods, known, cold_test, item_ids, available=available)]
     print(f"\nworld (EASE λ {lam:g}):\n\n{markdown(rows)}\n", flush=True)
     return {"workspace": str(ws), "stages_s": timings, "ease_lambda": lam, "rows": rows,
             "sizes": {"known": known.height, "test": test.height, "items": len(item_ids)},
