@@ -4,6 +4,11 @@ ceiling of FastAPI + uvicorn on this machine), in the same run, at 1, 8 and 32 c
     OMP_WAIT_POLICY=passive .venv/bin/python benchmarks/serving.py --items 100000 --users 50000 \
         --impressions 500000 --seconds 5 --connections 1,8,32,64 --workers 1
 
+`--runs N` repeats the HTTP measurement N times against one server (one summary row per run, and
+how many runs met p99 <= 20 ms at 500/s offered); `--in-process N` first measures N requests in
+this process without HTTP (CPU per request, stage medians, the parts alone), `--in-process-only`
+only that.
+
 Builds (or reuses, by `--home`) a world with real models: the embedded world without pictures,
 behaviour features built and materialized into the Feast online store, the two-tower and the
 LightGBM ranker trained and promoted. Item vectors stand in for the CLIP backfill (seeded
@@ -228,6 +233,98 @@ def cpu_split(before: dict[int, float], after: dict[int, float]) -> str:
     return "/".join(f"{u:.1f}" for u in used)
 
 
+def in_process(settings, users: list[str], n: int, seed: int = 0) -> dict[str, float]:  # noqa: ANN001
+    """CPU time per request of the whole request path in one process, no HTTP: the serving state
+    loaded as the server loads it, then `n` sequential `RecommendService.recommend` calls for
+    random known users (online-store read, recommender, exploration, response model), after 30
+    warm-up calls. Prints medians of the CPU time per request (`time.process_time`) and of each
+    stage's wall time as the response reports it, and the same for the parts alone where both
+    variants exist in this code (Feast's read against the direct one, all of the pool's
+    marginals against the truncated pool). Returns the medians in ms."""
+    import gc
+    import statistics
+    from collections import defaultdict
+
+    from serving.schemas import RecommendationRequest
+    from serving.service import RecommendService
+    from serving.state import load_state
+
+    t = time.perf_counter()
+    state = load_state(settings)
+    assert state.ready, state.problems
+    service = RecommendService(settings, loader=lambda s, previous=None: state)
+    service.swap_in(state)
+    gc.collect()
+    gc.freeze()  # as the server does after loading
+    print(f"in process: state loaded in {time.perf_counter() - t:.1f} s; {n} requests, "
+          f"exploration {settings.serving.exploration} (T {settings.serving.temperature})", flush=True)
+    rng = random.Random(seed)
+    picks = [rng.choice(users) for _ in range(n + 30)]
+    for user in picks[:30]:
+        service.recommend(RecommendationRequest(user_id=user, k=10))
+    cpu, stages = [], defaultdict(list)
+    for user in picks[30:]:
+        t0 = time.process_time()
+        out = service.recommend(RecommendationRequest(user_id=user, k=10))
+        cpu.append(time.process_time() - t0)
+        assert not out.degraded and out.fallback is None or out.fallback == "popular", out
+        for stage, ms in out.timings_ms.items():
+            stages[stage].append(ms)
+    med = {"cpu": statistics.median(cpu) * 1000, **{k: statistics.median(v) for k, v in stages.items()}}
+    print(f"  CPU per request: median {med['cpu']:.3f} ms, p90 {np.percentile(cpu, 90) * 1000:.3f} ms; "
+          "stage medians (wall ms): " + ", ".join(f"{k} {v:.3f}" for k, v in med.items() if k != "cpu"),
+          flush=True)
+
+    def cpu_of(fn, args: list) -> float:  # noqa: ANN001
+        for a in args[:20]:
+            fn(a)
+        times = []
+        for a in args:
+            t0 = time.process_time()
+            fn(a)
+            times.append(time.process_time() - t0)
+        return statistics.median(times) * 1000
+
+    features = state.features
+    sample = picks[30:]
+    if hasattr(features, "direct"):  # the direct read exists: Feast's read of the same users beside it
+        from features.online import OnlineFeatures
+
+        by_feast = OnlineFeatures(settings, direct=False)
+        med["user_read_direct"] = cpu_of(features.user, sample)
+        med["user_read_feast"] = cpu_of(by_feast.user, sample)
+        print(f"  user read alone (CPU ms, median): direct {med['user_read_direct']:.3f}, "
+              f"Feast get_online_features {med['user_read_feast']:.3f}", flush=True)
+    else:
+        med["user_read_feast"] = cpu_of(features.user, sample)
+        print(f"  user read alone (CPU ms, median): Feast get_online_features {med['user_read_feast']:.3f}")
+    from serving.exploration import choose_slate
+
+    pools = []
+    for user in sample[:100]:
+        f = features.user(user)
+        pool = min(max(3 * 10, 20), 300)
+        pools.append(state.rank(user, pool, f, rules_of_none(), datetime.now(UTC)).items)
+    temperature = settings.serving.temperature
+    med["explore"] = cpu_of(lambda r: choose_slate(r, 10, "softmax", temperature,
+                                                   np.random.default_rng(0)), pools)
+    line = f"  exploration alone (CPU ms, median over {len(pools)} ranked pools): {med['explore']:.3f}"
+    from recsys.evaluation import plackett_luce as PL
+
+    if hasattr(PL, "marginals_of"):  # the whole pool's marginals, as exploration computed them before
+        med["explore_whole_pool"] = cpu_of(
+            lambda r: PL.marginals(np.asarray([[x for _, x in r]]), temperature, min(10, len(r))), pools)
+        line += f" (the whole pool's marginals alone: {med['explore_whole_pool']:.3f})"
+    print(line, flush=True)
+    return med
+
+
+def rules_of_none():  # noqa: ANN201
+    from recsys.rules import Rules
+
+    return Rules()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", type=Path, default=Path("benchmarks/out/serving-world"),
@@ -258,12 +355,18 @@ def main() -> None:
                          "index in stage 1 (200000, the library default, serves 100k items exactly)")
     ap.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto",
                     help="load generator: wrk (apt install wrk) when present, else async httpx")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat the whole HTTP measurement this many times against the same server "
+                         "(world built once); one summary row per run at the end")
+    ap.add_argument("--in-process", type=int, default=0, metavar="N",
+                    help="first measure N requests in this process without HTTP (CPU per request, "
+                         "stage medians; see `in_process`)")
+    ap.add_argument("--in-process-only", action="store_true", help="only the in-process measurement")
     args = ap.parse_args()
 
     import polars as pl
 
     from recsys.data import columns as C
-    from serving.process import start_server
 
     home = args.home.resolve()
     # the server processes import `benchmarks.serving:bench_app` from the repository, wherever this runs
@@ -278,15 +381,29 @@ def main() -> None:
         settings.serving.max_in_flight = args.max_in_flight
     users = (pl.read_parquet(home / "data" / "impressions.parquet", columns=[C.USER_ID])[C.USER_ID]
              .unique().sort().to_list())
+    if args.in_process or args.in_process_only:
+        in_process(settings, users, args.in_process or 300)
+        if args.in_process_only:
+            return
+    http_runs(args, settings, home, users)
+
+
+def http_runs(args: argparse.Namespace, settings, home: Path, users: list[str]) -> None:  # noqa: ANN001
+    """Start the server once, run the HTTP measurement `args.runs` times, print the tables."""
+    import polars as pl
+
+    from recsys.data import columns as C
+    from serving.process import start_server
+
     n_items = pl.read_parquet(home / "data" / "items.parquet", columns=[C.ITEM_ID]).height
     t = time.perf_counter()
-    overload = None
     server = start_server(settings, workers=args.workers, log_path=home / "bench-server.log", wait=300,
                           ready=True, app=BENCH_APP)
     print(f"server ({args.workers} worker) ready in {time.perf_counter() - t:.1f} s at {server.url}: "
           f"{n_items:,} items, "
           f"{len(users):,} users with clicks; k=10 from {settings.retrieval.candidates} ranked candidates; "
           f"max_in_flight {settings.serving.max_in_flight} per worker", flush=True)
+    runs = []
     try:
         import httpx
 
@@ -294,10 +411,6 @@ def main() -> None:
         assert probe["fallback"] is None and not probe["degraded"], probe
         print(f"models: ranker {probe['ranker_version']}, retrieval {probe['retrieval_version']}; "
               f"stages (ms) {probe['timings_ms']}", flush=True)
-        endpoints = {
-            "no-op": lambda rng: f"{server.url}/v1/noop",
-            "recommendations": lambda rng: f"{server.url}/v1/users/{rng.choice(users)}/recommendations?k=10",
-        }
         client = args.client
         if client == "auto":
             import shutil
@@ -307,54 +420,78 @@ def main() -> None:
         users_file.write_text("\n".join(users) + "\n")
         script.write_text(WRK_SCRIPT)
         print(f"client: {client}", flush=True)
-        rows = []
-        for conns in [int(c) for c in args.connections.split(",")]:
-            for name, url_of in endpoints.items():
-                cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
-                if client == "wrk":
-                    which = "rec" if name == "recommendations" else "noop"
-                    r = load_wrk(server.url, which, conns, args.seconds, users_file, script)
-                else:
-                    r = asyncio.run(load(url_of, conns, args.seconds))
-                cpu1 = process_cpu_seconds(server.process.pid)
-                r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
-                r["load"] = max(load0, os.getloadavg()[0])
-                rows.append((name, conns, r))
-                print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
-                      f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}  "
-                      f"server CPU {r['cpu_ms']:.2f} ms/req (s by process {cpu_split(cpu0, cpu1)})  "
-                      f"load {r['load']:.1f}", flush=True)
-        for rate in [float(x) for x in args.rates.split(",") if x] if client == "wrk" else []:
-            cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
-            r = load_wrk(server.url, "rec", args.rate_connections, args.seconds, users_file, script, rate)
-            cpu1 = process_cpu_seconds(server.process.pid)
-            r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
-            r["load"] = max(load0, os.getloadavg()[0])
-            rows.append((f"recommendations @ {rate:.0f}/s offered", args.rate_connections, r))
-            print(f"  offered {rate:5.0f}/s conns={args.rate_connections:3d}  {r['rps']:8.0f} req/s  "
-                  f"p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} "
-                  f"other={r['other']}  server CPU {r['cpu_ms']:.2f} ms/req (s by process "
-                  f"{cpu_split(cpu0, cpu1)})  load {r['load']:.1f}",
-                  flush=True)
-        if args.overload > 0 and client == "wrk":
-            # capacity: the most requests the closed loop had *served* (a shed answer is no capacity)
-            capacity = max(r.get("served_rps", r["rps"]) for n, _, r in rows if n == "recommendations")
-            rate = args.overload * capacity
-            conns = args.overload_connections
-            cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
-            r = load_wrk(server.url, "rec", conns, args.seconds, users_file, script, rate)
-            cpu1 = process_cpu_seconds(server.process.pid)
-            r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
-            r["load"] = max(load0, os.getloadavg()[0])
-            overload = (args.overload, capacity, rate, conns, r)
-            print(f"  overload {args.overload:g}x {capacity:.0f} = {rate:.0f}/s offered, conns={conns}: "
-                  f"answered {r['rps']:.0f}/s, served {r['served_rps']:.0f}/s, served p99 <= "
-                  f"{r['served_p99']:.2f} ms, shed {r['shed'] / max(r['n'], 1):.1%}, "
-                  f"p50 (all) {r['p50']:.2f} ms, "
-                  f"other 5xx {r['5xx'] - r['shed']}, socket errors {r['other']}, server CPU "
-                  f"{r['cpu_ms']:.2f} ms/answer  load {r['load']:.1f}", flush=True)
+        for run in range(1, args.runs + 1):
+            if args.runs > 1:
+                print(f"run {run} of {args.runs}", flush=True)
+            runs.append(one_run(args, server, users, client, users_file, script))
     finally:
         server.stop()
+    for run, (rows, overload) in enumerate(runs, start=1):
+        if args.runs > 1:
+            print(f"\nrun {run}:")
+        print_tables(args, settings, rows, overload)
+    print_summary(runs)
+
+
+def one_run(args: argparse.Namespace, server, users: list[str], client: str, users_file: Path,  # noqa: ANN001
+            script: Path) -> tuple[list, tuple | None]:
+    """Closed loops at each connection count (no-op and recommendations), offered rates, overload."""
+    endpoints = {
+        "no-op": lambda rng: f"{server.url}/v1/noop",
+        "recommendations": lambda rng: f"{server.url}/v1/users/{rng.choice(users)}/recommendations?k=10",
+    }
+    rows = []
+    overload = None
+    for conns in [int(c) for c in args.connections.split(",") if c]:
+        for name, url_of in endpoints.items():
+            cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
+            if client == "wrk":
+                which = "rec" if name == "recommendations" else "noop"
+                r = load_wrk(server.url, which, conns, args.seconds, users_file, script)
+            else:
+                r = asyncio.run(load(url_of, conns, args.seconds))
+            cpu1 = process_cpu_seconds(server.process.pid)
+            r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
+            r["load"] = max(load0, os.getloadavg()[0])
+            rows.append((name, conns, r))
+            print(f"  {name:16s} conns={conns:3d}  {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
+                  f"p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} other={r['other']}  "
+                  f"server CPU {r['cpu_ms']:.2f} ms/req (s by process {cpu_split(cpu0, cpu1)})  "
+                  f"load {r['load']:.1f}", flush=True)
+    for rate in [float(x) for x in args.rates.split(",") if x] if client == "wrk" else []:
+        cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
+        r = load_wrk(server.url, "rec", args.rate_connections, args.seconds, users_file, script, rate)
+        cpu1 = process_cpu_seconds(server.process.pid)
+        r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
+        r["load"] = max(load0, os.getloadavg()[0])
+        r["offered"] = rate
+        rows.append((f"recommendations @ {rate:.0f}/s offered", args.rate_connections, r))
+        print(f"  offered {rate:5.0f}/s conns={args.rate_connections:3d}  {r['rps']:8.0f} req/s  "
+              f"p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  n={r['n']}  5xx={r['5xx']} "
+              f"other={r['other']}  server CPU {r['cpu_ms']:.2f} ms/req (s by process "
+              f"{cpu_split(cpu0, cpu1)})  load {r['load']:.1f}",
+              flush=True)
+    if args.overload > 0 and client == "wrk":
+        # capacity: the most requests the closed loop had *served* (a shed answer is no capacity)
+        capacity = max(r.get("served_rps", r["rps"]) for n, _, r in rows if n == "recommendations")
+        rate = args.overload * capacity
+        conns = args.overload_connections
+        cpu0, load0 = process_cpu_seconds(server.process.pid), os.getloadavg()[0]
+        r = load_wrk(server.url, "rec", conns, args.seconds, users_file, script, rate)
+        cpu1 = process_cpu_seconds(server.process.pid)
+        r["cpu_ms"] = (sum(cpu1.values()) - sum(cpu0.values())) / max(r["n"], 1) * 1000
+        r["load"] = max(load0, os.getloadavg()[0])
+        overload = (args.overload, capacity, rate, conns, r)
+        print(f"  overload {args.overload:g}x {capacity:.0f} = {rate:.0f}/s offered, conns={conns}: "
+              f"answered {r['rps']:.0f}/s, served {r['served_rps']:.0f}/s, served p99 <= "
+              f"{r['served_p99']:.2f} ms, shed {r['shed'] / max(r['n'], 1):.1%}, "
+              f"p50 (all) {r['p50']:.2f} ms, "
+              f"other 5xx {r['5xx'] - r['shed']}, socket errors {r['other']}, server CPU "
+              f"{r['cpu_ms']:.2f} ms/answer  load {r['load']:.1f}", flush=True)
+    return rows, overload
+
+
+def print_tables(args: argparse.Namespace, settings, rows: list, overload: tuple | None) -> None:  # noqa: ANN001
     if overload is not None:
         times, capacity, rate, conns, r = overload
         print(f"\n| offered | connections | served req/s | served p99 ms (at most) | shed | other errors "
@@ -370,6 +507,44 @@ def main() -> None:
     for name, conns, r in rows:
         print(f"| {name} | {conns} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['5xx']} | "
               f"{r['rps'] / ceiling.get(conns, np.nan):.2f}x | {r['cpu_ms']:.2f} | {r['load']:.1f} |")
+
+
+GOAL_P99_MS, GOAL_RATE = 20.0, 500.0
+
+
+def print_summary(runs: list[tuple[list, tuple | None]]) -> None:
+    """One row per run: the recommendations rows side by side, the no-op of the same run, and
+    whether the goal held (at the 500/s offered row: all offered served, none shed, no errors,
+    p99 <= 20 ms). Server CPU is per answer: a shed answer (503) costs far less than a served one."""
+    print("\n| run | no-op req/s (1 / most conns) | recs 1 conn req/s (p50 ms) | recs most conns req/s "
+          "(p50 / p99 ms) | offered: served req/s (p50 / p99 ms of all answers), shed / other errors "
+          "| recs server CPU ms/answer | load avg | p99 <= 20 ms at 500/s |")
+    print("|---:|---|---|---|---|---|---|---|")
+    met = 0
+    for run, (rows, _) in enumerate(runs, start=1):
+        noop = [r for n, _, r in rows if n == "no-op"]
+        closed = [(c, r) for n, c, r in rows if n == "recommendations"]
+        offered = [r for n, _, r in rows if "offered" in n]
+        noop_txt = "/".join(f"{r['rps']:.0f}" for r in noop[:1] + noop[-1:]) or "-"
+        first_txt = most_txt = "-"
+        if closed:
+            (_, a), (c, b) = closed[0], closed[-1]
+            first_txt = f"{a['rps']:.0f} ({a['p50']:.2f})"
+            most_txt = f"{b['rps']:.0f} at {c} ({b['p50']:.1f} / {b['p99']:.1f})"
+        offered_txt = "; ".join(
+            f"{r['offered']:.0f}/s: {r.get('served_rps', r['rps']):.0f} ({r['p50']:.1f} / {r['p99']:.1f}), "
+            f"{r.get('shed', 0)} / {r['5xx'] - r.get('shed', 0) + r['other']}" for r in offered) or "-"
+        goal = [r for r in offered if r["offered"] == GOAL_RATE]
+        ok = bool(goal) and all(r["p99"] <= GOAL_P99_MS and r["5xx"] + r["other"] == 0
+                                and r["rps"] >= 0.98 * GOAL_RATE for r in goal)
+        met += ok
+        cpu = [r["cpu_ms"] for n, _, r in rows if n != "no-op"] or [float("nan")]
+        verdict = "yes" if ok else ("no" if goal else "-")
+        print(f"| {run} | {noop_txt} | {first_txt} | {most_txt} | {offered_txt} "
+              f"| {min(cpu):.2f}-{max(cpu):.2f} | {max(r['load'] for _, _, r in rows):.1f} | {verdict} |")
+    if any(r.get("offered") == GOAL_RATE for rows, _ in runs for _, _, r in rows):
+        print(f"\ngoal (p99 <= {GOAL_P99_MS:g} ms at {GOAL_RATE:g}/s offered, all served, no errors) met in "
+              f"{met} of {len(runs)} runs")
 
 
 if __name__ == "__main__":

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -126,21 +129,68 @@ def create_app(settings: Settings, loader: StateLoader = load_state) -> FastAPI:
     return app
 
 
+def parse_query(query: QueryParams) -> RecommendationQuery:
+    """The query parameters of GET /v1/users/{id}/recommendations as FastAPI reads a
+    `Annotated[RecommendationQuery, Query()]` parameter: list fields from every occurrence (comma
+    lists split by the model), others from the last, unknown parameters ignored; errors raised as
+    FastAPI raises them (`RequestValidationError`, locations under "query"). FastAPI works out each
+    field's kind from its annotation on every request (~0.3 ms of the ~1.5 ms a request costs);
+    this does it once."""
+    values: dict[str, Any] = {}
+    for name, is_list in _QUERY_FIELDS:
+        if is_list:
+            found = query.getlist(name)
+            if found:
+                values[name] = found
+        elif (value := query.get(name)) is not None:
+            values[name] = value
+    try:
+        return RecommendationQuery.model_validate(values)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])}
+                                      for e in exc.errors(include_url=False)]) from None
+
+
+_QUERY_FIELDS = tuple((name, get_origin(f.annotation) is list)
+                      for name, f in RecommendationQuery.model_fields.items())
+
+
+@functools.cache
+def query_parameters() -> list[dict[str, Any]]:
+    """The OpenAPI entries FastAPI writes for `Annotated[RecommendationQuery, Query()]` (the route
+    reads the query itself, see `parse_query`, and documents these)."""
+    docs = FastAPI()
+
+    @docs.get("/q")
+    async def q(params: Annotated[RecommendationQuery, Query()]) -> None: ...
+
+    return docs.openapi()["paths"]["/q"]["get"]["parameters"]
+
+
+def as_json(answer: Recommendations) -> Any:
+    """The answer as JSON bytes written by pydantic: the document FastAPI writes for a returned
+    model, without its dump, re-validation against `response_model` and `json.dumps` (~85 µs
+    instead of ~12 for ten items); `response_model` still documents the route."""
+    return Response(content=answer.model_dump_json(), media_type="application/json")
+
+
 def _add_recommendation_routes(app: FastAPI, service: RecommendService) -> None:
     @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=ERRORS,
-             tags=["recommendations"])
-    async def user_recommendations(params: Annotated[RecommendationQuery, Query()],
-                                   user_id: str = UserId) -> Recommendations:
+             tags=["recommendations"], openapi_extra={"parameters": query_parameters()})
+    async def user_recommendations(request: Request, user_id: str = UserId) -> Recommendations:
         """Top-k items for a user within the shop's rules (popularity within them for an unknown
         user); every item says why it is there (`reason`)."""
-        return service.recommend(RecommendationRequest(user_id=user_id, **params.model_dump()))
+        params = parse_query(request.query_params)
+        # both validated already (the user id by its path pattern): no second validation
+        req = RecommendationRequest.model_construct(user_id=user_id, **dict(params))
+        return as_json(service.recommend(req))
 
     @app.post("/v1/recommendations", response_model=Recommendations, responses=ERRORS,
               tags=["recommendations"])
     async def post_recommendations(body: RecommendationRequest) -> Recommendations:
         """Top-k items within the shop's rules (filters, exclusions, per-category caps, diversity)
         at a context time."""
-        return service.recommend(body)
+        return as_json(service.recommend(body))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=ERRORS, tags=["items"])
     async def similar_items(item_id: str = ItemId, k: int = K) -> SimilarItems:

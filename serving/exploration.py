@@ -8,7 +8,14 @@ item-slot one, the item-level PBM estimators every slot's.
 - `none`: deterministic top-k; each item's propensity is 1 at its rank and 0 elsewhere.
 - `softmax`: Plackett-Luce sampling without replacement over score / temperature among the
   ranked pool, with the exact marginals of `recsys.evaluation.plackett_luce` (every pool item
-  has a positive probability at every rank, so any target within the pool has support).
+  has a positive probability at every rank, so any target within the pool has support). Only the
+  shown items' marginals are computed (`plackett_luce.marginals_of`: within ~1e-9 of the whole
+  pool's `marginals`, ~0.1-0.2 ms for a pool of 30 instead of ~1 ms).
+
+The whole pool stays in play: at the default temperature (0.05) the ranker's pool of 30 spans
+~0.4 in score on the benchmark world, so the 10 lowest-scored candidates still fill ~0.2 of the
+10 slots (median over requests; up to 1.5): truncating the pool would change the policy, not
+approximate it.
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ def choose_slate(
     if policy != "softmax":
         raise ValueError(f"unknown exploration policy '{policy}'; expected none or softmax")
     rng = rng or np.random.default_rng()
-    scores = np.asarray([s for _, s in ranked], dtype=np.float64)[None, :]
-    mu = PL.marginals(scores, temperature, n)[0]  # (pool, n)
-    picked = PL.sample(rng, scores, temperature, n)[0]
-    return [(ranked[j][0], ranked[j][1], float(mu[j, r]), tuple(mu[j].tolist()))
-            for r, j in enumerate(picked)]
+    scores = np.asarray([s for _, s in ranked], dtype=np.float64)
+    picked = PL.sample(rng, scores[None, :], temperature, n)[0]
+    picked = picked[picked >= 0]  # pads where fewer than n scores are finite
+    mu = PL.marginals_of(scores, temperature, n, picked)  # (shown, n): each shown item at each rank
+    return [(ranked[j][0], ranked[j][1], float(mu[r, r]), tuple(mu[r].tolist()))
+            for r, j in enumerate(picked.tolist())]
 
 
 def seed_from(request_id: str) -> int:

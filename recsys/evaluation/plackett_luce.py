@@ -26,6 +26,20 @@ leave-one-out counts come two ways:
 
 The result matches brute-force enumeration to ~1e-8. Cost: O(n Q (H S^2 + M S)) for n rows of
 M candidates, H heavy ones and Q nodes: a 2,000-item catalogue in ~10 ms per row.
+
+`marginals_of` serves one request: the marginals of a few items (the shown ones) of one small
+pool, same quadrature, with the counts from the generating function instead of the recurrences.
+For each node and item, prod_{i != j} (1 - p_i + p_i z) is evaluated at N points z_l = r w^l on a
+circle of radius r < 1 (w = exp(-2 pi i / N), N odd): the product of every item's factor divided
+by j's. The factors have modulus in (0, 1] and, N being odd, never vanish (at least ~r pi / (1+r) N),
+and dividing by the same rounded factor that went into the product leaves ~M eps relative error.
+The sums over t are taken at each z_l, then one inverse FFT of length N gives the coefficients
+scaled by r^k. With N > S points the coefficients of degree >= N alias onto those below S, scaled
+by r^N: the counts being probabilities, that error is at most r^N / (1 - r^N) per coefficient;
+rounding is amplified by r^-(S-1). N = 2S + 1 and r = 10^(-10/N) keep the sum at 1.7e-9 for 30
+items and 10 slots, 1.8e-8 for 128 and 32 (`marginals_of_error` is the bound; tested against
+`marginals`). Whole-array numpy work, no loop over items or slots: a pool of 30 and 10 slots in
+~0.15 ms instead of ~0.8 ms.
 """
 
 from __future__ import annotations
@@ -58,6 +72,9 @@ def sample(rng: np.random.Generator, scores: np.ndarray, temperature: float, siz
     s = np.asarray(scores, dtype=np.float64) / temperature
     keys = s + rng.gumbel(size=s.shape)
     size = min(size, s.shape[1])
+    if s.shape[0] == 1:  # one request: a plain sort of its keys (the same order: no ties in practice)
+        out = np.argsort(-keys[0], kind="stable")[:size]
+        return np.where(np.isfinite(s[0, out]), out, -1)[None, :]
     top = np.argpartition(-keys, size - 1, axis=1)[:, :size]
     order = np.argsort(-np.take_along_axis(keys, top, 1), axis=1, kind="stable")
     out = np.take_along_axis(top, order, 1)
@@ -137,6 +154,64 @@ def marginals(scores: np.ndarray, temperature: float, slots: int, batch: int = 1
     return out
 
 
+_FFT_MAX_ITEMS, _FFT_MAX_SLOTS = 128, 32  # beyond these `marginals_of` runs `marginals`
+_EPS = np.finfo(np.float64).eps
+
+
+def _radius(slots: int) -> tuple[int, float]:
+    """N points on the circle of radius r for counts below `slots` (see the module docstring)."""
+    n = 2 * slots + 1
+    return n, 10.0 ** (-10.0 / n)
+
+
+@functools.cache
+def _circle(slots: int) -> tuple[int, float, np.ndarray, np.ndarray]:
+    """N, r, z_l - 1 for l = 0..N//2 (the other half are conjugates), and r^-k for k < slots."""
+    n, r = _radius(slots)
+    zm1 = r * np.exp(-2j * np.pi * np.arange(n // 2 + 1) / n) - 1.0
+    scale = r ** -np.arange(slots, dtype=np.float64)
+    zm1.flags.writeable = scale.flags.writeable = False
+    return n, r, zm1, scale
+
+
+def marginals_of_error(pool: int, slots: int) -> float:
+    """Bound on |marginals_of - marginals| (the same quadrature) for a pool of that size: aliasing
+    r^N / (1 - r^N), plus rounding (pool + 2 + log2 N) eps of each evaluation, amplified by
+    r^-(S-1) in the highest coefficient (generous: 10x)."""
+    if pool > _FFT_MAX_ITEMS or slots > _FFT_MAX_SLOTS:
+        return 0.0
+    n, r = _radius(slots)
+    return r**n / (1 - r**n) + 10 * (pool + 2 + np.log2(n)) * _EPS * r ** -(slots - 1)
+
+
+def marginals_of(scores: np.ndarray, temperature: float, slots: int, items: np.ndarray) -> np.ndarray:
+    """Marginals (len(items), slots) of the given items of one row of scores (M,): the rows
+    `items` of `marginals(scores[None], temperature, slots)[0]`, within `marginals_of_error`.
+
+    For a serving request's pool (up to 128 candidates and 32 slots) by the generating function
+    (module docstring); larger ones fall back to `marginals`."""
+    scores = np.asarray(scores, np.float64)
+    items = np.asarray(items, np.int64)
+    m = scores.shape[0]
+    if m > _FFT_MAX_ITEMS or slots > _FFT_MAX_SLOTS or slots < 2:
+        return marginals(scores[None, :], temperature, slots)[0][items]
+    w = weights(scores[None, :], temperature)[0]
+    ws = -np.sort(-w)
+    t, dt, _ = _nodes(ws[None, :], slots)
+    t, dt = t[0], dt[0]
+    n, r, zm1, scale = _circle(slots)
+    wt = np.multiply.outer(w, t)  # (M, Q)
+    e = np.exp(-wt)  # P(item not arrived by t)
+    factor = zm1[:, None, None] * -np.expm1(-wt)[None]
+    factor += 1.0  # 1 - p + p z at each point z_l, (L, M, Q)
+    others = factor.prod(axis=1)[:, None, :] / factor[:, items, :]  # without item j, (L, I, Q)
+    density = w[items, None] * e[items] * dt  # w_j e^{-w_j t} dt, (I, Q)
+    g = np.matmul(others.transpose(1, 0, 2), density[:, :, None])[:, :, 0]  # sum_k mu(j, k) z_l^k
+    mu = np.fft.irfft(g, n=n, axis=1)[:, :slots] * scale
+    mu[:, 0] = w[items]  # slot 0 is the softmax itself
+    return np.clip(mu, 0.0, 1.0)
+
+
 @functools.cache
 def _enough(slots: int, tol: float = 1e-10) -> float:
     """An expected number of arrivals mu at which P(fewer than slots + 1 arrived) < tol, by the
@@ -148,34 +223,52 @@ def _enough(slots: int, tol: float = 1e-10) -> float:
     return mu
 
 
-def _marginals(w: np.ndarray, slots: int) -> np.ndarray:
-    n, m = w.shape
-    order = np.argsort(-w, axis=1, kind="stable")
-    ws = np.take_along_axis(w, order, 1)  # heaviest first; sum 1, so slot 0 is just ws
+def _nodes(ws: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quadrature nodes t and weights dt (n, Q) in t for rows of weights ws (n, M), heaviest
+    first, and each row's upper end of integration (n,)."""
+    n, m = ws.shape
     # slots < S are all filled once S others arrived: stop where that is certain to 1e-10 (at
     # most 36 / w_(S+1), or where the expected number of arrivals reaches `_enough(S)`); before
     # _T_LOW at most t^(k+1) / (k+1)! of slot k >= 1 is missed
     positive = (ws > 0).sum(axis=1)
     w_end = ws[np.arange(n), np.minimum(slots, positive - 1)]
     x_lo, x_hi = np.full(n, np.log(_T_LOW)), np.log(_T_HIGH / w_end)
-    lo, hi, enough = x_lo.copy(), x_hi.copy(), _enough(slots)
-    for _ in range(24):  # bisection on log t for sum_i p_i(t) = enough, to 2^-24 of the range
-        mid = (lo + hi) / 2
-        full = (-np.expm1(-ws * np.exp(mid)[:, None])).sum(axis=1) >= enough
-        hi, lo = np.where(full, mid, hi), np.where(full, lo, mid)
-    x_hi = np.minimum(x_hi, hi)
+    enough = _enough(slots)
+    if positive.max() >= enough:  # with fewer candidates the expected count never gets there
+        lo, hi = x_lo.copy(), x_hi.copy()
+        for _ in range(24):  # bisection on log t for sum_i p_i(t) = enough, to 2^-24 of the range
+            mid = (lo + hi) / 2
+            full = (-np.expm1(-ws * np.exp(mid)[:, None])).sum(axis=1) >= enough
+            hi, lo = np.where(full, mid, hi), np.where(full, lo, mid)
+        x_hi = np.minimum(x_hi, hi)
     # composite Gauss-Legendre mapped per row onto [x_lo, x_hi]: 8 nodes per unit of log t, or per
     # 2 units for a few candidates, whose counts change slowly in log t (error ~1e-8 either way)
     panels = max(1, int(np.ceil((x_hi - x_lo).max() / (2 if m <= 64 else 1))))
-    u = ((np.arange(panels)[:, None] + (_GL_NODES[None, :] + 1) / 2) / panels).ravel()  # (Q,)
-    du = np.tile(_GL_WEIGHTS / 2, panels) / panels
+    u, du = _panel_nodes(panels)
     t = np.exp(x_lo[:, None] + (x_hi - x_lo)[:, None] * u[None, :])  # (n, Q)
-    dt = (t * (x_hi - x_lo)[:, None] * du[None, :]).ravel()  # dt = t dx, (n*Q,)
+    return t, t * (x_hi - x_lo)[:, None] * du[None, :], np.exp(x_hi)  # dt = t dx
+
+
+@functools.cache
+def _panel_nodes(panels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss-Legendre nodes u (Q,) on [0, 1] in `panels` equal panels, and weights du."""
+    u = ((np.arange(panels)[:, None] + (_GL_NODES[None, :] + 1) / 2) / panels).ravel()
+    du = np.tile(_GL_WEIGHTS / 2, panels) / panels
+    u.flags.writeable = du.flags.writeable = False
+    return u, du
+
+
+def _marginals(w: np.ndarray, slots: int) -> np.ndarray:
+    n, m = w.shape
+    order = np.argsort(-w, axis=1, kind="stable")
+    ws = np.take_along_axis(w, order, 1)  # heaviest first; sum 1, so slot 0 is just ws
+    t, dt, t_hi = _nodes(ws, slots)
+    dt = dt.ravel()
     q = t.shape[1]
     t = t.ravel()
     # heavy: p = 1 - exp(-w t) may pass 1/2 by the last node (w t_hi > ln 2); at most
     # 2 * _enough(S) of them, since the expected count at t_hi is at most _enough(S)
-    heavy = max(int((ws * np.exp(x_hi)[:, None] > np.log(2)).sum(axis=1).max()), 1)
+    heavy = max(int((ws * t_hi[:, None] > np.log(2)).sum(axis=1).max()), 1)
     rows = np.repeat(np.arange(n), q)  # the row of each (row, node) column
 
     def rate(lo: int, hi: int) -> np.ndarray:  # w_j t for items lo..hi-1 (by weight), (hi-lo, n*Q)

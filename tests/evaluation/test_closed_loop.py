@@ -81,4 +81,5 @@ def test_served_events_are_imported_and_evaluated_off_policy(tmp_path: Path, ser
     assert estimators["pbm_snips"]["ess"]["control"] > 300
     assert 0 < estimators["pbm_snips"]["control"]["estimate"] < 1
     # the ranker is estimated as the server ran it (softmax at its temperature), not its top 10
-    assert "evaluated as the server runs it, Plackett-Luce at temperature 1" in (report / "report.md").read_text()
+    md = (report / "report.md").read_text()
+    assert "evaluated as the server runs it, Plackett-Luce at temperature 1" in md

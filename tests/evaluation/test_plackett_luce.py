@@ -75,3 +75,37 @@ def test_grouped_rejection_sampling_draws_the_same_marginals() -> None:
     freq = np.zeros((12, 3))
     np.add.at(freq, (drawn, np.broadcast_to(np.arange(3), drawn.shape)), 1 / 20_000)
     assert np.abs(freq - PL.marginals(heavy, 1.0, 3)[0]).max() < 0.02
+
+
+@pytest.mark.parametrize("pool,slots", [(2, 2), (7, 4), (12, 10), (30, 10), (64, 20), (128, 32)])
+@pytest.mark.parametrize("temperature", [0.05, 0.5, 3.0])
+def test_marginals_of_a_serving_pool_match_the_whole_computation(pool: int, slots: int,
+                                                                 temperature: float) -> None:
+    """The generating-function path (`marginals_of`) against `marginals` on the same quadrature:
+    within its stated bound (~1e-9), far below the 1e-6 that logged propensities need."""
+    rng = np.random.default_rng(pool * slots)
+    bound = PL.marginals_of_error(pool, slots)
+    assert 0 < bound < 1e-7
+    for spread in (0.1, 0.4, 2.0):  # the benchmark ranker's pool of 30 spans ~0.4
+        scores = np.sort(rng.normal(0.0, spread, pool))[::-1]
+        scores[pool // 3] = scores[pool // 3 + 1 if pool > 3 else 0]  # a tie
+        if pool > 10:
+            scores[-1] = -np.inf  # never shown
+        full = PL.marginals(scores[None, :], temperature, slots)[0]
+        items = rng.permutation(pool)
+        got = PL.marginals_of(scores, temperature, slots, items)
+        assert got.shape == (pool, slots)
+        np.testing.assert_allclose(got, full[items], rtol=0, atol=bound)
+        if pool > 10:
+            assert (got[items == pool - 1] == 0).all()
+
+
+def test_marginals_of_match_enumeration_and_fall_back_for_large_pools() -> None:
+    scores = np.random.default_rng(3).normal(0.0, 2.0, 7)
+    for temperature in (0.05, 0.5, 3.0):
+        got = PL.marginals_of(scores, temperature, 4, np.array([6, 0, 3]))
+        np.testing.assert_allclose(got, _enumerated(scores, temperature, 4)[[6, 0, 3]], atol=2e-7)
+    big = np.random.default_rng(4).normal(0.0, 1.0, 300)  # beyond the generating-function sizes
+    np.testing.assert_array_equal(PL.marginals_of(big, 0.5, 10, np.array([0, 5])),
+                                  PL.marginals(big[None, :], 0.5, 10)[0][[0, 5]])
+    assert PL.marginals_of_error(300, 10) == 0.0

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from serving_helpers import N_ITEMS, make_settings, wait_ready
 
 from recsys.workspace import Workspace
-from serving.app import create_app
+from serving.app import create_app, parse_query
+from serving.schemas import RecommendationQuery
 
 
 def test_recommendations_carry_scores_ranks_propensities_and_versions(client: TestClient) -> None:
@@ -130,3 +136,66 @@ def test_the_recommenders_answer_is_normalised() -> None:
     assert ranked.fallback == "popular" and ranked.fallback_reason == "popularity"
     assert (ranked.ranker_version, ranked.retrieval_version) == ("ranker/v3", "retrieval/v2")
     assert ranked.timings == {"retrieval": 0.001, "ranking": 0.002}
+
+
+QUERIES = [
+    "", "k=5", "k=0", "k=101", "k=abc", "k=3&k=7", "categories=bags,hats&categories=toys", "categories=",
+    "exclude_categories=hats&exclude=i1,i2&exclude=i3", "min_price=10&max_price=5", "min_price=-1",
+    "max_price=nan", "max_per_category=2&diversity=0.7", "diversity=1.5", "category=bags&categories=bags",
+    "category=", "exclude=bad%20id", "surprise=1&k=4", "exclude=" + ",".join(f"i{n}" for n in range(501)),
+]
+
+
+def test_the_query_is_read_as_fastapi_reads_a_query_model() -> None:
+    """`parse_query` (the route reads its query itself) against FastAPI's own reading of an
+    `Annotated[RecommendationQuery, Query()]` parameter: the same values, the same errors."""
+    reference, ours = FastAPI(), FastAPI()
+
+    @reference.get("/q")
+    async def by_fastapi(params: Annotated[RecommendationQuery, Query()]) -> dict:
+        return params.model_dump()
+
+    @ours.get("/q")
+    async def by_parse(request: Request) -> dict:
+        return parse_query(request.query_params).model_dump()
+
+    for app in (reference, ours):
+        @app.exception_handler(RequestValidationError)
+        async def errors(request: Request, exc: RequestValidationError) -> JSONResponse:
+            return JSONResponse([{k: e[k] for k in ("loc", "msg", "type")} for e in exc.errors()], 422)
+
+    with TestClient(reference) as a, TestClient(ours) as b:
+        for query in QUERIES:
+            want, got = a.get(f"/q?{query}"), b.get(f"/q?{query}")
+            assert (got.status_code, got.json()) == (want.status_code, want.json()), query
+    assert any(a.get(f"/q?{q}").status_code == 422 for q in QUERIES)
+
+
+def test_the_recommendation_route_documents_its_query(client: TestClient) -> None:
+    route = client.get("/openapi.json").json()["paths"]["/v1/users/{user_id}/recommendations"]
+    params = route["get"]["parameters"]
+    assert [p["name"] for p in params if p["in"] == "query"] == [
+        "categories", "exclude_categories", "min_price", "max_price", "exclude", "max_per_category",
+        "diversity", "k", "category"]
+    r = client.get("/v1/users/u1/recommendations", params={"k": 0})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "k"]
+
+
+def test_the_answer_is_the_json_fastapi_would_write() -> None:
+    """The routes write their answer with pydantic (`as_json`) instead of through FastAPI's
+    `response_model` round trip: the same document."""
+    import json
+
+    from fastapi.encoders import jsonable_encoder
+
+    from serving.app import as_json
+    from serving.schemas import Recommendations, RecommendedItem
+
+    items = [RecommendedItem(item_id=f"i{n}", rank=n + 1, score=1.25 - n / 3, propensity=0.1 + n / 7,
+                             slot_propensities=[1e-5, 0.5, 1 / 3], title="Ä title", reason="popular now")
+             for n in range(3)]
+    answer = Recommendations(request_id="r" * 32, user_id="u1", items=items, ranker_version="ranker/v1",
+                             retrieval_version=None, policy="p:softmax", timings_ms={"total": 1.5})
+    r = as_json(answer)
+    assert r.media_type == "application/json"
+    assert json.loads(r.body) == json.loads(JSONResponse(jsonable_encoder(answer)).body)
