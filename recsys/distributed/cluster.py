@@ -4,8 +4,8 @@
 starts a local instance with `num_cpus` CPUs and an `object_store_mb` object store (Ray's
 defaults take every core and a third of the memory), without the dashboard, listening on
 127.0.0.1 only, and stops it when the job ends. A session that is already open (a test fixture,
-a notebook) is used as it is and left open. Without `-v` (the root logger above INFO) Ray's logs,
-workers' output and Ray Data's progress bars stay off the console.
+a notebook) is used as it is and left open. Without `-v` (the root logger above INFO) Ray's logs
+and workers' output stay off the console.
 
 Why `loopback_node`: Ray binds its servers to every interface unless the node's IP is the
 loopback address, and turns 127.0.0.1 into the machine's address unless clusters are off
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -43,14 +44,14 @@ def _verbose() -> bool:
 
 
 def quiet_ray(verbose: bool) -> None:
-    """Ray's loggers at WARNING with `verbose`, else ERROR; Ray Data's progress bars only with it."""
-    import ray.data
-
+    """Ray's loggers at WARNING with `verbose`, else ERROR; Ray Data's progress bars only with it,
+    where Ray Data is in use (our jobs do not use it, and importing it costs the driver ~1 s)."""
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = verbose
-    context.print_on_execution_start = verbose
+    if "ray.data" in sys.modules:
+        context = sys.modules["ray.data"].DataContext.get_current()
+        context.enable_progress_bars = verbose
+        context.print_on_execution_start = verbose
 
 
 @contextmanager

@@ -14,6 +14,7 @@ class RayConfig(ConfigModel):
         512, ge=80, description="object store of the local instance, MiB (ignored on a cluster)")
     workers: int = Field(
         0, ge=0, description="actors per job (one encoder or Recommender each); 0: one per CPU Ray reports")
-    batch_size: int = Field(64, ge=1, description="items per encoder call in the backfill's map_batches")
+    batch_size: int = Field(64, ge=1, description="items per encoder call of the backfill's actors")
     partitions_per_worker: int = Field(
-        4, ge=1, description="user partitions per actor (recommend, features): smaller parts balance better")
+        4, ge=1, description="user (and item) partitions per actor (recommend, features): smaller parts "
+        "balance better; each actor has its next part shipped while it computes one")

@@ -124,3 +124,32 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
     assert len(parts) == 6 and sum(p.height for p in parts) == world["impressions"].height
     users = [set(p[C.USER_ID].to_list()) for p in parts]
     assert all(not (u & v) for i, u in enumerate(users) for v in users[i + 1:])  # a user in one part
+
+
+def test_ordered_results_keep_the_order_and_use_every_actor(on_cluster) -> None:
+    """Items come back in their order whatever order they finish in; every actor takes some;
+    the items are read lazily, at most `depth` per actor ahead."""
+    import os
+    import time
+
+    from recsys.distributed.tasks import actors, ordered_results
+
+    class Slow:
+        def run(self, i: int) -> tuple[int, int]:
+            time.sleep(0.02 * (i % 3))  # later items often finish first
+            return i, os.getpid()
+
+    pulled: list[int] = []
+
+    def items(n: int):
+        for i in range(n):
+            pulled.append(i)
+            yield i
+
+    with actors(Slow, 2) as pool:
+        out = list(ordered_results(pool, lambda a, i: a.run.remote(i), items(12), depth=2))
+        assert [i for i, _ in out] == list(range(12))
+        assert len({pid for _, pid in out}) == 2
+        pulled.clear()
+        first = next(ordered_results(pool[:1], lambda a, i: a.run.remote(i), items(6), depth=2))
+        assert first[0] == 0 and len(pulled) <= 3  # two in flight, one more once the first finished
