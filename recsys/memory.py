@@ -98,16 +98,24 @@ class MemoryPlan:
 # Coefficients below were fitted on benchmarks/memory.py logs (20k-10M clicks, 3k-100k items);
 # the benchmark prints each step's plan beside its measured peak.
 
-EVENT_BYTES = 800  # features build: an event of the log, normalised, with its per-key columns (fitted
-# between 1M and 10M clicks: 525 bytes an event from 100k to 1M, about 830 from 1M to 10M)
-PART_EVENT_BYTES = 2_500  # features build: an event of the one part being computed
-PART_EVENTS = 50_000  # about the events of one part (features/jobs.py `PART_EVENT_DAYS`)
+EVENT_BYTES = 75  # features build: an event of the log (user, item, timestamp, clicked: about 45 bytes),
+# held in one key's order, with the copy made while it is sorted (fitted on 1M and 10M clicks: 1.0 and
+# 1.6 GiB measured; was 800 when the build held the whole impressions table, its normalised copy and
+# the popularity ranks of every active (item, day): clicks x 7 rows)
+PART_EVENT_BYTES = 10_000  # features build: a (key, event day) pair of the one part being computed
+# (its snapshots with their lists, the category counts spread over 30 days, the frames in between)
+PART_EVENTS = 10_000  # (key, event day) pairs of one part (features/jobs.py `PART_EVENT_DAYS`)
 LOG_COPIES = 4  # train retrieval: the click log, its split parts and the known part, alive together
+TWO_TOWER_WORK_BYTES = 160  # train retrieval: per training click, besides the examples kept: the sorted
+# frame and int64 work arrays while the histories are made, the epoch's permutation, the fit's state and
+# what the allocator keeps of them (measured at 10M clicks: the two-tower added 1.94 GiB for 8.05M train
+# clicks; planned 1.23 GiB before this part)
 
 
 def features_build(budget: int, events: int, items: int) -> MemoryPlan:
-    """`features build`: the whole event log in memory, the views computed one part of keys at a
-    time (features/jobs.py), so the peak follows the log plus one bounded part."""
+    """`features build`: the log's four columns in memory (about 45 bytes an event, twice while
+    they are sorted by key), the views computed one part of keys at a time (features/jobs.py), so
+    the peak follows the compact log plus one bounded part."""
     parts = {"libraries": LIBRARIES["features build"], "event log": events * EVENT_BYTES,
              "one part of the views": min(events, PART_EVENTS) * PART_EVENT_BYTES, "items": items * 300}
     return MemoryPlan("features build", parts, budget,
@@ -135,8 +143,9 @@ def train_retrieval(budget: int, log_bytes: int, embedding_bytes: int, train_cli
                     ease: bool) -> MemoryPlan:
     """`train retrieval`: the click log (`log_bytes` as read, with its split copies) and the item
     embeddings table, then either EASE's fit or the two-tower's examples (histories int32,
-    features float32) beside the EASE model kept for the test table, whichever is larger."""
-    examples = train_clicks * (history * 4 + 24 + 4 * n_features + 60)  # int32 histories, ids, sorted rows
+    features float32) with the work of making them and fitting (`TWO_TOWER_WORK_BYTES`) beside
+    the EASE model kept for the test table, whichever is larger."""
+    examples = train_clicks * (history * 4 + 24 + 4 * n_features + TWO_TOWER_WORK_BYTES)
     ease_peak = ease_fit_bytes(ease_items, ease_gram_nonzeros) if ease else 0
     ease_kept = 4 * ease_items * ease_items if ease else 0
     phase = ("two-tower examples", examples + ease_kept) if examples + ease_kept >= ease_peak \

@@ -150,3 +150,30 @@ def test_latest_user_snapshot_read_in_batches_matches_a_sort_of_the_whole_source
         whole = (pl.read_parquet(path).filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).sort(C.EVENT_TIMESTAMP)
                  .group_by(C.USER_ID).last())
         assert rec.user_features_as_of(ws, as_of) == {r[C.USER_ID]: r for r in whole.iter_rows(named=True)}
+
+
+def test_vector_column_read_into_numpy_is_the_python_stack() -> None:
+    from recsys.retrieval.data import stack_vector_column, stack_vectors
+
+    rows = [[0.5, 1.0, -2.0], None, [3.0, 0.25, 1.5], None]
+    column = pl.Series("embedding", rows, dtype=pl.List(pl.Float32))
+    got = stack_vector_column(column)
+    assert got.dtype == np.float32 and np.array_equal(got, stack_vectors(rows))
+    assert np.array_equal(stack_vector_column(column, 3), stack_vectors(rows, 3))
+    empty = pl.Series("embedding", [None, None], dtype=pl.List(pl.Float32))
+    assert stack_vector_column(empty).shape == (2, 0)
+    with pytest.raises(ValueError, match="row 1: vector of length 2, expected 3"):
+        stack_vector_column(pl.Series("embedding", [[1.0, 2.0, 3.0], [1.0, 2.0]], dtype=pl.List(pl.Float32)))
+
+
+def test_clip_profiles_added_in_slices_are_the_whole_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys.retrieval.evaluate as ev
+
+    rng = np.random.default_rng(6)
+    item_ids = [f"i{i}" for i in range(40)]
+    known = _random_clicks(rng, 30, 40, 900)
+    clip = rng.standard_normal((40, 8)).astype(np.float32)
+    users = [f"u{u}" for u in range(35)]  # some without clicks
+    whole = ev.clip_scorer(known, item_ids, clip)(users)
+    monkeypatch.setattr(ev, "PROFILE_VALUES", 8 * 7)  # 7 clicks a slice
+    assert np.array_equal(ev.clip_scorer(known, item_ids, clip)(users), whole)

@@ -22,7 +22,7 @@ import torch
 
 from recsys.data import columns as C
 from recsys.retrieval.artifact import RetrievalModel
-from recsys.retrieval.data import ItemEncoding, stack_vectors
+from recsys.retrieval.data import ItemEncoding, stack_vector_column
 from recsys.retrieval.model import ItemContent, TwoTower
 
 # the item-table buffers (sized by the training catalogue) and the id tables: everything else in
@@ -48,7 +48,7 @@ def encode_content(encoding: ItemEncoding, items: pl.DataFrame, embeddings: pl.D
     source = C.IMAGE_SOURCE if C.IMAGE_SOURCE in items.columns else pl.lit("none").alias(C.IMAGE_SOURCE)
     category = C.CATEGORY if C.CATEGORY in items.columns else pl.lit(None, pl.String).alias(C.CATEGORY)
     df = items.select(C.ITEM_ID, category, price, source).join(emb, on=C.ITEM_ID, how="left").sort(C.ITEM_ID)
-    clip = stack_vectors(df[C.EMBEDDING].to_list(), clip_input_dim(encoding, clip_dim))
+    clip = stack_vector_column(df[C.EMBEDDING], clip_input_dim(encoding, clip_dim))
     if encoding.clip_components:  # the model's PCA, as `pca_reduce` applied it in training
         comps = np.asarray(encoding.clip_components, np.float32)
         mean = np.asarray(encoding.clip_mean, np.float32)

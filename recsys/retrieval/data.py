@@ -50,6 +50,25 @@ def stack_vectors(values: Sequence[Sequence[float] | None], dim: int | None = No
     return out
 
 
+def stack_vector_column(column: pl.Series, dim: int | None = None) -> np.ndarray:
+    """`stack_vectors` of a list column (null -> zeros) read straight into numpy: the same
+    matrix without a Python float per value (100k CLIP vectors of 128 as Python lists: 0.46 GiB,
+    of 512: about 1.8 GiB)."""
+    lengths = column.list.len()
+    if dim is None:
+        present = lengths.drop_nulls()
+        dim = int(present[0]) if len(present) else 0
+    wrong = (lengths != dim).fill_null(False)
+    if wrong.any():
+        i = int(wrong.arg_true()[0])
+        raise ValueError(f"row {i}: vector of length {lengths[i]}, expected {dim}")
+    out = np.zeros((len(column), dim), dtype=np.float32)
+    has = lengths.is_not_null().to_numpy()
+    if dim and has.any():
+        out[has] = column.filter(has).explode().to_numpy().astype(np.float32, copy=False).reshape(-1, dim)
+    return out
+
+
 def pca_reduce(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project rows onto their top `dim` principal directions, re-normalised (fewer FLOPs in
     both towers: 512 -> 128 keeps most of a catalogue's CLIP variance). Returns
@@ -78,7 +97,7 @@ def encode_items(items: pl.DataFrame, embeddings: pl.DataFrame, warm: set[str] |
     missing = df.filter(pl.col(C.EMBEDDING).is_null()).height
     if missing == df.height:
         raise ValueError("no item has a CLIP vector in item_embeddings: run `recsys backfill` first")
-    clip = stack_vectors(df[C.EMBEDDING].to_list())
+    clip = stack_vector_column(df[C.EMBEDDING])
     components = mean = None
     if clip_dim and clip_dim < clip.shape[1] and len(clip) > clip_dim:
         has = np.linalg.norm(clip, axis=1) > 0

@@ -42,7 +42,10 @@ def click_matrix(clicks: pl.DataFrame, item_ids: Sequence[str],
     without clicks get empty rows); by default the users of `clicks`, sorted."""
     col = pl.DataFrame({C.ITEM_ID: list(item_ids), "_c": np.arange(len(item_ids), dtype=np.int64)},
                        schema={C.ITEM_ID: pl.String, "_c": pl.Int64})
-    pairs = clicks.select(pl.col(C.USER_ID).cast(pl.String), pl.col(C.ITEM_ID).cast(pl.String)).unique()
+    pairs = clicks.select(pl.col(C.USER_ID).cast(pl.String), pl.col(C.ITEM_ID).cast(pl.String))
+    if users is not None:  # only their clicks: a few users' rows need no hash of the whole log's pairs
+        pairs = pairs.filter(pl.col(C.USER_ID).is_in(pl.Series(list(users), dtype=pl.String).implode()))
+    pairs = pairs.unique()
     pairs = pairs.join(col, on=C.ITEM_ID)
     if users is None:
         users = sorted(pairs[C.USER_ID].unique().to_list())
