@@ -110,6 +110,9 @@ TWO_TOWER_WORK_BYTES = 160  # train retrieval: per training click, besides the e
 # frame and int64 work arrays while the histories are made, the epoch's permutation, the fit's state and
 # what the allocator keeps of them (measured at 10M clicks: the two-tower added 1.94 GiB for 8.05M train
 # clicks; planned 1.23 GiB before this part)
+EVALUATION_BYTES = 300  # train retrieval: per training click, the test table's work: the known log (train +
+# valid, 9/8 of the training clicks), its (user, item) pairs with their positions and their hash, each test
+# user's recent clicks, the scorers' state (measured at 10M clicks: 4.53 GiB, the step's peak)
 
 
 def features_build(budget: int, events: int, items: int) -> MemoryPlan:
@@ -144,12 +147,14 @@ def train_retrieval(budget: int, log_bytes: int, embedding_bytes: int, train_cli
     """`train retrieval`: the click log (`log_bytes` as read, with its split copies) and the item
     embeddings table, then either EASE's fit or the two-tower's examples (histories int32,
     features float32) with the work of making them and fitting (`TWO_TOWER_WORK_BYTES`) beside
-    the EASE model kept for the test table, whichever is larger."""
+    the EASE model kept for the test table, or the test table's evaluation beside that model
+    (`EVALUATION_BYTES`), whichever is largest."""
     examples = train_clicks * (history * 4 + 24 + 4 * n_features + TWO_TOWER_WORK_BYTES)
     ease_peak = ease_fit_bytes(ease_items, ease_gram_nonzeros) if ease else 0
     ease_kept = 4 * ease_items * ease_items if ease else 0
-    phase = ("two-tower examples", examples + ease_kept) if examples + ease_kept >= ease_peak \
-        else ("EASE fit", ease_peak)
+    phases = {"two-tower examples": examples + ease_kept, "EASE fit": ease_peak,
+              "test evaluation": train_clicks * EVALUATION_BYTES + ease_kept}
+    phase = max(phases.items(), key=lambda kv: kv[1])  # the first of equal ones
     parts = {"libraries": LIBRARIES["train retrieval"], "click log": log_bytes * LOG_COPIES,
              "item embeddings": embedding_bytes * 2, phase[0]: phase[1]}
     return MemoryPlan("train retrieval", parts, budget,

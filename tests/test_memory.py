@@ -177,3 +177,13 @@ def test_clip_profiles_added_in_slices_are_the_whole_sum(monkeypatch: pytest.Mon
     whole = ev.clip_scorer(known, item_ids, clip)(users)
     monkeypatch.setattr(ev, "PROFILE_VALUES", 8 * 7)  # 7 clicks a slice
     assert np.array_equal(ev.clip_scorer(known, item_ids, clip)(users), whole)
+
+
+def test_train_retrieval_plan_covers_its_phases_measured_at_10m_clicks() -> None:
+    """benchmarks/README.md, "train retrieval at 10M clicks": the sizes that run planned from and
+    its phases' peaks (EASE 3.55, two-tower 4.04, test table 4.53 GiB)."""
+    plan = memory.train_retrieval(20 * memory.GIB, log_bytes=210_000_000, embedding_bytes=114_844_500,
+                                  train_clicks=8_052_667, ease_items=10_000, ease_gram_nonzeros=1_912_417_152,
+                                  history=20, n_features=0, ease=True)
+    assert plan.peak >= 4.53 * memory.GIB
+    assert "test evaluation" in plan.parts
