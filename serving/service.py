@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from recsys.config import Settings
+from recsys.evaluation.policy import exploration_pool
 from recsys.rules import Rules
 from recsys.workspace import Workspace
 from serving.exploration import choose_slate, seed_from
@@ -350,7 +351,7 @@ class RecommendService:
         explore = cfg.exploration
         ranked = None
         if degraded is None:
-            pool = req.k if explore == "none" else min(max(3 * req.k, 20), 300)
+            pool = req.k if explore == "none" else exploration_pool(req.k)
             try:
                 ranked = state.rank(req.user_id, pool, user_features, rules, as_of)
                 timings.update(ranked.timings)
