@@ -43,8 +43,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -66,6 +64,7 @@ import polars as pl  # noqa: E402
 
 from recsys.config import Settings, load_settings  # noqa: E402
 from recsys.data import columns as C  # noqa: E402
+from recsys.distributed.cluster import start_head, stop_head  # noqa: E402
 from recsys.workspace import Workspace  # noqa: E402
 
 JOBS = ("backfill", "features", "recommend")
@@ -287,50 +286,26 @@ class TreeCpu:
 
 
 def start_cluster(env: dict[str, str], object_store_mb: int) -> tuple[subprocess.Popen, str, float]:
-    """`ray start --head --block --num-cpus 2` on 127.0.0.1 in its own process group."""
-    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
-    if ray_cli is None:
-        raise SystemExit("the ray CLI is not installed beside this Python")
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        port = s.getsockname()[1]
+    """A 2-CPU cluster on 127.0.0.1 (`start_head`), returned once a driver can join it."""
     t = time.perf_counter()
-    proc = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
-         LOOPBACK, "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory",
-         str(object_store_mb << 20)], env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                socket.create_connection((LOOPBACK, port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("ray start failed") from None
-                time.sleep(0.2)
+        proc, address = start_head({**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, object_store_mb,
+                                   timeout=180)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise SystemExit(str(exc)) from None
+    try:
         # the raylet comes up after the GCS port opens: wait until a driver joins as the jobs do
         probe = subprocess.run(
             [sys.executable, "-c", "from recsys.distributed.cluster import ray_session\n"
              "from recsys.distributed.config import RayConfig\n"
-             f"with ray_session(RayConfig(address='{LOOPBACK}:{port}')): pass"],
+             f"with ray_session(RayConfig(address='{address}')): pass"],
             env=env, capture_output=True, text=True, timeout=180, cwd=HERE.parent)
         if probe.returncode:
             raise SystemExit(f"cannot join the Ray cluster: {probe.stderr[-2000:]}")
     except BaseException:
-        stop_cluster(proc)
+        stop_head(proc)
         raise
-    return proc, f"{LOOPBACK}:{port}", time.perf_counter() - t
-
-
-def stop_cluster(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # the raylet and GCS stop at once; `ray start` would drain
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    return proc, address, time.perf_counter() - t
 
 
 def measure(home: Path, job: str, label: str, workers: int, args: argparse.Namespace, env: dict[str, str],
@@ -483,7 +458,7 @@ def main() -> None:
             os.environ.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"})
             worker_memory(home, jobs)
     finally:
-        stop_cluster(cluster)
+        stop_head(cluster)
 
     sizes = {"backfill": f"{args.backfill_items:,} items", "features": f"{args.impressions:,} impressions",
              "recommend": f"{results.get('recommend', {}).get('local', {}).get('units', 0):,} users"}

@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO
 
 from recsys.distributed.config import RayConfig
 
@@ -111,3 +118,43 @@ def worker_count(cfg: RayConfig) -> int:
     if cfg.workers:
         return cfg.workers
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def start_head(env: Mapping[str, str], object_store_mb: int, output: IO[bytes] | int = subprocess.DEVNULL,
+               timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """`ray start --head --block --num-cpus 2` on 127.0.0.1 (no dashboard) in its own process
+    group, as tests and benchmarks run a cluster for the jobs to join; returns the process and
+    the cluster address once its GCS port answers. Raises RuntimeError if it exits or times out."""
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
+    if ray_cli is None:
+        raise FileNotFoundError("the ray CLI is not installed beside this Python")
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
+         LOOPBACK, "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory",
+         str(object_store_mb << 20)], env=dict(env), stdout=output, stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: the cluster's processes, and only them
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return proc, f"{LOOPBACK}:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_head(proc)
+                raise RuntimeError("ray start failed") from None
+            time.sleep(0.2)
+
+
+def stop_head(proc: subprocess.Popen) -> None:
+    """Stop a `start_head` cluster: SIGTERM to its process group (the raylet and GCS stop at
+    once; a graceful `ray stop` drains for up to 30 s), SIGKILL after 3 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
