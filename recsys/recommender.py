@@ -158,7 +158,7 @@ class Recommender:
         ws = Workspace.at(settings.home)
         ranker_uri = ranker_uri or f"models:/ranker@{settings.ranker.model_alias}"
         folder, ref = tracking.download_model(settings, ranker_uri)
-        ranker = RankerModel.load(folder)
+        ranker = RankerModel.load(folder, ws.models_dir / "compiled" if settings.ranker.compile else None)
         emb = load_table(ws, "item_embeddings") if ws.table("item_embeddings").exists() else None
         items = ItemTable.build(load_table(ws, "items"), emb, ranker.spec.categories)
         if item_features is None:

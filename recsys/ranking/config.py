@@ -36,6 +36,10 @@ class RankerConfig(ConfigModel):
         (3.0,), description="a ranker trained by stacking starts every score at EASE's score times "
         "one of these (chosen on the early-stopping groups): the trees learn a correction to EASE")
     model_alias: str = Field("champion", description="ranker alias that serving and batch load")
+    compile: bool = Field(
+        True, description="where serving and batch load the ranker, compile its trees to machine code "
+        "(lleaves/LLVM, cached under the workspace's models/compiled); used only where it reproduces "
+        "LightGBM's scores on probe rows, else LightGBM predicts")
     exclude_seen: Literal["all", "recent", "none"] = Field(
         "all", description="items never recommended to a user: every item they clicked in the known log "
         "(all), their last `history` clicks (recent, for shops where repeat purchases matter), or none")

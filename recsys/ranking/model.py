@@ -18,6 +18,7 @@ import polars as pl
 
 from recsys.data import columns as C
 from recsys.io import write_parquet
+from recsys.ranking.compiled import LightGBMTrees, TreeScorer, compile_trees
 from recsys.ranking.config import RankerConfig
 from recsys.ranking.features import FeatureSpec, base_margin
 
@@ -122,17 +123,23 @@ def popularity(log_df: pl.DataFrame, days: float) -> pl.DataFrame:
 
 @dataclass
 class RankerModel:
-    """A loaded ranker: booster, feature spec, popularity fallback and metadata."""
+    """A loaded ranker: booster, feature spec, popularity fallback and metadata; `trees` score
+    the rows (LightGBM's predictor unless the model was loaded compiled)."""
 
     booster: Any
     spec: FeatureSpec
     popularity: pl.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    trees: TreeScorer | None = None
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Scores of rows of `x` (columns in `spec.names` order), one thread: the trees plus the
-        spec's base margin."""
-        out = self.booster.predict(x, num_threads=1)
+    def __post_init__(self) -> None:
+        if self.trees is None:
+            self.trees = LightGBMTrees(self.booster)
+
+    def predict(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Scores of rows of `x` (columns in `spec.names` order): the trees plus the spec's base
+        margin."""
+        out = self.trees.predict(x, threads)
         return out + base_margin(self.spec, x) if self.spec.base else out
 
     def save(self, folder: str | Path) -> Path:
@@ -144,7 +151,9 @@ class RankerModel:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> RankerModel:
+    def load(cls, folder: str | Path, compiled_cache: Path | None = None) -> RankerModel:
+        """The model in `folder`; with `compiled_cache` (a folder) its trees compiled to machine
+        code where that reproduces LightGBM (`recsys.ranking.compiled`)."""
         import lightgbm as lgb
 
         folder = Path(folder)
@@ -160,4 +169,5 @@ class RankerModel:
         pop = (pl.read_parquet(pop_path) if pop_path.exists()
                else pl.DataFrame(schema={C.ITEM_ID: pl.String, "score": pl.Float64}))
         meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).exists() else {}
-        return cls(booster=booster, spec=spec, popularity=pop, meta=meta)
+        trees = compile_trees(folder / MODEL_FILE, booster, compiled_cache) if compiled_cache else None
+        return cls(booster=booster, spec=spec, popularity=pop, meta=meta, trees=trees)
