@@ -4,7 +4,7 @@ partition on Ray actors.
 Every behaviour value depends on one key's events only (the premise of `features.jobs`' own
 parts), except an item's `popularity_rank`, which ranks it among all items. So the driver
 normalizes the log once, computes the last snapshot and the popularity ranks over all items
-(`_popularity_ranks`: clicks x 7 rows), and cuts the keys into contiguous partitions of about
+(`_popularity_ranks`: one rank per (day, 7-day count)), and cuts the keys into contiguous partitions of about
 equal event counts (`ray.partitions_per_worker` per worker); `ray.workers` `BehaviourParts`
 actors then run the local job's own code on their keys' events: `user_behaviour` for users, and
 the windowed counts plus the global ranks for items. The rows are the local job's (same values;

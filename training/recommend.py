@@ -76,8 +76,10 @@ def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, A
     latest = (pl.scan_parquet(path).select(C.USER_ID, C.EVENT_TIMESTAMP)
               .filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).group_by(C.USER_ID)
               .agg(pl.col(C.EVENT_TIMESTAMP).max()).collect())
+    # pre_buffer=False: pyarrow's default pre-buffering keeps what it has read (features.jobs.latest_rows)
+    source = pq.ParquetFile(path, pre_buffer=False)
     parts = [pl.from_arrow(batch).join(latest, on=[C.USER_ID, C.EVENT_TIMESTAMP], how="semi")
-             for batch in pq.ParquetFile(path).iter_batches(batch_size=FEATURE_BATCH_ROWS)]
+             for batch in source.iter_batches(batch_size=FEATURE_BATCH_ROWS)]
     if not parts:
         return {}
     df = pl.concat(parts).unique(subset=[C.USER_ID], keep="last")
