@@ -32,7 +32,7 @@ import polars as pl
 
 from recsys.config import Settings
 from recsys.data import columns as C
-from recsys.ranking.candidates import EaseSource, merge_candidates, top_rows
+from recsys.ranking.candidates import EaseSource, TwoTowerSource, merge_candidates, top_rows
 from recsys.ranking.dataset import CandidateSource, dense_vectors, known_items
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
@@ -160,7 +160,8 @@ class Recommender:
         folder, ref = tracking.download_model(settings, ranker_uri)
         ranker = RankerModel.load(folder, ws.models_dir / "compiled" if settings.ranker.compile else None)
         emb = load_table(ws, "item_embeddings") if ws.table("item_embeddings").exists() else None
-        items = ItemTable.build(load_table(ws, "items"), emb, ranker.spec.categories)
+        catalogue = load_table(ws, "items")
+        items = ItemTable.build(catalogue, emb, ranker.spec.categories)
         if item_features is None:
             item_features = latest_item_behaviour(ws.feature_sources_dir / "item_behaviour.parquet", as_of)
         items = items.with_behaviour(_strip_frame(item_features, ITEM_PREFIX), ranker.spec.item_behaviour)
@@ -173,6 +174,8 @@ class Recommender:
             from recsys.ranking.candidates import load_candidate_source
 
             retrieval = load_candidate_source(settings, uri, items)
+            if isinstance(retrieval, TwoTowerSource):
+                retrieval = _with_new_items(retrieval, catalogue, emb)
         ease = None
         if ranker.meta.get("ease"):  # trained with EASE features: the EASE version it was trained beside
             from recsys.ranking.candidates import load_ease_source
@@ -469,6 +472,23 @@ class Recommender:
                               ["popular now"] * len(out))
 
 
+def _with_new_items(source: TwoTowerSource, catalogue: pl.DataFrame,
+                    embeddings: pl.DataFrame | None) -> TwoTowerSource:
+    """`source.with_new_items`, logged; a failure is logged and leaves `source` as loaded (the
+    catalogue the model was trained with still serves)."""
+    t = time.perf_counter()
+    try:
+        out = source.with_new_items(catalogue, embeddings)
+    except Exception as exc:  # noqa: BLE001 - e.g. CLIP vectors of another length than the model's
+        log.warning("items new since %s was trained stay out of stage 1: %s: %s", source.version,
+                    type(exc).__name__, exc)
+        return source
+    if out.new_items:
+        log.info("%d items new since %s was trained get item-tower vectors from their content in %.0f ms",
+                 out.new_items, source.version, 1000 * (time.perf_counter() - t))
+    return out
+
+
 def _ann_index(retrieval: CandidateSource, items: ItemTable,
                exact_below: int | None) -> tuple[ItemIndex | None, np.ndarray]:
     """The ANN index for stage 1 and its position -> ItemTable row map; (None, []) for exact search.
@@ -479,8 +499,8 @@ def _ann_index(retrieval: CandidateSource, items: ItemTable,
     none = (None, np.zeros(0, np.int64))
     if exact_below is None:
         return none
-    own = getattr(getattr(retrieval, "model", None), "index", None)
-    if isinstance(own, ItemIndex) and own.kind != "exact":
+    own = retrieval.index
+    if own is not None and own.kind != "exact":
         return own, items.rows(own.item_ids.tolist())
     rows = np.asarray(retrieval.item_rows, np.int64)
     if len(rows) < max(exact_below, 1):
@@ -535,7 +555,7 @@ class UserTower:
     `user_vectors` on probe users at load (to 1e-5; float32 sums in another order differ by
     ~1e-7); otherwise `of` returns None and the model's own code runs."""
 
-    def __init__(self, source: Any, items: ItemTable):
+    def __init__(self, source: TwoTowerSource, items: ItemTable):
         from torch import nn
 
         from recsys.retrieval.model import user_bucket
@@ -566,17 +586,13 @@ class UserTower:
             raise ValueError("the scaler's features do not match the tower's input")
 
     @classmethod
-    def of(cls, retrieval: Any, items: ItemTable) -> UserTower | None:
-        """The numpy tower of a two-tower candidate source (or of a source whose `user_vectors`
-        are a two-tower's), checked against it; None for other sources or on any mismatch."""
-        from recsys.ranking.candidates import TwoTowerSource
-
-        source = retrieval if isinstance(retrieval, TwoTowerSource) else \
-            getattr(getattr(retrieval, "user_vectors", None), "__self__", None)
-        if not isinstance(source, TwoTowerSource):
+    def of(cls, retrieval: CandidateSource, items: ItemTable) -> UserTower | None:
+        """The numpy tower of a two-tower candidate source, checked against it; None for other
+        sources or on any mismatch."""
+        if not isinstance(retrieval, TwoTowerSource):
             return None
         try:
-            tower = cls(source, items)
+            tower = cls(retrieval, items)
             if tower.check(retrieval, items) > 1e-5:
                 log.warning("numpy user tower differs from the model's; using the model's")
                 return None
@@ -608,7 +624,7 @@ class UserTower:
         out = h @ self.w2 + self.b2
         return out / max(float(np.linalg.norm(out)), 1e-12)
 
-    def check(self, retrieval: Any, items: ItemTable, probes: int = 8) -> float:
+    def check(self, retrieval: TwoTowerSource, items: ItemTable, probes: int = 8) -> float:
         """Largest difference from `retrieval.user_vectors` over probe users (random ids, recent
         clicks and feature values)."""
         rng = np.random.default_rng(0)

@@ -397,7 +397,6 @@ def load_state(settings: Settings, previous: ServingState | None = None) -> Serv
         from recsys.recommender import Recommender  # LightGBM and torch: imported when a state loads
 
         recommender = Recommender.load(settings, ranker_uri=f"models:/ranker@{settings.serving.alias}")
-        recommender = with_new_items(recommender, settings, ws)
         versions = _versions_of(recommender)
         _warm_up(recommender, catalogue)
     except Exception as exc:  # no registered model yet, or it cannot be read
@@ -409,69 +408,6 @@ def load_state(settings: Settings, previous: ServingState | None = None) -> Serv
     for p in problems:
         log.warning("not ready: %s", p)
     return state
-
-
-class WithNewItems:
-    """A two-tower candidate source (`recsys.ranking.candidates.TwoTowerSource`) plus item-tower
-    vectors of items imported after the model was trained (`recsys.retrieval.cold`): the same
-    version and user vectors, more item rows. It has no `model`, so the recommender does not take
-    the model's own ANN index (which lacks the new items): it searches these vectors exactly below
-    `retrieval.exact_below` items and builds an IVF over them at load above."""
-
-    def __init__(self, source: Any, rows: np.ndarray, vectors: np.ndarray):
-        self.version = source.version
-        self.wants_user_features = source.wants_user_features
-        self.item_rows = np.concatenate([np.asarray(source.item_rows, np.int64), rows])
-        self.item_vectors = np.vstack([source.item_vectors, vectors]).astype(np.float32, copy=False)
-        self.user_vectors = source.user_vectors
-
-
-def with_new_items(recommender: Any, settings: Settings, ws: Workspace) -> Any:
-    """`recommender` with stage-1 vectors for the catalogue's items its two-tower has none for
-    (imported, and usually backfilled, after it was trained): the model's item tower over their
-    content, as it scores its own cold items. Without them such an item is never a candidate: not
-    for any user, not under a category filter. The same recommender when every item has a vector
-    or its retrieval is not a two-tower (CLIP-profile retrieval covers every item with a CLIP
-    vector by itself). A new `Recommender` over the same loaded parts otherwise (its public
-    constructor; `Recommender.load` has no way to be handed a candidate source). A failure is
-    logged and leaves the recommender as loaded: the trained catalogue still serves."""
-    from recsys.ranking.candidates import TwoTowerSource
-    from recsys.recommender import Recommender
-
-    source = getattr(recommender, "retrieval", None)
-    if not isinstance(recommender, Recommender) or not isinstance(source, TwoTowerSource):
-        return recommender
-    items = recommender.items
-    known = np.zeros(len(items), bool)
-    known[np.asarray(source.item_rows, np.int64)] = True
-    new_ids = [str(i) for i in items.ids[~known]]
-    if not new_ids:
-        return recommender
-    t = time.perf_counter()
-    try:
-        from recsys.retrieval.cold import cold_item_vectors
-
-        wanted = pl.col(C.ITEM_ID).is_in(new_ids)
-        table = load_table(ws, "items").filter(wanted)
-        emb = (pl.scan_parquet(ws.table("item_embeddings")).select(C.ITEM_ID, C.EMBEDDING).filter(wanted)
-               .collect() if ws.table("item_embeddings").exists()
-               else pl.DataFrame(schema={C.ITEM_ID: pl.String, C.EMBEDDING: pl.List(pl.Float32)}))
-        ids, vectors = cold_item_vectors(source.model, table, emb)
-        extended = WithNewItems(source, items.rows(ids), vectors)
-        out = Recommender(recommender.ranker, items, extended, recommender.versions,
-                          n_candidates=recommender.n_candidates, history=recommender.history,
-                          exact_below=settings.retrieval.exact_below, ease=recommender.ease,
-                          n_ease=recommender.n_ease, seen=recommender.seen_by_user,
-                          exclude_seen=recommender.exclude_seen)
-    except Exception as exc:
-        log.warning("items new since %s was trained stay out of stage 1: %s: %s", source.version,
-                    type(exc).__name__, exc)
-        return recommender
-    without = len(ids) - emb.filter(pl.col(C.EMBEDDING).is_not_null()).select(C.ITEM_ID).n_unique()
-    log.info("%d items new since %s was trained get item-tower vectors from their content "
-             "(%d without a CLIP vector yet: `recsys backfill`) in %.0f ms", len(ids), source.version,
-             without, 1000 * (time.perf_counter() - t))
-    return out
 
 
 def _warm_up(recommender: RecommendationModel, catalogue: Catalogue | None) -> None:

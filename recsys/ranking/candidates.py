@@ -8,15 +8,21 @@ that embeds users from their recent clicks. The ranker's training (hard negative
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from recsys.config import Settings
+from recsys.data import columns as C
 from recsys.ranking.features import ItemTable, user_profiles
 from recsys.retrieval.ease import EaseModel
+
+if TYPE_CHECKING:
+    from recsys.retrieval.artifact import RetrievalModel
+    from recsys.retrieval.index import ItemIndex
 
 CLIP_PROFILE = "clip-profile"
 
@@ -28,6 +34,7 @@ class ClipProfileSource:
     """
 
     wants_user_features = False
+    index = None  # no index of its own: the recommender builds one over `item_vectors` when needed
 
     def __init__(self, items: ItemTable):
         if not items.emb.shape[1]:
@@ -48,7 +55,7 @@ class TwoTowerSource:
 
     wants_user_features = True
 
-    def __init__(self, model: Any, items: ItemTable, version: str):
+    def __init__(self, model: RetrievalModel, items: ItemTable, version: str):
         self.model = model
         self.version = version
         ids = [str(i) for i in model.item_ids]
@@ -56,7 +63,35 @@ class TwoTowerSource:
         ok = rows >= 0
         self.item_rows = rows[ok]
         self.item_vectors = np.asarray(model.item_vectors, np.float32)[ok]
+        self.index: ItemIndex | None = model.index  # over the items the model was trained with
+        self.new_items = 0
         self._items = items
+
+    def with_new_items(self, catalogue: pl.DataFrame, embeddings: pl.DataFrame | None) -> TwoTowerSource:
+        """This source plus vectors for the items of `catalogue` (the items table) that the model
+        was trained without (imported, and usually backfilled, later): the model's item tower over
+        their content and CLIP vectors in `embeddings` (`recsys.retrieval.cold`), as it scores its
+        own cold items. Without them such an item is never a stage-1 candidate, not even under a
+        category filter. The result has no `index` (the model's own lacks the new items), so the
+        recommender searches its vectors exactly, or builds an IVF over them at
+        `retrieval.exact_below` items. Itself when the model has a vector for every item."""
+        known = np.zeros(len(self._items), bool)
+        known[self.item_rows] = True
+        new_ids = [str(i) for i in self._items.ids[~known]]
+        if not new_ids:
+            return self
+        from recsys.retrieval.cold import cold_item_vectors  # torch: only when there are new items
+
+        wanted = pl.col(C.ITEM_ID).is_in(new_ids)
+        if embeddings is None:
+            embeddings = pl.DataFrame(schema={C.ITEM_ID: pl.String, C.EMBEDDING: pl.List(pl.Float32)})
+        ids, vectors = cold_item_vectors(self.model, catalogue.filter(wanted), embeddings.filter(wanted))
+        out = copy.copy(self)
+        out.item_rows = np.concatenate([self.item_rows, self._items.rows(ids)])
+        out.item_vectors = np.vstack([self.item_vectors, vectors]).astype(np.float32, copy=False)
+        out.index = None
+        out.new_items = len(ids)
+        return out
 
     def user_vectors(self, user_ids: Sequence[str], history: np.ndarray,
                      user_features: pl.DataFrame | None = None) -> np.ndarray:

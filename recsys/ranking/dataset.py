@@ -28,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import polars as pl
@@ -44,6 +44,9 @@ from recsys.ranking.features import (
     user_profiles,
 )
 
+if TYPE_CHECKING:
+    from recsys.retrieval.index import ItemIndex
+
 log = logging.getLogger(__name__)
 FEATURE_TS = "feature_timestamp"
 
@@ -54,6 +57,7 @@ class CandidateSource(Protocol):
     version: str | None
     item_rows: np.ndarray  # (N_r,) row in the ItemTable of each retrieval item vector
     item_vectors: np.ndarray  # (N_r, d) float32
+    index: ItemIndex | None  # the source's own ANN index over its items, if it has one
 
     def user_vectors(self, user_ids: Sequence[str], history: np.ndarray,
                      user_features: pl.DataFrame | None = None) -> np.ndarray:

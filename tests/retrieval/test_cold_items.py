@@ -92,3 +92,27 @@ def test_what_the_model_never_saw_is_unknown_and_other_vectors_are_refused() -> 
     with pytest.raises(ValueError, match="length 10"):
         cold_item_vectors(model, new, other_clip)
     assert cold_item_vectors(model, new.head(0), new_emb)[1].shape == (0, model.dim)
+
+
+def test_a_candidate_source_takes_in_the_items_new_since_training() -> None:
+    from recsys.ranking.candidates import TwoTowerSource
+    from recsys.ranking.features import ItemTable
+
+    items, embeddings = catalogue()
+    trained = items.head(30)  # the last 10 items are imported after the model was trained
+    model = model_over(trained, embeddings.filter(pl.col(C.ITEM_ID).is_in(trained[C.ITEM_ID])), 8)
+    table = ItemTable.build(items)
+    source = TwoTowerSource(model, table, "v1")
+    assert len(source.item_rows) == 30 and source.index is model.index
+
+    extended = source.with_new_items(items, embeddings)
+    assert extended.new_items == 10 and extended.index is None  # the model's index lacks them
+    assert sorted(extended.item_rows.tolist()) == list(range(40))
+    new_ids, expected = cold_item_vectors(model, items.tail(10), embeddings)
+    np.testing.assert_array_equal(extended.item_vectors[30:], expected)
+    assert [str(table.ids[r]) for r in extended.item_rows[30:]] == new_ids
+    np.testing.assert_array_equal(extended.item_vectors[:30], source.item_vectors)  # the trained ones kept
+    assert len(source.item_rows) == 30  # the source itself is unchanged
+    assert extended.with_new_items(items, embeddings) is extended  # nothing left to add: itself
+    whole = TwoTowerSource(model, ItemTable.build(trained), "v1")
+    assert whole.with_new_items(trained, None) is whole
