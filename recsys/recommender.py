@@ -534,17 +534,12 @@ def merged(lists: Sequence[np.ndarray], cap: int) -> tuple[np.ndarray, list[np.n
 def _ease_arrays(ease: EaseSource | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """EASE's weights (n_e, n_e), its ItemTable row -> column map (-1 outside), its columns in
     ItemTable row order and their rows (ascending), for the request path's scores over EASE's
-    items only; None when the source does not hold them as `recsys.ranking.candidates.EaseSource`
-    does (then its public `scores` and `weight_from` serve)."""
+    items only."""
     if ease is None:
         return None
-    weights, col = getattr(ease, "_weights", None), getattr(ease, "_col", None)
-    rows = np.asarray(getattr(ease, "item_rows", ()), np.int64)
-    if not (isinstance(weights, np.ndarray) and isinstance(col, np.ndarray) and weights.ndim == 2
-            and weights.shape == (len(rows), len(rows)) and (col[rows] == np.arange(len(rows))).all()):
-        return None
+    rows = np.asarray(ease.item_rows, np.int64)
     by_row = np.argsort(rows, kind="stable")
-    return weights, col, by_row, rows[by_row]
+    return ease.weights, ease.column, by_row, rows[by_row]
 
 
 class UserTower:

@@ -115,9 +115,10 @@ class EaseSource:
         self.version = version
         self.lam = model.lam
         self.item_rows = rows[ok]
-        self._weights = model.weights if ok.all() else np.ascontiguousarray(model.weights[np.ix_(ok, ok)])
-        self._col = np.full(len(items), -1, np.int64)  # ItemTable row -> model column
-        self._col[self.item_rows] = np.arange(len(self.item_rows))
+        # (n_e, n_e) B over the items in the table, and ItemTable row -> its column (-1: not in B)
+        self.weights = model.weights if ok.all() else np.ascontiguousarray(model.weights[np.ix_(ok, ok)])
+        self.column = np.full(len(items), -1, np.int64)
+        self.column[self.item_rows] = np.arange(len(self.item_rows))
         self._n_items = len(items)
         self.item_popularity = np.full(len(items), np.nan, np.float32)  # share of users who clicked it
         self.item_popularity[self.item_rows] = model.item_clicks[ok] / max(model.users, 1)
@@ -125,12 +126,12 @@ class EaseSource:
     def weight_from(self, seen: np.ndarray, row: int) -> tuple[int, float] | None:
         """The seen ItemTable row with the largest EASE weight towards `row`, and that weight
         (None when `row` or every seen row is outside the model): why EASE ranks `row`."""
-        col = self._col[row]
-        cols = self._col[np.asarray(seen, np.int64)]
+        col = self.column[row]
+        cols = self.column[np.asarray(seen, np.int64)]
         ok = cols >= 0
         if col < 0 or not ok.any():
             return None
-        w = self._weights[cols[ok], col]
+        w = self.weights[cols[ok], col]
         best = int(np.argmax(w))
         return int(np.asarray(seen)[ok][best]), float(w[best])
 
@@ -139,9 +140,9 @@ class EaseSource:
         NaN for items outside the model."""
         out = np.full((len(seen), self._n_items), np.nan, np.float32)
         for r, rows in enumerate(seen):
-            cols = self._col[np.asarray(rows, np.int64)]
+            cols = self.column[np.asarray(rows, np.int64)]
             cols = np.unique(cols[cols >= 0])
-            out[r, self.item_rows] = self._weights[cols].sum(axis=0) if len(cols) else 0.0
+            out[r, self.item_rows] = self.weights[cols].sum(axis=0) if len(cols) else 0.0
         return out
 
 
