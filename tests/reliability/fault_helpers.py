@@ -89,7 +89,10 @@ def table_rows(ws: Workspace) -> dict[str, int]:
 
 
 def source_rows(ws: Workspace) -> dict[str, int]:
-    return {p.stem: parquet_rows(p) for p in sorted(ws.feature_sources_dir.glob("*.parquet"))}
+    """Rows of each feature source, read whole; a killed build's temporary files (".name.*",
+    removed by the next run: `stale_temps` checks that) are not sources."""
+    return {p.stem: parquet_rows(p) for p in sorted(ws.feature_sources_dir.glob("*.parquet"))
+            if not p.name.startswith(".")}
 
 
 def check_history(ws: Workspace, table: str, before: list[int] | None = None) -> list[int]:
