@@ -125,7 +125,6 @@ class Recommender:
         self._present = np.zeros(len(items), bool)
         if retrieval is not None:
             self._vectors, self._present = dense_vectors(retrieval, len(items))
-        self._cat_index = {c: i for i, c in enumerate(items.categories)}
         self._n_present = int(self._present.sum())
         self._ann: ItemIndex | None = None
         self._ann_rows = np.zeros(0, np.int64)  # index position -> ItemTable row (-1: not in the table)
@@ -319,13 +318,14 @@ class Recommender:
         t = time.perf_counter()
         s = self.ranker.predict(x)
         vectors = self.items.emb[top] if rules.diversity > 0 and self.items.emb.shape[1] else None
-        order = select(s, self.items.category[top], vectors, k, rules)
+        order = select(s, self.items.shop_category[top], vectors, k, rules)
         timings["ranking"] = time.perf_counter() - t
         ids = self.items.ids
         out = [(str(ids[top[i]]), float(s[i]), r + 1) for r, i in enumerate(order)]
         if len(out) < k:  # per-category caps cut the candidates short: fill by popularity
+            taken = self.items.shop_category[top[order]]
             out += self._popular(k, self._allowed(np.concatenate([bad, top[order]]), rules), {}, t0,
-                                 "fill", rules, taken=self.items.category[top[order]]).items[:k - len(out)]
+                                 "fill", rules, taken=taken).items[:k - len(out)]
             out = [(i, sc, r + 1) for r, (i, sc, _) in enumerate(out)]
         shown = top[order]  # rows of `out`, then those the fill added
         if len(out) > len(shown):
@@ -398,7 +398,7 @@ class Recommender:
         bad_cols = col[bad]
         ok[np.searchsorted(item_rows, bad[bad_cols >= 0])] = False
         if rules.filters:
-            ok &= rules.mask(self.items.category[item_rows], self.items.categories,
+            ok &= rules.mask(self.items.shop_category[item_rows], self.items.shop_categories,
                              self.items.price[item_rows])
         keep = np.flatnonzero(ok & np.isfinite(s))
 
@@ -433,7 +433,7 @@ class Recommender:
             self.items.available.copy()
         allowed[bad] = False
         if rules.filters:
-            allowed &= rules.mask(self.items.category, self.items.categories, self.items.price)
+            allowed &= rules.mask(self.items.shop_category, self.items.shop_categories, self.items.price)
         return allowed
 
     def _ann_candidates(self, q: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -463,7 +463,7 @@ class Recommender:
         the categories already `taken` (codes)."""
         ok = allowed[self._pop_rows]
         rows, scores = self._pop_rows[ok], self._pop_scores[ok]
-        keep = select(scores, self.items.category[rows], None, k, rules or Rules(), taken)
+        keep = select(scores, self.items.shop_category[rows], None, k, rules or Rules(), taken)
         rows, scores = rows[keep], scores[keep]
         ids = self.items.ids
         out = [(str(ids[r]), float(s), i + 1) for i, (r, s) in enumerate(zip(rows, scores, strict=True))]

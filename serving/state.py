@@ -259,9 +259,6 @@ class ServingState:
     problems: tuple[str, ...]
     materialization: str | None = None  # online-store materialization the item features come from
     loaded_at: float = field(default_factory=time.time)
-    # the categories the recommender's item table codes, and the catalogue's items of the others
-    # (`category_codes`); None: the recommender filters by category name (the test doubles)
-    codes: CategoryCodes | None = None
 
     @property
     def ready(self) -> bool:
@@ -282,8 +279,6 @@ class ServingState:
         """Ask the recommender for k ranked items within the shop's rules."""
         if self.recommender is None:
             raise RuntimeError("no recommender loaded")
-        if self.codes is not None:
-            rules = rules_for_codes(rules, self.codes)
         rec = self.recommender.recommend(user_id, k, user_features=user_features,
                                          exclude=set(rules.exclude), category=None, as_of=as_of, rules=rules)
         return Ranked.of(rec, self.versions)
@@ -308,47 +303,6 @@ class ServingState:
             return self, 0, []
         catalogue, changed, unknown = self.catalogue.with_availability(item_ids, available)
         return replace(self, catalogue=catalogue), changed, unknown
-
-
-@dataclass(frozen=True)
-class CategoryCodes:
-    """What a recommender whose item table codes categories (`recsys.ranking.features.ItemTable`:
-    the ranker's training catalogue's categories; every other is code -1) needs to apply category
-    rules by name (`rules_for_codes`)."""
-
-    known: frozenset[str]  # the coded categories
-    others: dict[str | None, frozenset[str]]  # the catalogue's other categories (None too) -> item ids
-
-
-def category_codes(recommender: Any, catalogue: Catalogue | None) -> CategoryCodes | None:
-    """The recommender's coded categories and the catalogue's items outside them; None when the
-    recommender has no coded item table."""
-    known = getattr(getattr(recommender, "items", None), "categories", None)
-    if known is None or catalogue is None:
-        return None
-    known = frozenset(known)
-    others: dict[str | None, set[str]] = {}
-    for item_id, info in catalogue.items.items():
-        if info.category not in known:
-            others.setdefault(info.category, set()).add(item_id)
-    return CategoryCodes(known, {c: frozenset(ids) for c, ids in others.items()})
-
-
-def rules_for_codes(rules: Rules, codes: CategoryCodes) -> Rules:
-    """`rules` for a recommender that masks categories by code (see `CategoryCodes`), applied as
-    `Rules.allows` applies them per item. A code mask cannot name a category imported after the
-    ranker was trained: an allow-list would drop that category's items, an exclusion would let them
-    through. So the filters on the coded categories stay masks, and the items of the other
-    categories (and those without one) that the rules refuse become item exclusions. `rules` itself
-    when they name coded categories only (every request until a new category is imported)."""
-    known = codes.known
-    if not ((rules.categories or frozenset()) | rules.exclude_categories) - known:
-        return rules
-    by_name = Rules(categories=rules.categories, exclude_categories=rules.exclude_categories)
-    refused = frozenset().union(*(ids for c, ids in codes.others.items() if not by_name.allows(c, None)))
-    masked = rules.exclude_categories | (known - rules.categories if rules.categories is not None else set())
-    return replace(rules, categories=None, exclude_categories=frozenset(masked & known),
-                   exclude=rules.exclude | refused)
 
 
 FEATURE_STORE_PROBLEM = "feature store: "
@@ -403,8 +357,7 @@ def load_state(settings: Settings, previous: ServingState | None = None) -> Serv
         problems.append(f"models (@{settings.serving.alias}): {type(exc).__name__}: {exc}")
     state = ServingState(catalogue=catalogue, recommender=recommender, features=features,
                          versions=versions, problems=tuple(problems),
-                         materialization=current_materialization(ws),
-                         codes=category_codes(recommender, catalogue))
+                         materialization=current_materialization(ws))
     for p in problems:
         log.warning("not ready: %s", p)
     return state

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import numpy as np
+import polars as pl
 import pytest
 from test_recommender import rec, trained  # noqa: F401  (module-scoped fixtures)
 
+from recsys.data import columns as C
+from recsys.ranking.features import ItemTable
 from recsys.rules import RuleError, Rules, select
 
 WHEN = datetime(2024, 2, 1, tzinfo=UTC)
@@ -81,3 +85,27 @@ def test_unavailable_items_are_never_recommended(trained) -> None:  # noqa: F811
     rec.set_available(gone, True)
     assert [i for i, _, _ in rec.recommend("u1", 5, history=["i1", "i2"], as_of=WHEN).items] == \
         [i for i, _, _ in first.items]
+
+
+def test_rules_name_categories_the_ranker_never_saw() -> None:
+    """The ranker codes only its training catalogue's categories (its feature); the shop's rules
+    code every catalogue category (`ItemTable.shop_category`), so filters and per-category caps
+    treat categories imported later by name, item by item as `Rules.allows` does."""
+    known = ["bags", "hats", "shoes"]
+    cats = [*known, "gnomes", "kites", None]
+    items = pl.DataFrame({C.ITEM_ID: [f"i{n}" for n in range(30)],
+                          C.CATEGORY: [cats[n % 6] for n in range(30)],
+                          C.PRICE: [float(n) for n in range(30)]})
+    table = ItemTable.build(items, categories=known)
+    assert set(table.category[table.shop_category == table.shop_categories.index("gnomes")]) == {-1}
+    named = ["hats", "gnomes", "nowhere"]
+    choices = [None, *(frozenset(c) for r in (1, 2) for c in itertools.combinations(named, r))]
+    for allow, deny in itertools.product(choices, choices):
+        rules = Rules(categories=allow, exclude_categories=deny or frozenset(), max_price=25.0)
+        expected = [rules.allows(c, p) for c, p in zip(items[C.CATEGORY], items[C.PRICE], strict=True)]
+        assert rules.mask(table.shop_category, table.shop_categories, table.price).tolist() == expected, rules
+    # two new categories are two categories under a cap (the ranker's codes make both -1)
+    order = np.array([3, 4, 9, 10])  # gnomes, kites, gnomes, kites
+    picked = select(np.array([0.9, 0.8, 0.7, 0.6]), table.shop_category[order], None, 4,
+                    Rules(max_per_category=1))
+    assert picked.tolist() == [0, 1]

@@ -149,7 +149,16 @@ class ItemTable:
     behaviour_names: tuple[str, ...] = ()
     titles: np.ndarray | None = None  # (N,) object, for reasons shown to users
     available: np.ndarray | None = None  # (N,) bool: may be recommended (None: every item)
+    # every catalogue category, coded for the shop's rules (filters, per-category caps), which
+    # name categories the ranker never saw too; `category` codes only the ranker's (its feature).
+    # None: the same as `category` / `categories`
+    shop_category: np.ndarray | None = None  # (N,) int32 code into `shop_categories`, -1: none
+    shop_categories: tuple[str, ...] | None = None
     _frame: pl.DataFrame | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.shop_category is None:
+            self.shop_category, self.shop_categories = self.category, self.categories
 
     def title(self, row: int) -> str:
         """The item's title (its id where it has none)."""
@@ -168,10 +177,12 @@ class ItemTable:
         index = {i: r for r, i in enumerate(ids)}
         cat_col = items[C.CATEGORY] if C.CATEGORY in items.columns else pl.Series([None] * len(ids))
         cats = cat_col.cast(pl.String).to_list()
-        if categories is None:
-            categories = sorted({c for c in cats if c is not None})
+        shop_categories = sorted({c for c in cats if c is not None})
+        categories = shop_categories if categories is None else list(categories)
         code = {c: i for i, c in enumerate(categories)}
         category = np.array([code.get(c, -1) if c is not None else -1 for c in cats], dtype=np.int32)
+        shop_code = {c: i for i, c in enumerate(shop_categories)}
+        shop_category = np.array([shop_code[c] if c is not None else -1 for c in cats], dtype=np.int32)
         price = (items[C.PRICE].cast(pl.Float32).fill_null(np.nan).to_numpy()
                  if C.PRICE in items.columns else np.full(len(ids), np.nan, np.float32))
         src = (items[C.IMAGE_SOURCE].to_list() if C.IMAGE_SOURCE in items.columns else ["none"] * len(ids))
@@ -202,7 +213,8 @@ class ItemTable:
                    behaviour=np.zeros((len(ids), 0), np.float32),
                    titles=items[C.TITLE].to_numpy().astype(object) if C.TITLE in items.columns else None,
                    available=items[C.AVAILABLE].fill_null(True).to_numpy().astype(bool)
-                   if C.AVAILABLE in items.columns else None)
+                   if C.AVAILABLE in items.columns else None,
+                   shop_category=shop_category, shop_categories=tuple(shop_categories))
 
     def with_behaviour(self, df: pl.DataFrame | None, names: Sequence[str]) -> ItemTable:
         """A copy holding the latest item-behaviour features (one row per item id) for serving."""

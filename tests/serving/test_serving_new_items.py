@@ -7,26 +7,21 @@ backfill`) while the app serves."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
-from serving_helpers import API_KEY, VectorRecommender, wait_ready
+from serving_helpers import API_KEY, wait_ready
 
 from recsys.config import Settings, load_settings
 from recsys.data import columns as C
 from recsys.data.tables import load_table
-from recsys.rules import Rules
 from recsys.workspace import Workspace
 from serving.app import create_app
-from serving.state import Catalogue, ItemInfo, category_codes, rules_for_codes
 
 pytestmark = pytest.mark.integration
 NEW_CATEGORY = "garden gnome"  # a category no trained model has seen
@@ -171,34 +166,3 @@ def test_the_alias_poll_picks_up_items_that_the_backfill_published(shop: Setting
             assert time.monotonic() < deadline, "the server never reloaded the catalogue"
             time.sleep(0.1)
         assert items_of(client, user, category="polled category") == ["new-polled"]
-
-
-def test_category_rules_reach_items_of_categories_the_ranker_never_saw() -> None:
-    """`rules_for_codes`: what a recommender whose item table codes only the ranker's categories
-    lets through is what the rules allow item by item (`Rules.allows`), for allow-lists and
-    exclusions naming known, new and missing categories."""
-    known = ("bags", "hats", "shoes")
-    cats = [*known, "gnomes", "kites", None]
-    items = {f"i{n}": ItemInfo(f"i{n}", None, cats[n % len(cats)], None, None, price=float(n))
-             for n in range(30)}
-    catalogue = Catalogue(items=items, popular=tuple(items), clicks={}, recent={})
-    codes = category_codes(SimpleNamespace(items=SimpleNamespace(categories=known)), catalogue)
-    assert codes is not None and set(codes.others) == {"gnomes", "kites", None}
-    ids = np.array(list(items))
-    coded = np.array([known.index(i.category) if i.category in known else -1 for i in items.values()])
-    prices = np.array([i.price for i in items.values()])
-
-    def through_codes(rules: Rules) -> set[str]:  # what `Recommender._allowed` lets through
-        ok = rules.mask(coded, known, prices) & ~np.isin(ids, list(rules.exclude))
-        return set(ids[ok].tolist())
-
-    named = ["hats", "gnomes", "nowhere"]
-    choices = [None, *(frozenset(c) for r in (1, 2) for c in itertools.combinations(named, r))]
-    for allow, deny in itertools.product(choices, choices):
-        rules = Rules(categories=allow, exclude_categories=deny or frozenset(), max_price=25.0,
-                      exclude=frozenset({"i1"}))
-        expected = {i for i, info in items.items() if info.allowed_by(rules) and i not in rules.exclude}
-        assert through_codes(rules_for_codes(rules, codes)) == expected, rules
-    plain = Rules(categories=frozenset({"hats"}), exclude_categories=frozenset({"bags"}))
-    assert rules_for_codes(plain, codes) is plain  # known names: untouched
-    assert category_codes(VectorRecommender.__new__(VectorRecommender), catalogue) is None  # filters by name
