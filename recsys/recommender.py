@@ -32,7 +32,14 @@ import polars as pl
 
 from recsys.config import Settings
 from recsys.data import columns as C
-from recsys.ranking.candidates import EaseSource, TwoTowerSource, merge_candidates, top_rows
+from recsys.ranking.candidates import (
+    USER_PREFIX,
+    EaseSource,
+    TwoTowerSource,
+    UserTower,
+    merge_candidates,
+    top_rows,
+)
 from recsys.ranking.dataset import CandidateSource, dense_vectors, known_items
 from recsys.ranking.features import ItemTable, assemble, user_profiles
 from recsys.ranking.model import RankerModel
@@ -40,7 +47,7 @@ from recsys.retrieval.index import ItemIndex
 from recsys.rules import Rules, select
 
 log = logging.getLogger(__name__)
-USER_PREFIX, ITEM_PREFIX = "user_behaviour__", "item_behaviour__"
+ITEM_PREFIX = "item_behaviour__"
 HISTORY_KEYS = ("last_clicked_items", f"{USER_PREFIX}last_clicked_items")
 _NO_ROWS = np.zeros(0, np.int64)
 
@@ -540,101 +547,6 @@ def _ease_arrays(ease: EaseSource | None) -> tuple[np.ndarray, np.ndarray, np.nd
     rows = np.asarray(ease.item_rows, np.int64)
     by_row = np.argsort(rows, kind="stable")
     return ease.weights, ease.column, by_row, rows[by_row]
-
-
-class UserTower:
-    """The two-tower model's user tower in numpy for one user per request: the same inputs
-    (hashed user id, mean CLIP vector of the recent clicks, standardised behaviour features), the
-    same float32 MLP, without torch's per-call overhead and the polars frame the model's
-    `user_vectors` takes (~0.3 ms of a request's CPU). Built only when it reproduces the model's
-    `user_vectors` on probe users at load (to 1e-5; float32 sums in another order differ by
-    ~1e-7); otherwise `of` returns None and the model's own code runs."""
-
-    def __init__(self, source: TwoTowerSource, items: ItemTable):
-        from torch import nn
-
-        from recsys.retrieval.model import user_bucket
-
-        model = source.model
-        net = model.net
-        first, relu, second = net.user_mlp
-        if not (isinstance(first, nn.Linear) and isinstance(relu, nn.ReLU) and isinstance(second, nn.Linear)):
-            raise TypeError("the user tower is not Linear-ReLU-Linear")
-        self._bucket = user_bucket
-        self.buckets = net.spec.user_buckets
-        self.id_vectors = net.user_id.weight.detach().numpy()  # views of the model's tensors
-        self.clip = net.item_clip.detach().numpy()
-        self.w1 = np.ascontiguousarray(first.weight.detach().numpy().T)
-        self.b1 = first.bias.detach().numpy()
-        self.w2 = np.ascontiguousarray(second.weight.detach().numpy().T)
-        self.b2 = second.bias.detach().numpy()
-        self.n_features = net.spec.n_user_features
-        self.scaler = model.scaler
-        self.history = model.history
-        # ItemTable row -> the model's 1-based item index (0: not in the model)
-        self.index = np.zeros(len(items), np.int64)
-        pos = model.encoding.index
-        rows = items.rows([str(i) for i in pos])
-        ok = rows >= 0
-        self.index[rows[ok]] = np.fromiter(pos.values(), np.int64, count=len(pos))[ok]
-        if len(self.scaler.names) != self.n_features:
-            raise ValueError("the scaler's features do not match the tower's input")
-
-    @classmethod
-    def of(cls, retrieval: CandidateSource, items: ItemTable) -> UserTower | None:
-        """The numpy tower of a two-tower candidate source, checked against it; None for other
-        sources or on any mismatch."""
-        if not isinstance(retrieval, TwoTowerSource):
-            return None
-        try:
-            tower = cls(retrieval, items)
-            if tower.check(retrieval, items) > 1e-5:
-                log.warning("numpy user tower differs from the model's; using the model's")
-                return None
-        except Exception as exc:  # an architecture this copy does not know: the model's code serves
-            log.info("numpy user tower not used: %s: %s", type(exc).__name__, exc)
-            return None
-        return tower
-
-    def vector(self, user_id: str, history: np.ndarray, features: Mapping[str, Any]) -> np.ndarray:
-        """(dim,) float32 user vector. `history`: ItemTable rows of recent clicks, most recent
-        last, -1 pads; `features`: the user's scalar behaviour features (with or without the
-        view prefix; what the scaler does not know is ignored, what it misses counts as average)."""
-        rows = history[history >= 0][::-1]  # most recent first, as the model was trained
-        idx = self.index[rows]
-        idx = idx[idx > 0][:self.history]
-        pooled = self.clip[idx].sum(axis=0) / max(len(idx), 1) if len(idx) else \
-            np.zeros(self.clip.shape[1], np.float32)
-        parts = [self.id_vectors[self._bucket(user_id, self.buckets)], pooled]
-        if self.n_features:
-            row = {**features, **{f"{USER_PREFIX}{k}": v for k, v in features.items()}}
-            x = np.full((1, self.n_features), np.nan)
-            for j, name in enumerate(self.scaler.names):
-                value = row.get(name)
-                if isinstance(value, int | float | np.integer | np.floating | np.bool_):
-                    x[0, j] = float(value)
-            parts.append(self.scaler._scale(x)[0])
-        h = np.concatenate(parts).astype(np.float32, copy=False) @ self.w1 + self.b1
-        np.maximum(h, 0, out=h)
-        out = h @ self.w2 + self.b2
-        return out / max(float(np.linalg.norm(out)), 1e-12)
-
-    def check(self, retrieval: TwoTowerSource, items: ItemTable, probes: int = 8) -> float:
-        """Largest difference from `retrieval.user_vectors` over probe users (random ids, recent
-        clicks and feature values)."""
-        rng = np.random.default_rng(0)
-        known = np.flatnonzero(self.index > 0)
-        worst = 0.0
-        for p in range(probes):
-            hist = np.full((1, 20), -1, np.int64)
-            if len(known) and p:
-                picks = rng.choice(known, min(p * 3, 20, len(known)))
-                hist[0, -len(picks):] = picks
-            feats = {n.removeprefix(USER_PREFIX): float(rng.normal()) for n in self.scaler.names[:p]}
-            uf = pl.DataFrame([feats]) if feats else None
-            want = np.asarray(retrieval.user_vectors([f"probe-{p}"], hist, uf)[0], np.float32)
-            worst = max(worst, float(np.abs(self.vector(f"probe-{p}", hist[0], feats) - want).max()))
-        return worst
 
 
 def _model_uri(tag: str) -> str:

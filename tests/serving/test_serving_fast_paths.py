@@ -2,7 +2,7 @@
 (the benchmark's world builder at a small size: Feast features, a two-tower with user features,
 EASE and the LightGBM ranker):
 
-- the numpy user tower (`recsys.recommender.UserTower`) against the model's torch `user_vectors`;
+- the numpy user tower (`recsys.ranking.candidates.UserTower`) against the model's torch `user_vectors`;
 - EASE's candidates and scores over its own items against the whole-catalogue arrays, reasons for
   all items at once against one lookup per item (`Recommender.fast = False` runs the references);
 - the direct online-store read against Feast's `get_online_features` under the recommender;
