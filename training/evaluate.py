@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -236,21 +237,22 @@ class RecommenderPolicy:
         return out.astype(str)
 
 
-def _rank_all(
-    policy: Policy, users: np.ndarray, as_of: datetime, k: int, label: str, batch: int = 4096
-) -> np.ndarray:
-    out = np.full((len(users), k), "", dtype=object)
+def _user_batches(users: np.ndarray, label: str, batch: int = 4096) -> Iterator[np.ndarray]:
+    """`users` in slices of `batch`, with a progress bar named `label`."""
     with bar(f"rank · {label}", total=len(users), unit="users") as b:
         for lo in range(0, len(users), batch):
-            got = np.asarray(policy.rank(users[lo : lo + batch], as_of, k)).astype(str)
-            if got.shape != (len(users[lo : lo + batch]), k):
-                raise ValueError(
-                    f"policy {label} returned shape {got.shape} for {min(batch, len(users) - lo)} "
-                    f"users and k={k}"
-                )
-            out[lo : lo + batch] = got
-            b.advance(got.shape[0])
-    return out.astype(str)
+            yield users[lo : lo + batch]
+            b.advance(min(batch, len(users) - lo))
+
+
+def _rank_all(policy: Policy, users: np.ndarray, as_of: datetime, k: int, label: str) -> np.ndarray:
+    out = []
+    for chunk in _user_batches(users, label):
+        got = np.asarray(policy.rank(chunk, as_of, k)).astype(str)
+        if got.shape != (len(chunk), k):
+            raise ValueError(f"policy {label} returned shape {got.shape} for {len(chunk)} users and k={k}")
+        out.append(got)
+    return np.concatenate(out) if out else np.full((0, k), "", dtype=object).astype(str)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,10 +425,8 @@ def _target_slates(policy: Policy, users: np.ndarray, as_of: datetime, width: in
     if temperature is None or not isinstance(policy, ScoredPolicy):
         return _rank_all(policy, users, as_of, width, f"{label} slates")
     pool, scored = exploration_pool(width), []
-    with bar(f"rank · {label} pool", total=len(users), unit="users") as b:
-        for lo in range(0, len(users), 4096):
-            scored.extend(policy.scored(users[lo : lo + 4096], as_of, pool))
-            b.advance(min(4096, len(users) - lo))
+    for chunk in _user_batches(users, f"{label} pool"):
+        scored.extend(policy.scored(chunk, as_of, pool))
     notes.append(f"off-policy: the {label} ({policy.name}) is evaluated as the server runs it, Plackett-Luce "
                  f"at temperature {temperature:g} over its top {pool} (evaluation.target_exploration)")
     return StochasticSlates.of(scored, temperature, width, pool)
