@@ -33,6 +33,9 @@ LIBRARIES = {"features build": 950 * MIB, "train retrieval": 1050 * MIB, "train 
              "recommend": 900 * MIB}
 
 
+COMPILED_RANKER = 130 * MIB  # LLVM and a compiled forest (measured: 126 MiB compiling, 83 from its cache)
+
+
 class MemoryBudgetError(ValueError):
     """A step's memory plan is above `memory_gib`: raised before the step does any work."""
 
@@ -194,11 +197,13 @@ ITEM_SNAPSHOT_ROW = 100  # recommend: a row of the item_behaviour source while t
 
 
 def recommend(budget: int, log_bytes: int, log_rows: int, users: int, item_bytes: int, ease_items: int,
-              k: int, item_snapshots: int = 0) -> MemoryPlan:
+              k: int, item_snapshots: int = 0, compiled: bool = False) -> MemoryPlan:
     """`recommend`: the log, each user's clicks as Python objects, the item table and vectors,
     EASE's weights (4 n² bytes), the item_behaviour source's rows (`item_snapshots`) read to pick
-    each item's latest, each user's latest behaviour snapshot and the output rows."""
-    parts = {"libraries": LIBRARIES["recommend"], "click log": log_bytes * 2,
+    each item's latest, each user's latest behaviour snapshot and the output rows; `compiled`:
+    LLVM and the ranker's compiled trees (`ranker.compile`)."""
+    parts = {"libraries": LIBRARIES["recommend"] + (COMPILED_RANKER if compiled else 0),
+             "click log": log_bytes * 2,
              "item behaviour source": item_snapshots * ITEM_SNAPSHOT_ROW,
              "user state": log_rows * USER_STATE_CLICK, "item table": item_bytes,
              "EASE weights": 4 * ease_items * ease_items, "output rows": users * k * 200,

@@ -125,7 +125,7 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
         plan = memory.recommend(memory.budget_bytes(settings.memory_gib), log_bytes=log_df.estimated_size(),
                                 log_rows=log_df.height, users=len(users),
                                 item_bytes=3 * vectors + 600 * n_items, ease_items=ease_items, k=k,
-                                item_snapshots=snapshots)
+                                item_snapshots=snapshots, compiled=settings.ranker.compile)
         (say or log.info)(plan.line())
         plan.check()
         item_f = latest_item_behaviour(item_source, as_of)
