@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from recsys.io import atomic_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +115,11 @@ def compile_trees(model_file: Path, booster: Any, cache_dir: Path | None) -> Tre
             cached = cache_dir / f"{cache_key(model_file)}.o"
         if cached is None or cached.exists():
             model.compile(cache=str(cached) if cached else None)
-        else:  # lleaves writes its cache file in place: write a temp one, then rename
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-            try:
+        else:  # lleaves writes its cache file where none exists: a temp one, renamed when whole
+            remove_stale_temps(cache_dir, ["*.o"], time.time() - 3600)  # a killed compile's
+            with atomic_path(cached, ".o") as tmp:
+                tmp.unlink()
                 model.compile(cache=str(tmp))
-                os.replace(tmp, cached)
-            finally:
-                tmp.unlink(missing_ok=True)
         compiled = CompiledTrees(model, reference)
         x = probe_rows(booster)
         diff = float(np.max(np.abs(compiled.predict(x) - reference.predict(x))))
