@@ -37,6 +37,8 @@ from recsys.ranking.candidates import (
     EaseSource,
     TwoTowerSource,
     UserTower,
+    load_candidate_source,
+    load_ease_source,
     merge_candidates,
     top_rows,
 )
@@ -177,15 +179,11 @@ class Recommender:
         if uri is None and trained_with:
             uri = _model_uri(trained_with)
         if uri:
-            from recsys.ranking.candidates import load_candidate_source
-
             retrieval = load_candidate_source(settings, uri, items)
             if isinstance(retrieval, TwoTowerSource):
                 retrieval = _with_new_items(retrieval, catalogue, emb)
         ease = None
         if ranker.meta.get("ease"):  # trained with EASE features: the EASE version it was trained beside
-            from recsys.ranking.candidates import load_ease_source
-
             ease = load_ease_source(settings, _model_uri(ranker.meta["ease"]), items)
         seen = None
         if settings.ranker.exclude_seen == "all" or ease is not None:
