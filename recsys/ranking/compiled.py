@@ -117,7 +117,7 @@ def compile_trees(model_file: Path, booster: Any, cache_dir: Path | None) -> Tre
             model.compile(cache=str(cached) if cached else None)
         else:  # lleaves writes its cache file where none exists: a temp one, renamed when whole
             remove_stale_temps(cache_dir, ["*.o"], time.time() - 3600)  # a killed compile's
-            with atomic_path(cached, ".o") as tmp:
+            with atomic_path(cached) as tmp:
                 tmp.unlink()
                 model.compile(cache=str(tmp))
         compiled = CompiledTrees(model, reference)
