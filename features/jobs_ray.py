@@ -52,6 +52,7 @@ from features.jobs import (
     content_and_apply,
     log_build,
     normalize_events,
+    read_events,
     remove_temps,
     user_behaviour,
 )
@@ -78,18 +79,6 @@ def key_partitions(events: pl.DataFrame, key: str, n: int) -> list[pl.DataFrame]
              .agg(pl.col("rows").sum())["rows"].to_list())
     offsets = [0, *accumulate(sizes)]
     return [events.slice(start, rows) for start, rows in zip(offsets, sizes, strict=False)]
-
-
-def read_events(ws: Workspace) -> pl.DataFrame:
-    """The impressions table's columns `normalize_events` reads (the table has more)."""
-    from recsys.data.tables import load_table
-
-    path = ws.table("impressions")
-    if not path.exists():
-        return load_table(ws, "impressions")  # says which command makes it
-    names = pl.read_parquet_schema(path)
-    return load_table(ws, "impressions", columns=[c for c in (C.USER_ID, C.ITEM_ID, TS, C.CLICKED)
-                                                  if c in names])
 
 
 class BehaviourParts:
