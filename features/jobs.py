@@ -57,6 +57,7 @@ from features.definitions import (
 )
 from recsys.config import Settings
 from recsys.data import columns as C
+from recsys.data import snapshots
 from recsys.io import atomic_path, file_sha256, remove_stale_temps, write_json, write_parquet
 from recsys.workspace import Workspace
 
@@ -66,7 +67,6 @@ DAY = timedelta(days=1)
 MATERIALIZED_FILE = "materialized.json"
 PART_EVENT_DAYS = 10_000  # (key, event day) pairs per part of the behaviour jobs (smaller: less memory)
 RANK_PAIRS = 250_000  # (item, click day) pairs per slice of days of the popularity ranks
-LATEST_BATCH_ROWS = 100_000  # source rows read at a time by materialize (`latest_rows`)
 
 
 @dataclass(frozen=True)
@@ -720,32 +720,10 @@ def materialization_version(ws: Workspace) -> str | None:
 
 def latest_rows(ws: Workspace, view: str, end: datetime, batch_rows: int | None = None) -> pl.DataFrame:
     """Each entity's latest row of a view's source with timestamp <= `end` (what Feast's
-    materialization loads; of rows with the same latest timestamp, the last in the file).
-
-    The source is read in record batches of `batch_rows` and only the latest row per entity
-    seen so far is kept, so memory follows the entities and one batch, not the source (a
-    streaming semi-join of the whole source passed 9 GiB on a 2.8 GB user_behaviour source).
-    `pre_buffer=False`: with pyarrow's default pre-buffering the reader kept every batch it
-    had read (2 GiB after a 1.8 GB source; without it, flat at about 60 MiB)."""
-    import pyarrow.parquet as pq
-
+    materialization loads; of rows with the same latest timestamp, the last in the file), read
+    in record batches of `batch_rows` (`recsys.data.snapshots`)."""
     key = JOIN_KEYS[ENTITY_OF_VIEW[view]]
-    source = pq.ParquetFile(source_path(ws.feature_sources_dir, view), pre_buffer=False)
-    latest = pl.from_arrow(source.schema_arrow.empty_table())
-    assert isinstance(latest, pl.DataFrame)
-    for batch in source.iter_batches(batch_size=batch_rows or LATEST_BATCH_ROWS):
-        rows = pl.from_arrow(batch)
-        assert isinstance(rows, pl.DataFrame)
-        rows = pl.concat([latest, _last_per_key(rows.filter(pl.col(TS) <= end), key)], how="vertical_relaxed")
-        latest = _last_per_key(rows, key)
-    return latest
-
-
-def _last_per_key(rows: pl.DataFrame, key: str) -> pl.DataFrame:
-    """Each key's row with the latest timestamp (the last such row in `rows`' order), in order."""
-    return rows.filter(pl.col(TS) == pl.col(TS).max().over(key)).unique(
-        subset=[key], keep="last", maintain_order=True
-    )
+    return snapshots.latest_rows(source_path(ws.feature_sources_dir, view), key, end, batch_rows)
 
 
 def _write_latest_rows(store: Any, ws: Workspace, view: str, end: datetime, batch: int = 2_000) -> int:

@@ -209,7 +209,7 @@ class OnlineFeatures:
     def _read_items_offline(self) -> pl.DataFrame:
         from datetime import datetime
 
-        from features.jobs import materialization_info
+        from features.jobs import latest_rows, materialization_info
 
         ends = materialization_info(self.ws).get("ends", {})
         frame = pl.DataFrame({C.ITEM_ID: self._item_ids()}, schema={C.ITEM_ID: pl.String})
@@ -220,15 +220,8 @@ class OnlineFeatures:
             if view not in ends or not path.exists():  # not in the online store either
                 frame = frame.with_columns(pl.lit(None).alias(f"{view}__{f}") for f in features)
                 continue
-            latest = (
-                pl.scan_parquet(path)
-                .filter(pl.col(C.EVENT_TIMESTAMP) <= datetime.fromisoformat(ends[view]))
-                .sort(C.EVENT_TIMESTAMP)
-                .group_by(C.ITEM_ID)
-                .agg(pl.all().last())
-                .select(C.ITEM_ID, *names)
-                .collect()
-            )
+            # what the materialization loaded: each item's latest row up to its end
+            latest = latest_rows(self.ws, view, datetime.fromisoformat(ends[view])).select(C.ITEM_ID, *names)
             frame = frame.join(latest, on=C.ITEM_ID, how="left")
         return frame
 

@@ -132,8 +132,9 @@ def test_default_pipeline_on_a_long_span_large_catalogue_log_stays_under_a_limit
 
 def test_latest_user_snapshot_read_in_batches_matches_a_sort_of_the_whole_source(
         home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import recsys.recommender as recommender
     import training.recommend as rec
+    from recsys.data import snapshots
+    from recsys.recommender import latest_item_behaviour
     from recsys.workspace import Workspace
 
     ws = Workspace.at(home)
@@ -146,7 +147,7 @@ def test_latest_user_snapshot_read_in_batches_matches_a_sort_of_the_whole_source
     src = pl.DataFrame({C.USER_ID: [f"u{u}" for u in rng.integers(0, 6, 40)], C.EVENT_TIMESTAMP: stamps,
                         "clicks_7d": rng.integers(0, 9, 40), "last_clicked_items": lists})
     src.unique([C.USER_ID, C.EVENT_TIMESTAMP]).write_parquet(path, row_group_size=7)
-    monkeypatch.setattr(recommender, "LATEST_BATCH_ROWS", 5)
+    monkeypatch.setattr(snapshots, "BATCH_ROWS", 5)
     for as_of in (start + timedelta(days=3500), start + timedelta(days=8000)):
         whole = (pl.read_parquet(path).filter(pl.col(C.EVENT_TIMESTAMP) <= as_of).sort(C.EVENT_TIMESTAMP)
                  .group_by(C.USER_ID).last())
@@ -155,8 +156,9 @@ def test_latest_user_snapshot_read_in_batches_matches_a_sort_of_the_whole_source
     first = src.head(1)
     tied = pl.concat([first, first.with_columns(pl.lit(99, first["clicks_7d"].dtype).alias("clicks_7d"))])
     tied.write_parquet(path)
-    assert recommender.latest_rows(path, C.USER_ID)["clicks_7d"].to_list() == [99]
-    assert recommender.latest_rows(ws.feature_sources_dir / "missing.parquet", C.USER_ID) is None
+    assert snapshots.latest_rows(path, C.USER_ID)["clicks_7d"].to_list() == [99]
+    assert rec.user_features_as_of(Workspace.at(home / "elsewhere"), start) == {}  # no source
+    assert latest_item_behaviour(home / "elsewhere" / "item_behaviour.parquet") is None
 
 
 def test_vector_column_read_into_numpy_is_the_python_stack() -> None:

@@ -21,10 +21,11 @@ import polars as pl
 from recsys import memory
 from recsys.config import Settings
 from recsys.data import columns as C
+from recsys.data import snapshots
 from recsys.data.tables import load_table
 from recsys.io import write_parquet
 from recsys.progress import bar
-from recsys.recommender import Recommender, latest_item_behaviour, latest_rows, user_state
+from recsys.recommender import Recommender, latest_item_behaviour, user_state
 from recsys.rules import Rules
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
@@ -64,8 +65,11 @@ def read_users(path: Path) -> list[str]:
 
 def user_features_as_of(ws: Workspace, as_of: datetime) -> dict[str, dict[str, Any]]:
     """Each user's latest `user_behaviour` snapshot at or before `as_of` (empty without Feast sources)."""
-    df = latest_rows(ws.feature_sources_dir / "user_behaviour.parquet", C.USER_ID, as_of)
-    return {} if df is None else {r[C.USER_ID]: r for r in df.iter_rows(named=True)}
+    path = ws.feature_sources_dir / "user_behaviour.parquet"
+    if not path.exists():
+        return {}
+    df = snapshots.latest_rows(path, C.USER_ID, as_of)
+    return {r[C.USER_ID]: r for r in df.iter_rows(named=True)}
 
 
 def batch_inputs(ws: Workspace, as_of: datetime | None,
@@ -102,12 +106,12 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
                    if ws.table("item_embeddings").exists() else 0)
         ease_items = min(n_items, settings.retrieval.ease_max_items) if settings.retrieval.ease else 0
         item_source = ws.feature_sources_dir / "item_behaviour.parquet"
-        snapshots = (pl.scan_parquet(item_source).select(pl.len()).collect().item()
+        item_snapshots = (pl.scan_parquet(item_source).select(pl.len()).collect().item()
                      if item_source.exists() else 0)
         plan = memory.recommend(memory.budget_bytes(settings.memory_gib), log_bytes=log_df.estimated_size(),
                                 log_rows=log_df.height, users=len(users),
                                 item_bytes=3 * vectors + 600 * n_items, ease_items=ease_items, k=k,
-                                item_snapshots=snapshots, compiled=settings.ranker.compile)
+                                item_snapshots=item_snapshots, compiled=settings.ranker.compile)
         (say or log.info)(plan.line())
         plan.check()
         item_f = latest_item_behaviour(item_source, as_of)
