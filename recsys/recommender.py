@@ -287,7 +287,7 @@ class Recommender:
         tt_rank = np.arange(len(top), dtype=np.float32) if self.retrieval is not None else None
         if self.ease is not None:
             ease_in = seen_rows if len(seen_rows) else hist[hist >= 0]
-            if self._ease_arrays is not None and self.fast:
+            if self.fast:
                 # over EASE's own items (its most clicked, ~10k) rather than the whole catalogue
                 ease_top, ease_score = self._ease_top(ease_in, bad, rules)
             else:
@@ -340,7 +340,7 @@ class Recommender:
         ("often clicked with <title>"), else the recent click closest by CLIP vector ("because you
         clicked <title>"), else "popular now"."""
         recent = hist[hist >= 0]
-        if self.fast and (self.ease is None or self._ease_arrays is not None):
+        if self.fast:
             return self._reasons(np.asarray(rows, np.int64), recent, seen_rows)
         out = []
         for row in rows:
@@ -401,7 +401,6 @@ class Recommender:
         if rules.filters:
             ok &= rules.mask(self.items.shop_category[item_rows], self.items.shop_categories,
                              self.items.price[item_rows])
-        keep = np.flatnonzero(ok & np.isfinite(s))
 
         def score(rows: np.ndarray) -> np.ndarray:
             c = col[rows]
@@ -410,13 +409,8 @@ class Recommender:
             out[inside] = e[c[inside]]
             return out
 
-        n = min(self.n_ease, len(keep))
-        if n == 0:
-            return np.zeros(0, np.int64), score
-        s, rows = s[keep], item_rows[keep]
-        best = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
-        best = best[np.lexsort((rows[best], -s[best]))]
-        return rows[best], score
+        # positions follow ItemTable rows, so `top_rows`' ties (lower position) are lower rows
+        return item_rows[top_rows(np.where(ok, s, np.nan), self.n_ease)], score
 
     def _ease_available(self, item_rows: np.ndarray) -> np.ndarray:
         """`items.available` at EASE's items (ItemTable row order), kept until the table's
