@@ -101,7 +101,7 @@ def cache_key(model_file: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def compile_trees(model_file: Path, booster: Any, cache_dir: Path | None) -> TreeScorer:
+def compile_trees(model_file: Path, booster: Any, cache_dir: Path) -> TreeScorer:
     """The compiled forest of `model_file` where it reproduces `booster` on probe rows, else
     `LightGBMTrees(booster)` (with a warning saying why)."""
     reference = LightGBMTrees(booster)
@@ -109,12 +109,10 @@ def compile_trees(model_file: Path, booster: Any, cache_dir: Path | None) -> Tre
         import lleaves
 
         model = lleaves.Model(model_file=str(model_file))
-        cached = None
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            cached = cache_dir / f"{cache_key(model_file)}.o"
-        if cached is None or cached.exists():
-            model.compile(cache=str(cached) if cached else None)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached = cache_dir / f"{cache_key(model_file)}.o"
+        if cached.exists():
+            model.compile(cache=str(cached))
         else:  # lleaves writes its cache file where none exists: a temp one, renamed when whole
             remove_stale_temps(cache_dir, ["*.o"], time.time() - 3600)  # a killed compile's
             with atomic_path(cached) as tmp:
