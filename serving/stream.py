@@ -177,7 +177,7 @@ class UserFeatureStream:
         self._views = self._push_views(store)
         if USER_BEHAVIOUR not in self._views:
             log.info("registering the push source %s (a registry from before streaming)", USER_PUSH_SOURCE)
-            apply(self.settings, store)
+            apply(self.settings, store, force=True)
             self._views = self._push_views(store)
         buffer = UserEventBuffer(None, BehaviourParams.from_settings(self.settings))
         self._refresh_items(buffer)

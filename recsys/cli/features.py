@@ -105,4 +105,4 @@ def features_apply(ctx: typer.Context) -> None:
 
     settings = settings_from(ctx)
     with step("features apply") as info:
-        info["summary"] = f"registered {', '.join(apply(settings))}"
+        info["summary"] = f"registered {', '.join(apply(settings, force=True))}"
