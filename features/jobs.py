@@ -223,10 +223,17 @@ def _popularity_ranks(
 
     An item's own 7-day clicks are its row's `clicks_7d`, so only the distinct click counts of
     each day are kept (364k rows at 10M clicks over 20 years), not each active (item, day) pair
-    (30.5M rows there, and a join of each part against all of them). The pairs are counted a
-    slice of days at a time (about `max_pairs` (item, click day) pairs each), so memory follows
-    the slice."""
+    (30.5M rows there, and a join of each part against all of them)."""
+    return _ranks_from_counts(_rank_counts(events, last_stamp, max_pairs))
+
+
+def _rank_counts(events: pl.DataFrame, last_stamp: datetime, max_pairs: int = RANK_PAIRS) -> pl.DataFrame:
+    """(t, clicks_7d, n): the number n of items with `clicks_7d` clicks over the 7 days before day
+    t + 1 (items with a click in those days). Counts of disjoint sets of items add up (the Ray
+    job sums its item partitions'). Counted a slice of days at a time (about `max_pairs` (item,
+    click day) pairs each), so memory follows the slice."""
     key = C.ITEM_ID
+    schema = {"t": pl.Int64, "clicks_7d": pl.Int64, "n": pl.Int64}
     daily = (
         _daily_counts(events, key, last_stamp)
         .filter(pl.col("clicks") > 0)
@@ -234,18 +241,17 @@ def _popularity_ranks(
         .sort("day")
         .collect()
     )
-    values_schema = {"t": pl.Int64, "clicks_7d": pl.Int64, "rank": pl.Int64}
     if daily.height == 0:
-        return pl.DataFrame(schema=values_schema), pl.DataFrame(schema={"t": pl.Int64, "n_active": pl.Int64})
+        return pl.DataFrame(schema=schema)
     # slices of days t: [starts[i], starts[i + 1]), each reading the click days t - 6 .. t
     per_day = daily.group_by("day").agg(n=pl.len()).sort("day")
     cuts = per_day.filter(((pl.col("n").cum_sum() - pl.col("n")) // max(max_pairs, 1)).is_first_distinct())
     starts = [*cuts["day"].to_list(), per_day["day"][-1] + 7]  # per_day is sorted by day
     days = daily["day"]
-    values = []
+    counts = []
     for lo, hi in zip(starts, starts[1:], strict=False):
         first, end = days.search_sorted(lo - 6, "left"), days.search_sorted(hi, "left")
-        c7 = (
+        counts.append(
             daily.slice(first, end - first)
             .lazy()
             .with_columns(pl.int_ranges(pl.col("day"), pl.col("day") + 7).alias("t"))
@@ -253,22 +259,23 @@ def _popularity_ranks(
             .filter(pl.col("t").is_between(lo, hi, closed="left"))
             .group_by(key, "t")
             .agg(clicks_7d=pl.col("clicks").sum())
-        )
-        values.append(
-            c7.group_by("t", "clicks_7d")
-            .agg(n=pl.len().cast(pl.Int64))
-            .sort("t", "clicks_7d", descending=[False, True])
-            .select(
-                "t",
-                "clicks_7d",
-                (pl.col("n").cum_sum().over("t") - pl.col("n") + 1).alias("rank"),
-                "n",
-            )
+            .group_by("t", "clicks_7d")
+            .agg(n=pl.len())
             .collect()
         )
-    table = pl.concat(values)
+    return pl.concat(counts).cast(schema)  # type: ignore[arg-type]
+
+
+def _ranks_from_counts(counts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`_popularity_ranks` from `_rank_counts` rows (of one log or of disjoint item sets)."""
+    table = (
+        counts.group_by("t", "clicks_7d")
+        .agg(pl.col("n").sum())
+        .sort("t", "clicks_7d", descending=[False, True])
+        .with_columns((pl.col("n").cum_sum().over("t") - pl.col("n") + 1).alias("rank"))
+    )
     n_active = table.group_by("t").agg(n_active=pl.col("n").sum()).sort("t")
-    return table.drop("n").cast(values_schema), n_active  # type: ignore[arg-type]
+    return table.select("t", "clicks_7d", "rank"), n_active
 
 
 def _with_popularity_rank(frame: pl.DataFrame, ranks: tuple[pl.DataFrame, pl.DataFrame]) -> pl.DataFrame:
@@ -568,17 +575,24 @@ def remove_temps(ws: Workspace, views: Sequence[str], before: float, stamp: bool
     return removed
 
 
-def read_events(ws: Workspace) -> pl.DataFrame:
+def event_columns(ws: Workspace) -> list[str]:
     """The impressions table's columns the behaviour jobs read (`normalize_events`): user, item,
-    timestamp and `clicked` where the table has it (a tenth of the table's bytes at 10M clicks)."""
+    timestamp and `clicked` where the table has it (a tenth of the table's bytes at 10M clicks).
+    A missing table is said with the command that makes it."""
     from recsys.data.tables import load_table
 
     path = ws.table("impressions")
     if not path.exists():
-        return load_table(ws, "impressions")  # says which command makes it
+        load_table(ws, "impressions")  # raises, naming the command
     names = pl.read_parquet_schema(path)
-    wanted = [c for c in (C.USER_ID, C.ITEM_ID, TS, C.CLICKED) if c in names]
-    return load_table(ws, "impressions", columns=wanted)
+    return [c for c in (C.USER_ID, C.ITEM_ID, TS, C.CLICKED) if c in names]
+
+
+def read_events(ws: Workspace) -> pl.DataFrame:
+    """The impressions table's `event_columns`."""
+    from recsys.data.tables import load_table
+
+    return load_table(ws, "impressions", columns=event_columns(ws))
 
 
 def build_features(settings: Settings, ws: Workspace | None = None,

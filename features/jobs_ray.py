@@ -1,21 +1,28 @@
-"""`recsys features build --engine ray`: the behaviour jobs of `features.jobs`, partition by
-partition on Ray actors.
+"""`recsys features build --engine ray`: the behaviour jobs of `features.jobs` on Ray actors,
+which also read, cut and sort the log, so the driver's work does not grow with it.
 
 Every behaviour value depends on one key's events only (the premise of `features.jobs`' own
-parts), except an item's `popularity_rank`, which ranks it among all items. So the driver
-normalizes the log once, computes the last snapshot and the popularity ranks over all items
-(`_popularity_ranks`: one rank per (day, 7-day count)), and cuts the keys into contiguous partitions of about
-equal event counts (`ray.partitions_per_worker` per worker); `ray.workers` `BehaviourParts`
-actors then run the local job's own code on their keys' events: `user_behaviour` for users, and
-the windowed counts plus the global ranks for items. The rows are the local job's (same values;
-the file holds them in another order of parts), written, registered and recorded as
-`build_features` does.
+parts), except an item's `popularity_rank`, which ranks it among all items. `ray.workers`
+`BehaviourParts` actors run three rounds; the driver plans them, passes object references
+(the data stays in Ray's object store) and writes the rows:
+
+1. *cut*: each call reads some row groups of the impressions table, normalizes them
+   (`normalize_events`) and cuts them into n = workers x `ray.partitions_per_worker` buckets by a
+   hash of the user and, apart, of the item (only the columns the item job reads). Bucket j of
+   every cut, in file order, is partition j: each key's events in one partition, in log order.
+2. *compute*: a user partition gives its `user_behaviour` rows; an item partition its windowed
+   counts (left in the object store) and its `_rank_counts`, which the driver sums into the
+   popularity ranks (`_ranks_from_counts`: counts of disjoint sets of items add up).
+3. *rank*: each item partition's counts get their `popularity_rank`.
+
+The rows are the local job's (same values; the file holds them in another order of parts),
+written, registered and recorded as `build_features` does. Calls go to the actors in turn
+(partitions are about equal; an actor runs its calls in the order sent, so each has its next
+one queued while it computes), item counts before users, so the ranks are made while the user
+partitions run.
 
 Actors rather than tasks: the job runs on `ray.workers` processes (tasks would take every CPU
-of the cluster), started before the driver reads the log so that their start and imports
-overlap it, each with its next partition already shipped while it computes one
-(`recsys.distributed.tasks.ordered_results`). Item partitions carry only the columns the item
-job reads.
+of the cluster), started first so that their start and imports overlap the driver's planning.
 
 Feast 0.67's Ray offline store and compute engine run Feast transformations over a Ray
 Dataset; ours are polars functions over the whole log, so plain Ray actors serve them better.
@@ -23,15 +30,17 @@ Dataset; ours are polars functions over the whole log, so plain Ray actors serve
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from itertools import accumulate, islice
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.definitions import (
     ITEM_BEHAVIOUR,
@@ -41,25 +50,27 @@ from features.definitions import (
     source_schema,
 )
 from features.jobs import (
+    DAY,
     TS,
     BehaviourParams,
     BuildResult,
-    _last_stamp,
-    _popularity_ranks,
+    _floor_day,
+    _rank_counts,
+    _ranks_from_counts,
     _windowed_counts,
     _with_popularity_rank,
     _write_parts,
     content_and_apply,
+    event_columns,
     log_build,
     normalize_events,
-    read_events,
     remove_temps,
     user_behaviour,
 )
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.distributed.cluster import ray_session, worker_count
-from recsys.distributed.tasks import actors, ordered_results
+from recsys.distributed.tasks import actors
 from recsys.io import atomic_path
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
@@ -67,68 +78,81 @@ from recsys.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def key_partitions(events: pl.DataFrame, key: str, n: int) -> list[pl.DataFrame]:
-    """`events` cut by `key` into at most `n` parts of about equal event counts (keys sorted,
-    a key never split; parts in key order): slices of the events sorted by key once, each key's
-    events in their order."""
-    events = events.sort(key, maintain_order=True)
-    counts = events.group_by(key, maintain_order=True).agg(rows=pl.len())
-    total = max(events.height, 1)
-    sizes = (counts.group_by(((pl.col("rows").cum_sum() - pl.col("rows")) * n // total).alias("part"),
-                             maintain_order=True)
-             .agg(pl.col("rows").sum())["rows"].to_list())
-    offsets = [0, *accumulate(sizes)]
-    return [events.slice(start, rows) for start, rows in zip(offsets, sizes, strict=False)]
+def buckets(events: pl.DataFrame, key: str, n: int) -> list[pa.Table]:
+    """`events` cut into `n` buckets by a hash of `key` (the same bucket for a key in every
+    process of one polars version), each keeping the events' order."""
+    hashed = events.with_columns((pl.col(key).hash(seed=0) % n).alias("_bucket"))
+    parts = hashed.partition_by("_bucket", as_dict=True, include_key=False, maintain_order=True)
+    return [parts.get((j,), events.clear()).to_arrow() for j in range(n)]
 
 
 class BehaviourParts:
-    """A Ray actor computing behaviour parts with the local job's code: one process per worker,
-    which imports polars and the jobs once for all its parts. Frames travel as Arrow tables,
-    which Ray ships without re-encoding them (a polars frame is pickled through IPC bytes)."""
+    """A Ray actor running the rounds of the feature build with the local job's code: one process
+    per worker, which imports polars and the jobs once for all its calls. Frames travel as
+    Arrow tables, which Ray ships and maps without re-encoding them."""
 
     def __init__(self, threads: int) -> None:
         configure_threads(threads)
 
-    def items(self, events: pa.Table, ranks: tuple[pl.DataFrame, pl.DataFrame], params: BehaviourParams,
-              last: datetime) -> pa.Table:
-        frame = _with_popularity_rank(_windowed_counts(pl.from_arrow(events), C.ITEM_ID, last, params), ranks)
+    def cut(self, path: str, row_groups: list[int], columns: list[str], n: int) -> list[Any]:
+        """-> [latest event time, n user buckets, n item buckets] (1 + 2n returns)."""
+        events = normalize_events(pl.from_arrow(pq.ParquetFile(path).read_row_groups(row_groups, columns)))
+        items = events.select(C.ITEM_ID, TS, C.CLICKED)  # an item's counts need only time and click
+        return [events[TS].max(), *buckets(events, C.USER_ID, n), *buckets(items, C.ITEM_ID, n)]
+
+    def users(self, items: pl.DataFrame | None, params: BehaviourParams, last: datetime,
+              *parts: pa.Table) -> pa.Table:
+        return user_behaviour(pl.from_arrow(pa.concat_tables(parts)), items, params, until=last).to_arrow()
+
+    def item_counts(self, params: BehaviourParams, last: datetime,
+                    *parts: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """-> (the partition's `_rank_counts`, its windowed counts) (2 returns)."""
+        events = pl.from_arrow(pa.concat_tables(parts)).sort(C.ITEM_ID, maintain_order=True)
+        counts = _windowed_counts(events, C.ITEM_ID, last, params)
+        return _rank_counts(events, last).to_arrow(), counts.to_arrow()
+
+    def items(self, counts: pa.Table, ranks: tuple[pl.DataFrame, pl.DataFrame]) -> pa.Table:
+        frame = _with_popularity_rank(pl.from_arrow(counts), ranks)
         return frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID).to_arrow()
 
-    def users(self, events: pa.Table, items: pl.DataFrame | None, params: BehaviourParams,
-              last: datetime) -> pa.Table:
-        return user_behaviour(pl.from_arrow(events), items, params, until=last).to_arrow()
 
-
-def behaviour_on_ray(settings: Settings, impressions: pl.DataFrame, items: pl.DataFrame | None,
-                     until: datetime | None, workers: list) -> dict[str, Iterator[pl.DataFrame]]:
+def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | None, until: datetime | None,
+                     workers: list) -> dict[str, Iterator[pl.DataFrame]]:
     """The user and item behaviour sources as parts computed by `workers` (`BehaviourParts`
-    actors, in an open session): view -> its parts in key order, each sorted by timestamp and
-    key. Read the user parts first, then the item parts: the user parts (most of the work) start
-    as soon as they are cut, and the popularity ranks and item parts are made while they run."""
+    actors, in an open session) from the workspace's impressions table: view -> its parts, each
+    sorted by timestamp and key. Read the user parts first: the item parts are made meanwhile."""
     import ray
 
+    columns = event_columns(ws)
+    path = ws.table("impressions")
+    normalize_events(pl.read_parquet(path, columns=columns, n_rows=0))  # a wrong table, said before any read
     params = BehaviourParams.from_settings(settings)
-    events = normalize_events(impressions)
-    last = _last_stamp(events, until)
+    n = len(workers) * settings.ray.partitions_per_worker
+    groups = pq.ParquetFile(path).metadata.num_row_groups
+    cuts = [chunk.tolist() for chunk in np.array_split(np.arange(groups), min(groups, n)) if len(chunk)]
+    turn = itertools.cycle(workers)
+    outs = [next(turn).cut.options(num_returns=1 + 2 * n).remote(str(path), rg, columns, n) for rg in cuts]
+    tops = [t for t in ray.get([out[0] for out in outs]) if t is not None]
+    last = _floor_day(until) if until is not None else (_floor_day(max(tops)) + DAY if tops else None)
     if last is None:
         return {USER_BEHAVIOUR: iter(()), ITEM_BEHAVIOUR: iter(())}
-    n = len(workers) * settings.ray.partitions_per_worker
+
+    # partition j: bucket j of every cut, in file order; the buckets go once their calls are done
+    counts = [next(turn).item_counts.options(num_returns=2).remote(params, last,
+                                                                   *[o[1 + n + j] for o in outs])
+              for j in range(n)]
     items_ref = ray.put(items)
-    user_parts = key_partitions(events, C.USER_ID, n)
+    users = [next(turn).users.remote(items_ref, params, last, *[o[1 + j] for o in outs]) for j in range(n)]
+    del outs
+    ranks = ray.put(_ranks_from_counts(pl.concat(pl.from_arrow(t) for t in ray.get([c[0] for c in counts]))))
+    item_rows = [next(turn).items.remote(c[1], ranks) for c in counts]
+    del counts
 
-    def jobs() -> Iterator[tuple[str, pl.DataFrame, Any]]:
-        yield from (("users", p, items_ref) for p in user_parts)
-        ranks = ray.put(_popularity_ranks(events, last))
-        # an item's counts need only its own events' time and click: the user column stays here
-        yield from (("items", p, ranks) for p in key_partitions(events.select(C.ITEM_ID, TS, C.CLICKED),
-                                                                C.ITEM_ID, n))
+    def fetched(refs: list[Any]) -> Iterator[pl.DataFrame]:
+        while refs:
+            yield pl.from_arrow(ray.get(refs.pop(0)))  # each part freed once written
 
-    def call(actor: Any, job: tuple[str, pl.DataFrame, Any]) -> Any:
-        kind, part, extra = job
-        return getattr(actor, kind).remote(part.to_arrow(), extra, params, last)
-
-    results = (pl.from_arrow(table) for table in ordered_results(workers, call, jobs()))
-    return {USER_BEHAVIOUR: islice(results, len(user_parts)), ITEM_BEHAVIOUR: results}
+    return {USER_BEHAVIOUR: fetched(users), ITEM_BEHAVIOUR: fetched(item_rows)}
 
 
 def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
@@ -144,12 +168,9 @@ def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
     paths = {v: source_path(ws.feature_sources_dir, v) for v in (ITEM_BEHAVIOUR, USER_BEHAVIOUR)}
     with ray_session(settings.ray) as where, actors(BehaviourParts, worker_count(settings.ray),
                                                     settings.threads, restarts=1) as workers:
-        # the actors' processes start and import while the log is read
-        impressions = read_events(ws)
         items = (load_table(ws, "items", columns=[C.ITEM_ID, C.CATEGORY]) if ws.table("items").exists()
                  else None)
-        parts = behaviour_on_ray(settings, impressions, items, until, workers)
-        del impressions
+        parts = behaviour_on_ray(settings, ws, items, until, workers)
         with (
             atomic_path(paths[ITEM_BEHAVIOUR], ".parquet") as item_tmp,
             atomic_path(paths[USER_BEHAVIOUR], ".parquet") as user_tmp,

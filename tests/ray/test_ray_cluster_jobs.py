@@ -100,8 +100,11 @@ def test_backfill_on_ray_embeds_only_changed_items_after_a_local_run(on_cluster,
 
 def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, tracking_store, monkeypatch,
                                                   conftest_of) -> None:
+    """Also when the log is read by several cuts: the table holds 6 row groups."""
+    import pyarrow.parquet as pq
+
     from features.jobs import build_features
-    from features.jobs_ray import build_features_on_ray, key_partitions
+    from features.jobs_ray import build_features_on_ray
 
     monkeypatch.setenv("RECSYS_CONFIG", str(tmp_path / "none.toml"))
     world = conftest_of("features").make_world(n_items=40, n_users=50, n_impressions=6000, days=45, seed=2)
@@ -112,6 +115,9 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
         ws = Workspace.at(settings.home)
         for name in ("items", "users", "impressions"):
             save_table(ws, name, world[name])
+        log_file = ws.table("impressions")
+        pl.read_parquet(log_file).write_parquet(log_file, row_group_size=1000)
+        assert pq.ParquetFile(log_file).metadata.num_row_groups == 6
         result = build(settings, ws)
         frames[engine] = {v: pl.read_parquet(p) for v, p in result.paths.items()}
     for view, local in frames["local"].items():
@@ -120,10 +126,23 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
         assert local.height > 100
         assert local.sort(key, C.EVENT_TIMESTAMP).equals(ray.sort(key, C.EVENT_TIMESTAMP)), view
 
-    parts = key_partitions(world["impressions"], C.USER_ID, 6)
-    assert len(parts) == 6 and sum(p.height for p in parts) == world["impressions"].height
-    users = [set(p[C.USER_ID].to_list()) for p in parts]
-    assert all(not (u & v) for i, u in enumerate(users) for v in users[i + 1:])  # a user in one part
+
+
+def test_buckets_put_a_key_in_the_same_bucket_in_every_process(on_cluster) -> None:
+    """The cut calls of the Ray feature build run in several processes: a user's events must
+    meet in one partition, whichever process cut them."""
+    import ray
+
+    from features.jobs_ray import buckets
+
+    events = pl.DataFrame({C.USER_ID: [f"u{i % 97}" for i in range(2000)], "row": range(2000)})
+    here = buckets(events, C.USER_ID, 6)
+    assert sum(b.num_rows for b in here) == events.height
+    users = [set(b.column(C.USER_ID).to_pylist()) for b in here]
+    assert all(users) and all(not (u & v) for i, u in enumerate(users) for v in users[i + 1:])
+    assert all(b.column("row").to_pylist() == sorted(b.column("row").to_pylist()) for b in here)
+    there = ray.get(ray.remote(buckets).remote(events, C.USER_ID, 6))  # in a worker process
+    assert [b.column(C.USER_ID).to_pylist() for b in there] == [b.column(C.USER_ID).to_pylist() for b in here]
 
 
 def test_ordered_results_keep_the_order_and_use_every_actor(on_cluster) -> None:
