@@ -26,8 +26,10 @@ Recommender ~4-8 s, torch and open_clip for an encoder, polars for the feature p
 partly hidden behind the driver's own reading. So: recommend every user of a 100,000-user world
 (`--rec-users 0`, about a minute of ranking on one core); the backfill of 6,000 items (128 px
 PNGs, random `recsys-clip-tiny`, ~20 s on one core); the feature build over 2,000,000
-impressions (~8 s of behaviour jobs on one core beside ~8 s of steps both engines share; a
+impressions (~8 s of behaviour jobs on one core beside ~2.5 s of steps both engines share; a
 larger log makes the world's generation and every job's log reading longer too).
+`--feature-log-copies K` gives the feature build alone a K times larger shop: the world's users
+and log K times over, the users renamed in each copy (prepared once in `features-xK/`).
 
 `--home DIR` keeps the prepared world (generated once: items, users, log, synthetic item vectors,
 the feature sources, a ranker trained on the first `--train-impressions` impressions with 10 hard
@@ -85,6 +87,31 @@ def base_settings(home: Path) -> dict[str, Any]:
 def world_settings(home: Path, workers: int = 0, **extra: Any) -> Settings:
     return load_settings(home=str(home / "world"), **base_settings(home), **extra,
                          **({"ray.workers": workers} if workers else {}))
+
+
+def features_settings(home: Path, workers: int, copies: int) -> Settings:
+    """The feature build's workspace: the world, or with `copies` > 1 its tiled log (`tiled_log`)."""
+    if copies == 1:
+        return world_settings(home, workers)
+    return load_settings(home=str(home / f"features-x{copies}"), **base_settings(home),
+                         **({"ray.workers": workers} if workers else {}))
+
+
+def tiled_log(world: Workspace, target: Workspace, copies: int) -> None:
+    """A shop `copies` times the world's: its users and log repeated, the users renamed in each
+    copy (`<id>~<copy>`), the same items and times; the log in copy order, 500k-row row groups."""
+    from recsys.data.tables import load_table, save_table
+
+    for name in ("items", "item_embeddings"):
+        save_table(target, name, load_table(world, name))
+
+    def tiled(df: pl.DataFrame) -> pl.DataFrame:
+        return pl.concat(df.with_columns(pl.col(C.USER_ID) + (f"~{k}" if k else "")) for k in range(copies))
+
+    save_table(target, "users", tiled(load_table(world, "users")))
+    save_table(target, "impressions", tiled(load_table(world, "impressions")))
+    log = target.table("impressions")
+    pl.read_parquet(log).write_parquet(log, row_group_size=500_000)
 
 
 def backfill_settings(home: Path, workers: int = 0) -> Settings:
@@ -148,6 +175,10 @@ def prepare(home: Path, args: argparse.Namespace, jobs: list[str]) -> None:
         from features.jobs import build_features
 
         step("features", 1, lambda: build_features(settings, ws))  # the ranker trains with them
+    if "features" in jobs and args.feature_log_copies > 1:
+        copies = args.feature_log_copies
+        step("tiled log", copies, lambda: tiled_log(ws, Workspace.at(features_settings(home, 0, copies).home),
+                                                    copies))
     if "recommend" in jobs:
         from training.ranker import train_ranker
 
@@ -179,7 +210,7 @@ def prepare(home: Path, args: argparse.Namespace, jobs: list[str]) -> None:
 # ---------------------------------------------------------------- one run, in its own process
 
 
-def run_one(home: Path, job: str, workers: int, rec_users: int, out: Path) -> dict[str, Any]:
+def run_one(home: Path, job: str, workers: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Run one job (`workers` 0: local) in this fresh process; its timings."""
     from recsys.data.tables import load_table
 
@@ -200,7 +231,7 @@ def run_one(home: Path, job: str, workers: int, rec_users: int, out: Path) -> di
         import features.jobs as jobs
         import features.jobs_ray as jobs_ray
 
-        settings = world_settings(home, workers)
+        settings = features_settings(home, workers, args.feature_log_copies)
         common = [0.0]
         for module in (jobs, jobs_ray):  # time the steps both engines run alike
             for name in BEHAVIOUR_COMMON:
@@ -227,7 +258,7 @@ def run_one(home: Path, job: str, workers: int, rec_users: int, out: Path) -> di
         settings = world_settings(home, workers)
         ws = Workspace.at(settings.home)
         users = load_table(ws, "users", columns=[C.USER_ID])[C.USER_ID].to_list()
-        users = users[:rec_users] if rec_users else None
+        users = users[:args.rec_users] if args.rec_users else None
         if workers:
             from training.recommend_ray import recommend_on_ray as run
         else:
@@ -317,7 +348,8 @@ def measure(home: Path, job: str, label: str, workers: int, args: argparse.Names
     cpu = TreeCpu(cluster.pid)
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--home", str(home), "--one", job, str(workers),
-                             "--rec-users", str(args.rec_users), "--out", str(out)],
+                             "--rec-users", str(args.rec_users), "--out", str(out),
+                             "--feature-log-copies", str(args.feature_log_copies)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
@@ -414,6 +446,8 @@ def main() -> None:
     ap.add_argument("--train-impressions", type=int, default=100_000, help="the ranker's training log slice")
     ap.add_argument("--backfill-items", type=int, default=6_000)
     ap.add_argument("--rec-users", type=int, default=0, help="users to recommend for (0: all)")
+    ap.add_argument("--feature-log-copies", type=int, default=1,
+                    help="the feature build reads the world's log this many times over (users renamed)")
     ap.add_argument("--skip", default="", help="comma list of backfill,features,recommend")
     ap.add_argument("--polars-threads", type=int, default=1, help="POLARS_MAX_THREADS of every process")
     ap.add_argument("--memory", action="store_true", help="measure one actor of each kind's RSS")
@@ -425,7 +459,7 @@ def main() -> None:
     if args.one:  # a single measurement, in the fresh process the driver below started
         home = args.home.resolve()
         os.environ["RECSYS_CONFIG"] = str(home / "none.toml")
-        timings = run_one(home, args.one[0], int(args.one[1]), args.rec_users, args.out)
+        timings = run_one(home, args.one[0], int(args.one[1]), args, args.out)
         timings["self_cpu"] = time.process_time()
         print(json.dumps(timings))
         return
@@ -460,7 +494,8 @@ def main() -> None:
     finally:
         stop_head(cluster)
 
-    sizes = {"backfill": f"{args.backfill_items:,} items", "features": f"{args.impressions:,} impressions",
+    sizes = {"backfill": f"{args.backfill_items:,} items",
+             "features": f"{args.impressions * args.feature_log_copies:,} impressions",
              "recommend": f"{results.get('recommend', {}).get('local', {}).get('units', 0):,} users"}
     print("\n| job | size | local s | Ray 1 worker s | Ray 2 workers s | ray1 / local (overhead) | "
           "ray1 / ray2 (scaling) | cpu s local / ray1 / ray2 | load avg before local / ray1 / ray2 |")
