@@ -128,14 +128,14 @@ def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | No
     normalize_events(pl.read_parquet(path, columns=columns, n_rows=0))  # a wrong table, said before any read
     params = BehaviourParams.from_settings(settings)
     n = len(workers) * settings.ray.partitions_per_worker
-    groups = pq.ParquetFile(path).metadata.num_row_groups
-    cuts = [chunk.tolist() for chunk in np.array_split(np.arange(groups), min(groups, n)) if len(chunk)]
+    groups = np.arange(pq.ParquetFile(path).metadata.num_row_groups)
+    cuts = [chunk.tolist() for chunk in np.array_split(groups, max(1, min(len(groups), n))) if len(chunk)]
     turn = itertools.cycle(workers)
     outs = [next(turn).cut.options(num_returns=1 + 2 * n).remote(str(path), rg, columns, n) for rg in cuts]
     tops = [t for t in ray.get([out[0] for out in outs]) if t is not None]
-    last = _floor_day(until) if until is not None else (_floor_day(max(tops)) + DAY if tops else None)
-    if last is None:
+    if not tops:  # no events, no snapshots
         return {USER_BEHAVIOUR: iter(()), ITEM_BEHAVIOUR: iter(())}
+    last = _floor_day(until) if until is not None else _floor_day(max(tops)) + DAY
 
     # partition j: bucket j of every cut, in file order; the buckets go once their calls are done
     counts = [next(turn).item_counts.options(num_returns=2).remote(params, last,

@@ -128,6 +128,20 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
 
 
 
+def test_feature_build_on_ray_of_an_empty_log_writes_empty_sources(on_cluster, tmp_path, tracking_store,
+                                                                   monkeypatch, conftest_of) -> None:
+    from features.jobs_ray import build_features_on_ray
+
+    monkeypatch.setenv("RECSYS_CONFIG", str(tmp_path / "none.toml"))
+    world = conftest_of("features").make_world(n_items=10, n_users=5, n_impressions=50, days=3, seed=1)
+    settings = _settings(tmp_path / "empty", tracking_store, on_cluster)
+    ws = Workspace.at(settings.home)
+    save_table(ws, "items", world["items"])
+    save_table(ws, "impressions", world["impressions"].clear())
+    result = build_features_on_ray(settings, ws)
+    assert result.rows == {"item_behaviour": 0, "user_behaviour": 0}
+    assert pl.read_parquet(result.paths["user_behaviour"]).height == 0
+
 def test_buckets_put_a_key_in_the_same_bucket_in_every_process(on_cluster) -> None:
     """The cut calls of the Ray feature build run in several processes: a user's events must
     meet in one partition, whichever process cut them."""
