@@ -7,19 +7,20 @@ parts), except an item's `popularity_rank`, which ranks it among all items. `ray
 (the data stays in Ray's object store) and writes the rows:
 
 1. *cut*: each call reads some row groups of the impressions table, normalizes them
-   (`normalize_events`) and cuts them into n = workers x `ray.partitions_per_worker` buckets by a
-   hash of the user and, apart, of the item (only the columns the item job reads). Bucket j of
-   every cut, in file order, is partition j: each key's events in one partition, in log order.
+   (`normalize_events`) and cuts them into n buckets by a hash of the user and, apart, of the
+   item (only the columns the item job reads), n from `partition_count`. Bucket j of every
+   cut, in file order, is partition j: each key's events in one partition, in log order.
 2. *compute*: a user partition gives its `user_behaviour` rows; an item partition its windowed
    counts (left in the object store) and its `_rank_counts`, which the driver sums into the
    popularity ranks (`_ranks_from_counts`: counts of disjoint sets of items add up).
 3. *rank*: each item partition's counts get their `popularity_rank`.
 
 The rows are the local job's (same values; the file holds them in another order of parts),
-written, registered and recorded as `build_features` does. Calls go to the actors in turn
-(partitions are about equal; an actor runs its calls in the order sent, so each has its next
-one queued while it computes), item counts before users, so the ranks are made while the user
-partitions run.
+written, registered and recorded as `build_features` does. The cut and count calls go to the
+actors in turn, the counts first, so the ranks are ready when the user partitions are done; user
+and item rows are asked for at most two per actor ahead of the driver's writing
+(`recsys.distributed.tasks.ordered_results`), so the object store holds the log's buckets, the
+item counts and a few parts of rows, not every part.
 
 Actors rather than tasks: the job runs on `ray.workers` processes (tasks would take every CPU
 of the cluster), started first so that their start and imports overlap the driver's planning.
@@ -70,7 +71,7 @@ from features.jobs import (
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.distributed.cluster import ray_session, worker_count
-from recsys.distributed.tasks import actors
+from recsys.distributed.tasks import actors, ordered_results
 from recsys.io import atomic_path
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
@@ -116,18 +117,24 @@ class BehaviourParts:
         return frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID).to_arrow()
 
 
+def partition_count(settings: Settings, workers: int, events: int) -> int:
+    """`ray.partitions_per_worker` per worker, or more where the log has over
+    `ray.partition_events` events per partition."""
+    return max(workers * settings.ray.partitions_per_worker, -(-events // settings.ray.partition_events))
+
+
 def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | None, until: datetime | None,
-                     workers: list) -> dict[str, Iterator[pl.DataFrame]]:
+                     workers: list, n: int) -> dict[str, Iterator[pl.DataFrame]]:
     """The user and item behaviour sources as parts computed by `workers` (`BehaviourParts`
-    actors, in an open session) from the workspace's impressions table: view -> its parts, each
-    sorted by timestamp and key. Read the user parts first: the item parts are made meanwhile."""
+    actors, in an open session) from the workspace's impressions table in `n` partitions: view ->
+    its parts, each sorted by timestamp and key. Read the user parts first: the item parts are
+    made meanwhile."""
     import ray
 
     columns = event_columns(ws)
     path = ws.table("impressions")
     normalize_events(pl.read_parquet(path, columns=columns, n_rows=0))  # a wrong table, said before any read
     params = BehaviourParams.from_settings(settings)
-    n = len(workers) * settings.ray.partitions_per_worker
     groups = np.arange(pq.ParquetFile(path).metadata.num_row_groups)
     cuts = [chunk.tolist() for chunk in np.array_split(groups, max(1, min(len(groups), n))) if len(chunk)]
     turn = itertools.cycle(workers)
@@ -141,18 +148,28 @@ def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | No
     counts = [next(turn).item_counts.options(num_returns=2).remote(params, last,
                                                                    *[o[1 + n + j] for o in outs])
               for j in range(n)]
-    items_ref = ray.put(items)
-    users = [next(turn).users.remote(items_ref, params, last, *[o[1 + j] for o in outs]) for j in range(n)]
+    user_parts = [[o[1 + j] for o in outs] for j in range(n)]
     del outs
-    ranks = ray.put(_ranks_from_counts(pl.concat(pl.from_arrow(t) for t in ray.get([c[0] for c in counts]))))
-    item_rows = [next(turn).items.remote(c[1], ranks) for c in counts]
-    del counts
+    items_ref = ray.put(items)
 
-    def fetched(refs: list[Any]) -> Iterator[pl.DataFrame]:
-        while refs:
-            yield pl.from_arrow(ray.get(refs.pop(0)))  # each part freed once written
+    def users() -> Iterator[pl.DataFrame]:
+        def call(actor: Any, partition: list[Any]) -> Any:
+            return actor.users.remote(items_ref, params, last, *partition)
 
-    return {USER_BEHAVIOUR: fetched(users), ITEM_BEHAVIOUR: fetched(item_rows)}
+        # a partition's buckets are handed over (and let go here) when an actor has room for it
+        for table in ordered_results(workers, call, (user_parts.pop(0) for _ in range(n))):
+            yield pl.from_arrow(table)
+
+    def item_rows() -> Iterator[pl.DataFrame]:
+        rank_counts = ray.get([c[0] for c in counts])
+        ranks = ray.put(_ranks_from_counts(pl.concat(pl.from_arrow(t) for t in rank_counts)))
+        frames = [c[1] for c in counts]
+        counts.clear()
+        for table in ordered_results(workers, lambda a, f: a.items.remote(f, ranks),
+                                     (frames.pop(0) for _ in range(n))):
+            yield pl.from_arrow(table)
+
+    return {USER_BEHAVIOUR: users(), ITEM_BEHAVIOUR: item_rows()}
 
 
 def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
@@ -170,7 +187,10 @@ def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
                                                     settings.threads, restarts=1) as workers:
         items = (load_table(ws, "items", columns=[C.ITEM_ID, C.CATEGORY]) if ws.table("items").exists()
                  else None)
-        parts = behaviour_on_ray(settings, ws, items, until, workers)
+        log_file = ws.table("impressions")  # a missing one is said by `behaviour_on_ray`
+        n = partition_count(settings, len(workers), pq.ParquetFile(log_file).metadata.num_rows
+                            if log_file.exists() else 0)
+        parts = behaviour_on_ray(settings, ws, items, until, workers, n)
         with (
             atomic_path(paths[ITEM_BEHAVIOUR], ".parquet") as item_tmp,
             atomic_path(paths[USER_BEHAVIOUR], ".parquet") as user_tmp,
@@ -180,4 +200,4 @@ def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
                     USER_BEHAVIOUR: user_rows}
     notes = content_and_apply(settings, ws, paths)
     return log_build(settings, ws, params, until, rows, paths, last, start, notes,
-                     {"engine": "ray", "ray": where, "ray_workers": len(workers)})
+                     {"engine": "ray", "ray": where, "ray_workers": len(workers), "ray_partitions": n})

@@ -18,3 +18,7 @@ class RayConfig(ConfigModel):
     partitions_per_worker: int = Field(
         4, ge=1, description="user (and item) partitions per actor (recommend, features): smaller parts "
         "balance better; each actor has its next part shipped while it computes one")
+    partition_events: int = Field(
+        1_000_000, ge=1, description="the feature build's events per partition at most (more partitions than "
+        "partitions_per_worker per actor when the log needs them): an actor's memory follows its partition, "
+        "and the job's work does not depend on the number of workers")

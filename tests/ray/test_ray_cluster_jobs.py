@@ -100,7 +100,9 @@ def test_backfill_on_ray_embeds_only_changed_items_after_a_local_run(on_cluster,
 
 def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, tracking_store, monkeypatch,
                                                   conftest_of) -> None:
-    """Also when the log is read by several cuts: the table holds 6 row groups."""
+    """Also when the log is read by several cuts (the table holds 6 row groups) into more
+    partitions than `partitions_per_worker` per actor (12 of at most 500 events each)."""
+    import mlflow
     import pyarrow.parquet as pq
 
     from features.jobs import build_features
@@ -108,10 +110,10 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
 
     monkeypatch.setenv("RECSYS_CONFIG", str(tmp_path / "none.toml"))
     world = conftest_of("features").make_world(n_items=40, n_users=50, n_impressions=6000, days=45, seed=2)
-    frames = {}
+    frames, runs = {}, {}
     for engine, build in (("local", build_features), ("ray", build_features_on_ray)):
         settings = _settings(tmp_path / engine, tracking_store, on_cluster,
-                             **{"ray.partitions_per_worker": 3})
+                             **{"ray.partitions_per_worker": 3, "ray.partition_events": 500})
         ws = Workspace.at(settings.home)
         for name in ("items", "users", "impressions"):
             save_table(ws, name, world[name])
@@ -120,11 +122,13 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
         assert pq.ParquetFile(log_file).metadata.num_row_groups == 6
         result = build(settings, ws)
         frames[engine] = {v: pl.read_parquet(p) for v, p in result.paths.items()}
+        runs[engine] = mlflow.get_run(result.run_id)
     for view, local in frames["local"].items():
         key = C.USER_ID if view.startswith("user") else C.ITEM_ID
         ray = frames["ray"][view]
         assert local.height > 100
         assert local.sort(key, C.EVENT_TIMESTAMP).equals(ray.sort(key, C.EVENT_TIMESTAMP)), view
+    assert runs["ray"].data.params["ray_partitions"] == "12"
 
 
 
