@@ -10,17 +10,17 @@ parts), except an item's `popularity_rank`, which ranks it among all items. `ray
    (`normalize_events`) and cuts them into n buckets by a hash of the user and, apart, of the
    item (only the columns the item job reads), n from `partition_count`. Bucket j of every
    cut, in file order, is partition j: each key's events in one partition, in log order.
-2. *compute*: a user partition gives its `user_behaviour` rows; an item partition its windowed
-   counts (left in the object store) and its `_rank_counts`, which the driver sums into the
-   popularity ranks (`_ranks_from_counts`: counts of disjoint sets of items add up).
-3. *rank*: each item partition's counts get their `popularity_rank`.
+2. *count*: each item partition gives its `_rank_counts` (a few rows per day), which the driver
+   sums into the popularity ranks (`_ranks_from_counts`: counts of disjoint sets of items add up);
+3. *rows*: each user partition gives its `user_behaviour` rows and each item partition, with the
+   ranks, its `item_behaviour` rows, piece by piece as the local job makes them (`_key_parts`).
 
 The rows are the local job's (same values; the file holds them in another order of parts),
-written, registered and recorded as `build_features` does. The cut and count calls go to the
-actors in turn, the counts first, so the ranks are ready when the user partitions are done; user
-and item rows are asked for at most two per actor ahead of the driver's writing
-(`recsys.distributed.tasks.ordered_results`), so the object store holds the log's buckets, the
-item counts and a few parts of rows, not every part.
+written, registered and recorded as `build_features` does. Rows come back as Ray streaming
+generators that run at most `STREAMED_AHEAD` pieces ahead of the driver's writing, so an actor
+holds its partition's events and a piece, the driver a piece, and the object store the log's
+buckets and a few pieces (a 20-year log makes ~4 user rows per event: whole partitions of rows
+did not fit in memory at 10M clicks).
 
 Actors rather than tasks: the job runs on `ray.workers` processes (tasks would take every CPU
 of the cluster), started first so that their start and imports overlap the driver's planning.
@@ -52,10 +52,13 @@ from features.definitions import (
 )
 from features.jobs import (
     DAY,
+    PART_EVENT_DAYS,
     TS,
     BehaviourParams,
     BuildResult,
+    _by_key,
     _floor_day,
+    _key_parts,
     _rank_counts,
     _ranks_from_counts,
     _windowed_counts,
@@ -66,17 +69,18 @@ from features.jobs import (
     log_build,
     normalize_events,
     remove_temps,
-    user_behaviour,
+    user_behaviour_parts,
 )
 from recsys.config import Settings
 from recsys.data import columns as C
 from recsys.distributed.cluster import ray_session, worker_count
-from recsys.distributed.tasks import actors, ordered_results
+from recsys.distributed.tasks import actors
 from recsys.io import atomic_path
 from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
+STREAMED_AHEAD = 4  # pieces of rows an actor may have made before the driver reads them
 
 
 def buckets(events: pl.DataFrame, key: str, n: int) -> list[pa.Table]:
@@ -102,19 +106,24 @@ class BehaviourParts:
         return [events[TS].max(), *buckets(events, C.USER_ID, n), *buckets(items, C.ITEM_ID, n)]
 
     def users(self, items: pl.DataFrame | None, params: BehaviourParams, last: datetime,
-              *parts: pa.Table) -> pa.Table:
-        return user_behaviour(pl.from_arrow(pa.concat_tables(parts)), items, params, until=last).to_arrow()
+              *parts: pa.Table) -> Iterator[pa.Table]:
+        """The partition's `user_behaviour` rows, piece by piece (`user_behaviour_parts`)."""
+        events = pl.from_arrow(pa.concat_tables(parts))
+        for piece in user_behaviour_parts(events, items, params, until=last):
+            yield piece.to_arrow()
 
-    def item_counts(self, params: BehaviourParams, last: datetime,
-                    *parts: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """-> (the partition's `_rank_counts`, its windowed counts) (2 returns)."""
-        events = pl.from_arrow(pa.concat_tables(parts)).sort(C.ITEM_ID, maintain_order=True)
-        counts = _windowed_counts(events, C.ITEM_ID, last, params)
-        return _rank_counts(events, last).to_arrow(), counts.to_arrow()
+    def rank_counts(self, last: datetime, *parts: pa.Table) -> pa.Table:
+        """The item partition's `_rank_counts` (a few rows per day)."""
+        return _rank_counts(pl.from_arrow(pa.concat_tables(parts)), last).to_arrow()
 
-    def items(self, counts: pa.Table, ranks: tuple[pl.DataFrame, pl.DataFrame]) -> pa.Table:
-        frame = _with_popularity_rank(pl.from_arrow(counts), ranks)
-        return frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID).to_arrow()
+    def items(self, ranks: tuple[pl.DataFrame, pl.DataFrame], params: BehaviourParams, last: datetime,
+              *parts: pa.Table) -> Iterator[pa.Table]:
+        """The item partition's `item_behaviour` rows, piece by piece, as `item_behaviour_parts`
+        makes them with the ranks over all items."""
+        events = _by_key(pl.from_arrow(pa.concat_tables(parts)), C.ITEM_ID)
+        for part in _key_parts(events, C.ITEM_ID, PART_EVENT_DAYS):
+            frame = _with_popularity_rank(_windowed_counts(part, C.ITEM_ID, last, params), ranks)
+            yield frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID).to_arrow()
 
 
 def partition_count(settings: Settings, workers: int, events: int) -> int:
@@ -144,32 +153,37 @@ def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | No
         return {USER_BEHAVIOUR: iter(()), ITEM_BEHAVIOUR: iter(())}
     last = _floor_day(until) if until is not None else _floor_day(max(tops)) + DAY
 
-    # partition j: bucket j of every cut, in file order; the buckets go once their calls are done
-    counts = [next(turn).item_counts.options(num_returns=2).remote(params, last,
-                                                                   *[o[1 + n + j] for o in outs])
-              for j in range(n)]
+    # partition j: bucket j of every cut, in file order; every call is sent now, each actor's in
+    # partition order, so an actor blocked on rows the driver has not read yet waits only for
+    # partitions before its own
     user_parts = [[o[1 + j] for o in outs] for j in range(n)]
+    item_parts = [[o[1 + n + j] for o in outs] for j in range(n)]
     del outs
+    counts = [next(turn).rank_counts.remote(last, *item_parts[j]) for j in range(n)]
     items_ref = ray.put(items)
-
-    def users() -> Iterator[pl.DataFrame]:
-        def call(actor: Any, partition: list[Any]) -> Any:
-            return actor.users.remote(items_ref, params, last, *partition)
-
-        # a partition's buckets are handed over (and let go here) when an actor has room for it
-        for table in ordered_results(workers, call, (user_parts.pop(0) for _ in range(n))):
-            yield pl.from_arrow(table)
+    streamed = {"_generator_backpressure_num_objects": STREAMED_AHEAD}
+    users = [next(turn).users.options(**streamed).remote(items_ref, params, last, *user_parts[j])
+             for j in range(n)]
+    del user_parts
 
     def item_rows() -> Iterator[pl.DataFrame]:
-        rank_counts = ray.get([c[0] for c in counts])
-        ranks = ray.put(_ranks_from_counts(pl.concat(pl.from_arrow(t) for t in rank_counts)))
-        frames = [c[1] for c in counts]
-        counts.clear()
-        for table in ordered_results(workers, lambda a, f: a.items.remote(f, ranks),
-                                     (frames.pop(0) for _ in range(n))):
-            yield pl.from_arrow(table)
+        ranks = ray.put(_ranks_from_counts(pl.concat(pl.from_arrow(t) for t in ray.get(counts))))
+        calls = [next(turn).items.options(**streamed).remote(ranks, params, last, *item_parts[j])
+                 for j in range(n)]
+        item_parts.clear()
+        yield from _in_order(calls)
 
-    return {USER_BEHAVIOUR: users(), ITEM_BEHAVIOUR: item_rows()}
+    return {USER_BEHAVIOUR: _in_order(users), ITEM_BEHAVIOUR: item_rows()}
+
+
+def _in_order(calls: list[Any]) -> Iterator[pl.DataFrame]:
+    """The pieces of streamed calls (Ray's `ObjectRefGenerator`s), call after call; each piece is
+    let go once the caller has written it, each call once read to its end."""
+    import ray
+
+    while calls:
+        for ref in calls.pop(0):
+            yield pl.from_arrow(ray.get(ref))
 
 
 def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
