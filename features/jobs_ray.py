@@ -17,7 +17,8 @@ parts), except an item's `popularity_rank`, which ranks it among all items. `ray
 
 The rows are the local job's (same values; the file holds them in another order of parts),
 written, registered and recorded as `build_features` does. Rows come back as Ray streaming
-generators that run at most `STREAMED_AHEAD` pieces ahead of the driver's writing, so an actor
+generators, written in the order pieces are ready, at most `STREAMED_AHEAD` pieces ahead of the
+driver's writing per call, so an actor
 holds its partition's events and a piece, the driver a piece, and the object store the log's
 buckets and a few pieces (a 20-year log makes ~4 user rows per event: whole partitions of rows
 did not fit in memory at 10M clicks).
@@ -80,7 +81,8 @@ from recsys.runtime import configure_threads
 from recsys.workspace import Workspace
 
 log = logging.getLogger(__name__)
-STREAMED_AHEAD = 4  # pieces of rows an actor may have made before the driver reads them
+STREAMED_AHEAD = 2  # pieces of rows an actor may have made before the driver reads them
+PIECE_EVENT_DAYS = 4 * PART_EVENT_DAYS  # (key, event day) pairs per piece: fewer, larger objects
 
 
 def buckets(events: pl.DataFrame, key: str, n: int) -> list[pa.Table]:
@@ -109,7 +111,7 @@ class BehaviourParts:
               *parts: pa.Table) -> Iterator[pa.Table]:
         """The partition's `user_behaviour` rows, piece by piece (`user_behaviour_parts`)."""
         events = pl.from_arrow(pa.concat_tables(parts))
-        for piece in user_behaviour_parts(events, items, params, until=last):
+        for piece in user_behaviour_parts(events, items, params, until=last, max_event_days=PIECE_EVENT_DAYS):
             yield piece.to_arrow()
 
     def rank_counts(self, last: datetime, *parts: pa.Table) -> pa.Table:
@@ -121,7 +123,7 @@ class BehaviourParts:
         """The item partition's `item_behaviour` rows, piece by piece, as `item_behaviour_parts`
         makes them with the ranks over all items."""
         events = _by_key(pl.from_arrow(pa.concat_tables(parts)), C.ITEM_ID)
-        for part in _key_parts(events, C.ITEM_ID, PART_EVENT_DAYS):
+        for part in _key_parts(events, C.ITEM_ID, PIECE_EVENT_DAYS):
             frame = _with_popularity_rank(_windowed_counts(part, C.ITEM_ID, last, params), ranks)
             yield frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID).to_arrow()
 
@@ -153,9 +155,8 @@ def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | No
         return {USER_BEHAVIOUR: iter(()), ITEM_BEHAVIOUR: iter(())}
     last = _floor_day(until) if until is not None else _floor_day(max(tops)) + DAY
 
-    # partition j: bucket j of every cut, in file order; every call is sent now, each actor's in
-    # partition order, so an actor blocked on rows the driver has not read yet waits only for
-    # partitions before its own
+    # partition j: bucket j of every cut, in file order; every call is sent now (an actor runs
+    # its calls one after the other)
     user_parts = [[o[1 + j] for o in outs] for j in range(n)]
     item_parts = [[o[1 + n + j] for o in outs] for j in range(n)]
     del outs
@@ -171,18 +172,27 @@ def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | No
         calls = [next(turn).items.options(**streamed).remote(ranks, params, last, *item_parts[j])
                  for j in range(n)]
         item_parts.clear()
-        yield from _in_order(calls)
+        yield from _as_ready(calls)
 
-    return {USER_BEHAVIOUR: _in_order(users), ITEM_BEHAVIOUR: item_rows()}
+    return {USER_BEHAVIOUR: _as_ready(users), ITEM_BEHAVIOUR: item_rows()}
 
 
-def _in_order(calls: list[Any]) -> Iterator[pl.DataFrame]:
-    """The pieces of streamed calls (Ray's `ObjectRefGenerator`s), call after call; each piece is
-    let go once the caller has written it, each call once read to its end."""
+def _as_ready(calls: list[Any]) -> Iterator[pl.DataFrame]:
+    """The pieces of streamed calls (Ray's `ObjectRefGenerator`s) in the order they are ready,
+    so no actor waits for the driver to reach its partition; each piece is let go once the
+    caller has written it."""
     import ray
 
-    while calls:
-        for ref in calls.pop(0):
+    active = list(calls)
+    calls.clear()
+    while active:
+        ready, _ = ray.wait(active, num_returns=1)
+        for gen in ready:
+            try:
+                ref = next(gen)
+            except StopIteration:
+                active.remove(gen)
+                continue
             yield pl.from_arrow(ray.get(ref))
 
 
