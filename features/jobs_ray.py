@@ -139,7 +139,7 @@ def behaviour_on_ray(settings: Settings, ws: Workspace, items: pl.DataFrame | No
     """The user and item behaviour sources as parts computed by `workers` (`BehaviourParts`
     actors, in an open session) from the workspace's impressions table in `n` partitions: view ->
     its parts, each sorted by timestamp and key. Read the user parts first: the item parts are
-    made meanwhile."""
+    asked for when their iterator is first read, with the ranks the item counts made meanwhile."""
     import ray
 
     columns = event_columns(ws)
