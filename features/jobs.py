@@ -332,7 +332,20 @@ def item_behaviour_parts(
     if last is None:
         return
     ranks = _popularity_ranks(events, last)
-    events = _by_key(events, C.ITEM_ID)
+    events = _by_key(events, C.ITEM_ID)  # rebound: the log's other order is let go
+    yield from ranked_item_parts(events, ranks, last, params, max_event_days)
+
+
+def ranked_item_parts(
+    events: pl.DataFrame,
+    ranks: tuple[pl.DataFrame, pl.DataFrame],
+    last: datetime,
+    params: BehaviourParams,
+    max_event_days: int = PART_EVENT_DAYS,
+) -> Iterator[pl.DataFrame]:
+    """`item_behaviour` parts of normalized `events` in item order (`_by_key`), with the
+    popularity `ranks` over all items (`_popularity_ranks` of the whole log, or summed over the
+    item partitions of the Ray job). Needs only the item, timestamp and `clicked` columns."""
     for part in _key_parts(events, C.ITEM_ID, max_event_days):
         frame = _with_popularity_rank(_windowed_counts(part, C.ITEM_ID, last, params), ranks)
         yield frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID)

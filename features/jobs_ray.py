@@ -49,7 +49,6 @@ from features.definitions import (
     USER_BEHAVIOUR,
     VIEWS,
     source_path,
-    source_schema,
 )
 from features.jobs import (
     DAY,
@@ -59,16 +58,14 @@ from features.jobs import (
     BuildResult,
     _by_key,
     _floor_day,
-    _key_parts,
     _rank_counts,
     _ranks_from_counts,
-    _windowed_counts,
-    _with_popularity_rank,
     _write_parts,
     content_and_apply,
     event_columns,
     log_build,
     normalize_events,
+    ranked_item_parts,
     remove_temps,
     user_behaviour_parts,
 )
@@ -120,12 +117,11 @@ class BehaviourParts:
 
     def items(self, ranks: tuple[pl.DataFrame, pl.DataFrame], params: BehaviourParams, last: datetime,
               *parts: pa.Table) -> Iterator[pa.Table]:
-        """The item partition's `item_behaviour` rows, piece by piece, as `item_behaviour_parts`
-        makes them with the ranks over all items."""
+        """The item partition's `item_behaviour` rows, piece by piece, with the ranks over all
+        items (`ranked_item_parts`)."""
         events = _by_key(pl.from_arrow(pa.concat_tables(parts)), C.ITEM_ID)
-        for part in _key_parts(events, C.ITEM_ID, PIECE_EVENT_DAYS):
-            frame = _with_popularity_rank(_windowed_counts(part, C.ITEM_ID, last, params), ranks)
-            yield frame.select(list(source_schema(ITEM_BEHAVIOUR))).sort(TS, C.ITEM_ID).to_arrow()
+        for piece in ranked_item_parts(events, ranks, last, params, PIECE_EVENT_DAYS):
+            yield piece.to_arrow()
 
 
 def partition_count(settings: Settings, workers: int, events: int) -> int:
