@@ -101,11 +101,16 @@ def feature_store(settings: Settings, repoint: bool = True) -> Any:
     return store
 
 
-def _registered_sources(ws: Workspace) -> str | None:
+def _recorded(path: Path, field: str) -> str | None:
+    """`field` of a small JSON record beside the registry; None when missing or unreadable."""
     try:
-        return json.loads((ws.feast_dir / LOCATION_FILE).read_text()).get("sources")
+        return json.loads(path.read_text()).get(field)
     except (FileNotFoundError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def _registered_sources(ws: Workspace) -> str | None:
+    return _recorded(ws.feast_dir / LOCATION_FILE, "sources")
 
 
 def _record_sources(ws: Workspace) -> None:
@@ -234,10 +239,7 @@ def _applied(settings: Settings, ws: Workspace) -> str | None:
     if not (ws.feast_dir / REGISTRY_FILE).exists() or (
             online["type"] == "sqlite" and not Path(online["path"]).exists()):
         return None
-    try:
-        return json.loads((ws.feast_dir / APPLIED_FILE).read_text()).get("fingerprint")
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        return None
+    return _recorded(ws.feast_dir / APPLIED_FILE, "fingerprint")
 
 
 __all__ = [

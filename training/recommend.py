@@ -107,7 +107,7 @@ def recommend_batch(settings: Settings, ws: Workspace, users: list[str] | None, 
         ease_items = min(n_items, settings.retrieval.ease_max_items) if settings.retrieval.ease else 0
         item_source = ws.feature_sources_dir / "item_behaviour.parquet"
         item_snapshots = (pl.scan_parquet(item_source).select(pl.len()).collect().item()
-                     if item_source.exists() else 0)
+                          if item_source.exists() else 0)
         plan = memory.recommend(memory.budget_bytes(settings.memory_gib), log_bytes=log_df.estimated_size(),
                                 log_rows=log_df.height, users=len(users),
                                 item_bytes=3 * vectors + 600 * n_items, ease_items=ease_items, k=k,
