@@ -4,6 +4,7 @@ folder reloads to the same recommendations and refuses a foreign index."""
 
 import numpy as np
 import pytest
+import torch
 from retrieval_shop import make_shop, split_shop
 
 from recsys.retrieval.artifact import RetrievalModel
@@ -23,10 +24,11 @@ def two_tower_scorer(model, known):
     return score
 
 
-def _evaluate(seed):
+def _evaluate(seed, device="cpu"):
     shop = make_shop(seed)
     split = split_shop(shop)
-    trained = train_two_tower(shop.items, shop.embeddings, split.train, split.valid, CFG, seed=seed)
+    trained = train_two_tower(shop.items, shop.embeddings, split.train, split.valid, CFG, seed=seed,
+                              device=device)
     model = trained.model
     known = split.train.vstack(split.valid)
     clip = np.asarray(shop.embeddings.sort("item_id")["embedding"].to_list(), dtype=np.float32)
@@ -51,6 +53,21 @@ def test_two_tower_beats_popularity_warm_and_clip_beats_popularity_cold(seed):
     per_user = result.per_user[("two_tower", "all")]
     assert per_user["ndcg@10"].shape == (len(result.users["all"]),)
     assert "two_tower" in result.format()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_tower_trained_on_cuda_beats_popularity_and_serves_on_cpu(tmp_path):
+    """`device: auto` trains on the GPU where one is present: the same margins as on the CPU,
+    and the saved model loads and scores on a CPU-only server."""
+    result, trained = _evaluate(0, device="cuda")
+    v = result.value
+    assert v("two_tower", "warm_items", "recall@20") > 1.15 * v("popularity", "warm_items", "recall@20")
+    assert v("two_tower", "warm_items", "ndcg@10") > v("popularity", "warm_items", "ndcg@10")
+    assert next(trained.model.net.parameters()).device.type == "cpu"
+    trained.model.save(tmp_path / "m")
+    users, hist = ["u1", "never-seen"], [["i0001", "i0002"], []]
+    assert np.allclose(RetrievalModel.load(tmp_path / "m").user_vectors(users, hist),
+                       trained.model.user_vectors(users, hist), atol=1e-6)
 
 
 def test_model_folder_roundtrip(tmp_path):
