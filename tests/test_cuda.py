@@ -1,7 +1,7 @@
 """The CLIP encoder and the thumbnail model on a CUDA device, each beside the same weights on the
 CPU. `device: auto` resolves to CUDA where one is present, so this is what a GPU user runs; the
 module is skipped where there is none (CI). The two-tower's GPU training is checked in
-`tests/retrieval/test_two_tower_cuda.py`."""
+`tests/retrieval/test_quality.py`."""
 
 from __future__ import annotations
 
