@@ -8,9 +8,12 @@ and precision (float32, bfloat16 weights):
     decode + preprocess in a DataLoader worker, both towers, fusion, shard writes, consolidation),
     items/s over the embedding loop;
   * achieved GFLOP/s of the image forward (FLOPs counted by torch's FlopCounterMode) against a
-    matmul peak measured in the same run at the same precision.
+    matmul peak measured in the same run at the same precision, on the same device.
 
     OMP_WAIT_POLICY=passive OMP_NUM_THREADS=1 RECSYS_PROGRESS=0 .venv/bin/python benchmarks/backfill.py
+
+`--device cuda` (or `auto`) runs the encoders on a GPU; `--skip-e2e` leaves out the end-to-end
+backfill (it logs an MLflow run), for a machine with torch and open_clip only.
 """
 
 from __future__ import annotations
@@ -34,18 +37,28 @@ from recsys.data import columns as C  # noqa: E402
 from recsys.data.tables import save_table  # noqa: E402
 from recsys.embeddings.config import ClipConfig  # noqa: E402
 from recsys.embeddings.encoder import ClipEncoder  # noqa: E402
+from recsys.runtime import resolve_device  # noqa: E402
 from recsys.workspace import Workspace  # noqa: E402
 from training.backfill import backfill  # noqa: E402
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def matmul_peak(dtype: torch.dtype, device: str, seconds: float = 1.0) -> float:
+    """GFLOP/s of square matmuls (1024² on a CPU, 8192² on a GPU, where smaller ones leave it idle)."""
+    n = 8192 if device.startswith("cuda") else 1024
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     a @ b
+    _sync(device)
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         reps += 1
+    _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def image_flops(encoder: ClipEncoder) -> float:
@@ -53,7 +66,7 @@ def image_flops(encoder: ClipEncoder) -> float:
 
     # with autograd on: under inference_mode nn.MultiheadAttention takes a fused kernel the
     # counter does not see (ViT-B-32 would read 5.9 instead of 8.8 GFLOP)
-    x = torch.randn(1, 3, encoder.image_size, encoder.image_size, requires_grad=True)
+    x = torch.randn(1, 3, encoder.image_size, encoder.image_size, device=encoder.device, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         encoder.model.encode_image(x.to(encoder.dtype))
     return float(counter.get_total_flops())
@@ -85,10 +98,12 @@ def make_catalogue(ws: Workspace, n: int, size: int) -> list[str]:
     return texts
 
 
-def run(model: str, n: int, source_px: int, batch: int, workers: int) -> list[dict]:
+def run(model: str, n: int, source_px: int, batch: int, workers: int, device: str = "cpu",
+        e2e: bool = True) -> list[dict]:
+    """One row per precision; `e2e` False leaves the end-to-end column out (NaN)."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(**{"home": tmp, "device": "cpu", "clip.model": model,
+        settings = load_settings(**{"home": tmp, "device": device, "clip.model": model,
                                     "clip.batch_size": batch, "clip.workers": workers,
                                     "clip.shard_rows": 10_000})
         ws = Workspace.at(tmp)
@@ -96,7 +111,7 @@ def run(model: str, n: int, source_px: int, batch: int, workers: int) -> list[di
         for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             torch.manual_seed(0)
             cfg = ClipConfig(model=model, precision=precision, batch_size=batch, workers=workers)
-            enc = ClipEncoder(cfg)
+            enc = ClipEncoder(cfg, device=device)
             pixels = torch.stack([enc.preprocess(Image.open(ws.images_dir / f"b{i:05d}.jpg").convert("RGB"))
                                   for i in range(n)])
             tokens = enc.tokenize(texts)
@@ -115,13 +130,13 @@ def run(model: str, n: int, source_px: int, batch: int, workers: int) -> list[di
             raw_item = timed(both, n)
             run_settings = settings.model_copy(update={"clip": settings.clip.model_copy(
                 update={"precision": precision})})
-            e2e = max(backfill(run_settings, ws, force=True, push_to_feast=False, encoder=enc).items_per_s
-                      for _ in range(2))
+            e2e_rate = max(backfill(run_settings, ws, force=True, push_to_feast=False,
+                                    encoder=enc).items_per_s for _ in range(2)) if e2e else float("nan")
             flops = image_flops(enc)
-            peak = matmul_peak(dtype)
+            peak = matmul_peak(dtype, device)
             out.append({"model": f"{model} @{enc.image_size}px", "precision": precision,
-                        "raw img/s": raw_img, "raw item/s": raw_item, "e2e item/s": e2e,
-                        "e2e/raw": e2e / raw_item, "GFLOP/img": flops / 1e9,
+                        "raw img/s": raw_img, "raw item/s": raw_item, "e2e item/s": e2e_rate,
+                        "e2e/raw": e2e_rate / raw_item, "GFLOP/img": flops / 1e9,
                         "GFLOP/s": raw_img * flops / 1e9, "matmul peak": peak,
                         "% peak": 100 * raw_img * flops / 1e9 / peak})
             print(_fmt(out[-1]), flush=True)
@@ -141,21 +156,27 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vit-batch", type=int, default=16)
     p.add_argument("--skip-vit", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA where present)")
+    p.add_argument("--skip-e2e", action="store_true", help="only the raw forwards (no MLflow needed)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), DataLoader workers {args.workers}")
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__} on {where}, {args.threads} thread(s), "
+          f"DataLoader workers {args.workers}")
     print("| model | precision | raw img/s | raw item/s (img+text) | end-to-end item/s | e2e / raw item "
           "| GFLOP/img | img GFLOP/s | matmul peak GFLOP/s | % of peak |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    rows = run("recsys-clip-tiny", args.tiny_images, 128, args.batch, args.workers)
+    rows = run("recsys-clip-tiny", args.tiny_images, 128, args.batch, args.workers, device, not args.skip_e2e)
     if not args.skip_vit:
-        rows += run("ViT-B-32", args.vit_images, 256, 16, args.workers)
+        rows += run("ViT-B-32", args.vit_images, 256, args.vit_batch, args.workers, device, not args.skip_e2e)
     by = {(r["model"], r["precision"]): r for r in rows}
     for model in dict.fromkeys(r["model"] for r in rows):
         f32, b16 = by[(model, "float32")], by[(model, "bfloat16")]
-        print(f"{model}: bf16 / fp32 raw images/s = {b16['raw img/s'] / f32['raw img/s']:.2f}x, "
-              f"end-to-end = {b16['e2e item/s'] / f32['e2e item/s']:.2f}x")
+        e2e = "" if args.skip_e2e else f", end-to-end = {b16['e2e item/s'] / f32['e2e item/s']:.2f}x"
+        print(f"{model}: bf16 / fp32 raw images/s = {b16['raw img/s'] / f32['raw img/s']:.2f}x{e2e}")
 
 
 if __name__ == "__main__":
