@@ -506,22 +506,20 @@ def _ann_index(retrieval: CandidateSource, items: ItemTable,
 
 
 def merged(lists: Sequence[np.ndarray], cap: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """`recsys.ranking.candidates.merge_candidates` with sorts instead of Python dicts (the same
-    union in the same order, the same ranks; tested against it): 0.03 instead of 0.15 ms for a
-    request's 300 + 100 candidates."""
+    """`recsys.ranking.candidates.merge_candidates` for lists that each hold a row at most once
+    (the candidate sources' top rows do), with sorts instead of Python dicts: the same union in
+    the same order and the same ranks (tested against it), ~0.03 ms for a request's 300 + 100."""
     arrays = [np.asarray(rows, np.int64) for rows in lists]
-    cat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
-    _, first = np.unique(cat, return_index=True)
-    union = cat[np.sort(first)]  # first occurrences, in order
+    union = arrays[0] if arrays else np.zeros(0, np.int64)
+    for rows in arrays[1:]:  # append the rows not yet in the union, in their list's order
+        known = np.sort(union)
+        at = np.minimum(np.searchsorted(known, rows), max(len(known) - 1, 0))
+        union = np.concatenate([union, rows if not len(known) else rows[known[at] != rows]])
+    order = np.argsort(union)
     ranks = []
     for rows in arrays:
         rank = np.full(len(union), float(cap), np.float32)
-        if len(rows):
-            order = np.argsort(rows, kind="stable")
-            ordered = rows[order]
-            at = np.searchsorted(ordered, union, side="right") - 1  # a row's last position, as a dict keeps
-            found = (at >= 0) & (ordered[np.maximum(at, 0)] == union)
-            rank[found] = order[at[found]]
+        rank[order[np.searchsorted(union[order], rows)]] = np.arange(len(rows))
         ranks.append(rank)
     return union, ranks
 

@@ -21,6 +21,19 @@ def test_merge_keeps_first_order_and_ranks_every_list() -> None:
     assert top_rows(np.array([0.1, np.nan, 0.9, 0.9, -np.inf]), 3).tolist() == [2, 3, 0]
 
 
+def test_the_request_paths_merge_equals_merge_candidates() -> None:
+    """`recsys.recommender.merged` (sorts, for lists without repeats) against the dict version."""
+    from recsys.recommender import merged
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        lists = [rng.choice(60, rng.integers(0, 25), replace=False) for _ in range(rng.integers(1, 4))]
+        union, ranks = merged(lists, cap=30)
+        want_union, want_ranks = merge_candidates(lists, cap=30)
+        assert union.tolist() == want_union.tolist()
+        assert [r.tolist() for r in ranks] == [r.tolist() for r in want_ranks]
+
+
 def test_union_of_two_tower_and_ease_with_per_source_features(world) -> None:
     clicks = world["impressions"].filter(pl.col(C.CLICKED)).select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP)
     split = candidate_split(clicks, "random", seed=1)
