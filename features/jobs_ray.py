@@ -18,10 +18,9 @@ parts), except an item's `popularity_rank`, which ranks it among all items. `ray
 The rows are the local job's (same values; the file holds them in another order of parts),
 written, registered and recorded as `build_features` does. Rows come back as Ray streaming
 generators, written in the order pieces are ready, at most `STREAMED_AHEAD` pieces ahead of the
-driver's writing per call, so an actor
-holds its partition's events and a piece, the driver a piece, and the object store the log's
-buckets and a few pieces (a 20-year log makes ~4 user rows per event: whole partitions of rows
-did not fit in memory at 10M clicks).
+driver's writing per call, so an actor holds its partition's events and a piece, the driver a
+piece, and the object store the log's buckets and a few pieces (a 20-year log makes ~4 user rows
+per event: whole partitions of rows did not fit in memory at 10M clicks).
 
 Actors rather than tasks: the job runs on `ray.workers` processes (tasks would take every CPU
 of the cluster), started first so that their start and imports overlap the driver's planning.

@@ -516,10 +516,11 @@ def merged(lists: Sequence[np.ndarray], cap: int) -> tuple[np.ndarray, list[np.n
         at = np.minimum(np.searchsorted(known, rows), max(len(known) - 1, 0))
         union = np.concatenate([union, rows if not len(known) else rows[known[at] != rows]])
     order = np.argsort(union)
+    ordered = union[order]
     ranks = []
     for rows in arrays:
         rank = np.full(len(union), float(cap), np.float32)
-        rank[order[np.searchsorted(union[order], rows)]] = np.arange(len(rows))
+        rank[order[np.searchsorted(ordered, rows)]] = np.arange(len(rows))
         ranks.append(rank)
     return union, ranks
 
