@@ -257,14 +257,18 @@ def cpu_split(before: dict[int, float], after: dict[int, float]) -> str:
     return "/".join(f"{u:.1f}" for u in used)
 
 
-def in_process(settings, users: list[str], n: int, seed: int = 0) -> dict[str, float]:  # noqa: ANN001
+def in_process(settings, users: list[str], n: int, seed: int = 0, rounds: int = 3) -> dict[str, float]:  # noqa: ANN001
     """CPU time per request of the whole request path in one process, no HTTP: the serving state
     loaded as the server loads it, then `n` sequential `RecommendService.recommend` calls for
     random known users (online-store read, recommender, exploration, response model), after 30
     warm-up calls. Prints medians of the CPU time per request (`time.process_time`) and of each
     stage's wall time as the response reports it, and the same for the parts alone where both
     variants exist in this code (Feast's read against the direct one, all of the pool's
-    marginals against the truncated pool). Returns the medians in ms."""
+    marginals against the truncated pool).
+
+    The baseline, in the same run on the same users: the request path in the reference forms
+    that this code's shortcuts are tested against (`reference_state`). The two alternate in
+    `rounds` blocks, so a change in the machine's speed reaches both. Returns the medians in ms."""
     import gc
     import statistics
     from collections import defaultdict
@@ -276,28 +280,40 @@ def in_process(settings, users: list[str], n: int, seed: int = 0) -> dict[str, f
     t = time.perf_counter()
     state = load_state(settings)
     assert state.ready, state.problems
-    service = RecommendService(settings, loader=lambda s, previous=None: state)
-    service.swap_in(state)
+    reference = reference_state(settings, state)
+    services = {}
+    for name, s in (("fast", state), ("reference", reference)):
+        services[name] = RecommendService(settings, loader=lambda _settings, previous=None, s=s: s)
+        services[name].swap_in(s)
     gc.collect()
     gc.freeze()  # as the server does after loading
-    print(f"in process: state loaded in {time.perf_counter() - t:.1f} s; {n} requests, "
-          f"exploration {settings.serving.exploration} (T {settings.serving.temperature})", flush=True)
+    print(f"in process: state loaded in {time.perf_counter() - t:.1f} s; {n} requests in {rounds} "
+          f"rounds against the reference path, exploration {settings.serving.exploration} "
+          f"(T {settings.serving.temperature})", flush=True)
     rng = random.Random(seed)
     picks = [rng.choice(users) for _ in range(n + 30)]
     for user in picks[:30]:
-        service.recommend(RecommendationRequest(user_id=user, k=10))
-    cpu, stages = [], defaultdict(list)
-    for user in picks[30:]:
-        t0 = time.process_time()
-        out = service.recommend(RecommendationRequest(user_id=user, k=10))
-        cpu.append(time.process_time() - t0)
-        assert not out.degraded and out.fallback is None or out.fallback == "popular", out
-        for stage, ms in out.timings_ms.items():
-            stages[stage].append(ms)
-    med = {"cpu": statistics.median(cpu) * 1000, **{k: statistics.median(v) for k, v in stages.items()}}
-    print(f"  CPU per request: median {med['cpu']:.3f} ms, p90 {np.percentile(cpu, 90) * 1000:.3f} ms; "
-          "stage medians (wall ms): " + ", ".join(f"{k} {v:.3f}" for k, v in med.items() if k != "cpu"),
-          flush=True)
+        for service in services.values():
+            service.recommend(RecommendationRequest(user_id=user, k=10))
+    cpu: dict[str, list[float]] = defaultdict(list)
+    stages = defaultdict(list)
+    for block in np.array_split(np.array(picks[30:]), rounds):
+        for name, service in services.items():
+            for user in block.tolist():
+                t0 = time.process_time()
+                out = service.recommend(RecommendationRequest(user_id=user, k=10))
+                cpu[name].append(time.process_time() - t0)
+                assert not out.degraded and out.fallback is None or out.fallback == "popular", out
+                if name == "fast":
+                    for stage, ms in out.timings_ms.items():
+                        stages[stage].append(ms)
+    med = {k: statistics.median(v) for k, v in stages.items()}
+    med["cpu"], med["cpu_reference"] = (statistics.median(cpu[name]) * 1000 for name in services)
+    print(f"  CPU per request: median {med['cpu']:.3f} ms, p90 {np.percentile(cpu['fast'], 90) * 1000:.3f} "
+          "ms; stage medians (wall ms): " + ", ".join(f"{k} {med[k]:.3f}" for k in stages), flush=True)
+    print(f"  baseline, the reference path in the same run: median {med['cpu_reference']:.3f} ms, p90 "
+          f"{np.percentile(cpu['reference'], 90) * 1000:.3f} ms: {med['cpu_reference'] / med['cpu']:.2f}x "
+          "the CPU per request", flush=True)
 
     def cpu_of(fn, args: list) -> float:  # noqa: ANN001
         for a in args[:20]:
@@ -341,6 +357,24 @@ def in_process(settings, users: list[str], n: int, seed: int = 0) -> dict[str, f
         line += f" (the whole pool's marginals alone: {med['explore_whole_pool']:.3f})"
     print(line, flush=True)
     return med
+
+
+def reference_state(settings, state):  # noqa: ANN001, ANN201
+    """`state` with the request path in the reference forms its shortcuts are tested against:
+    the user read through Feast's `get_online_features`, the recommender's `fast = False` forms
+    (the torch user tower, EASE over the whole catalogue, the dict merge, reasons item by item) and
+    LightGBM's own predictor instead of the compiled trees. Exploration is the same in both (its
+    reference, the whole pool's marginals, is timed alone). Shares the loaded arrays."""
+    import copy
+    from dataclasses import replace
+
+    from features.online import OnlineFeatures
+    from recsys.ranking.compiled import LightGBMTrees
+
+    recommender = copy.copy(state.recommender)
+    recommender.fast = False
+    recommender.ranker = replace(recommender.ranker, trees=LightGBMTrees(recommender.ranker.booster))
+    return replace(state, recommender=recommender, features=OnlineFeatures(settings, direct=False))
 
 
 def rules_of_none():  # noqa: ANN201
