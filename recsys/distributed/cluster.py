@@ -128,6 +128,13 @@ def start_head(env: Mapping[str, str], object_store_mb: int, output: IO[bytes] |
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
     if ray_cli is None:
         raise FileNotFoundError("the ray CLI is not installed beside this Python")
+    if env.get("RAY_AUTH_MODE") == "token":
+        # local instances create their token themselves, `ray start` does not: on a machine
+        # without ~/.ray/auth_token it exits; the token goes to that file, never to the console
+        made = subprocess.run([ray_cli, "get-auth-token", "--generate"], env=dict(env),
+                              stdout=subprocess.DEVNULL, stderr=output, check=False)
+        if made.returncode:
+            raise RuntimeError("ray get-auth-token --generate failed")
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         port = s.getsockname()[1]
