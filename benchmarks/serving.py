@@ -327,17 +327,10 @@ def in_process(settings, users: list[str], n: int, seed: int = 0, rounds: int = 
 
     features = state.features
     sample = picks[30:]
-    if hasattr(features, "direct"):  # the direct read exists: Feast's read of the same users beside it
-        from features.online import OnlineFeatures
-
-        by_feast = OnlineFeatures(settings, direct=False)
-        med["user_read_direct"] = cpu_of(features.user, sample)
-        med["user_read_feast"] = cpu_of(by_feast.user, sample)
-        print(f"  user read alone (CPU ms, median): direct {med['user_read_direct']:.3f}, "
-              f"Feast get_online_features {med['user_read_feast']:.3f}", flush=True)
-    else:
-        med["user_read_feast"] = cpu_of(features.user, sample)
-        print(f"  user read alone (CPU ms, median): Feast get_online_features {med['user_read_feast']:.3f}")
+    med["user_read_direct"] = cpu_of(features.user, sample)
+    med["user_read_feast"] = cpu_of(reference.features.user, sample)  # the reference path's Feast read
+    print(f"  user read alone (CPU ms, median): direct {med['user_read_direct']:.3f}, "
+          f"Feast get_online_features {med['user_read_feast']:.3f}", flush=True)
     from serving.exploration import choose_slate
 
     pools = []
