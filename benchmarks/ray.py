@@ -251,8 +251,8 @@ def run_one(home: Path, job: str, workers: int, args: argparse.Namespace, out: P
         timings["job"] = time.perf_counter() - t
         timings["behaviour"] = timings["job"] - common[0]
         for view, path in result.paths.items():
-            if view != "item_content":
-                shutil.copy(path, out / f"{view}.parquet")
+            if view != "item_content":  # the Ray build's sources are folders of parts
+                (shutil.copytree if path.is_dir() else shutil.copy)(path, out / f"{view}.parquet")
         timings["units"] = load_table(Workspace.at(settings.home), "impressions", columns=[C.USER_ID]).height
     else:
         settings = world_settings(home, workers)

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data import columns as C
+from recsys.io import parquet_files
 
 BATCH_ROWS = 100_000  # source rows read at a time
 
@@ -24,20 +25,25 @@ BATCH_ROWS = 100_000  # source rows read at a time
 def latest_rows(path: Path, key: str, end: datetime | None = None,
                 batch_rows: int | None = None) -> pl.DataFrame:
     """Each `key`'s row with the latest timestamp <= `end` (None: any), of rows with the same
-    latest timestamp the last in the file. `pre_buffer=False`: with pyarrow's default
-    pre-buffering the reader kept every batch it had read (2 GiB after a 1.8 GB source; without
-    it, flat at about 60 MiB)."""
+    latest timestamp the last in the file (a folder's parts: in `parquet_files` order).
+    `pre_buffer=False`: with pyarrow's default pre-buffering the reader kept every batch it had
+    read (2 GiB after a 1.8 GB source; without it, flat at about 60 MiB)."""
     import pyarrow.parquet as pq
 
-    source = pq.ParquetFile(path, pre_buffer=False)
-    latest = pl.from_arrow(source.schema_arrow.empty_table())
-    assert isinstance(latest, pl.DataFrame)
-    for batch in source.iter_batches(batch_size=batch_rows or BATCH_ROWS):
-        rows = pl.from_arrow(batch)
-        assert isinstance(rows, pl.DataFrame)
-        if end is not None:
-            rows = rows.filter(pl.col(C.EVENT_TIMESTAMP) <= end)
-        latest = _last_per_key(pl.concat([latest, _last_per_key(rows, key)], how="vertical_relaxed"), key)
+    latest = None
+    for file in parquet_files(path):  # a source the Ray build wrote is a folder of parts
+        source = pq.ParquetFile(file, pre_buffer=False)
+        if latest is None:
+            latest = pl.from_arrow(source.schema_arrow.empty_table())
+            assert isinstance(latest, pl.DataFrame)
+        for batch in source.iter_batches(batch_size=batch_rows or BATCH_ROWS):
+            rows = pl.from_arrow(batch)
+            assert isinstance(rows, pl.DataFrame)
+            if end is not None:
+                rows = rows.filter(pl.col(C.EVENT_TIMESTAMP) <= end)
+            latest = _last_per_key(pl.concat([latest, _last_per_key(rows, key)], how="vertical_relaxed"), key)
+    if latest is None:
+        raise FileNotFoundError(f"{path}: a folder without parquet parts where a feature source was expected")
     return latest
 
 

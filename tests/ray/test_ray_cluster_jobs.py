@@ -101,16 +101,21 @@ def test_backfill_on_ray_embeds_only_changed_items_after_a_local_run(on_cluster,
 def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, tracking_store, monkeypatch,
                                                   conftest_of) -> None:
     """Also when the log is read by several cuts (the table holds 6 row groups) into more
-    partitions than `partitions_per_worker` per actor (12 of at most 500 events each)."""
+    partitions than `partitions_per_worker` per actor (12 of at most 500 events each). The Ray
+    sources are folders of parts (one per partition), which Feast's point-in-time join and
+    materialize's latest rows read as they read the local build's files."""
     import mlflow
     import pyarrow.parquet as pq
 
-    from features.jobs import build_features
+    from features.jobs import build_features, latest_rows
     from features.jobs_ray import build_features_on_ray
+    from features.training_set import build_training_set
 
     monkeypatch.setenv("RECSYS_CONFIG", str(tmp_path / "none.toml"))
     world = conftest_of("features").make_world(n_items=40, n_users=50, n_impressions=6000, days=45, seed=2)
-    frames, runs = {}, {}
+    entity = world["impressions"].select(C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP).gather_every(30)
+    end = world["impressions"][C.EVENT_TIMESTAMP].max()
+    frames, runs, joined, latest = {}, {}, {}, {}
     for engine, build in (("local", build_features), ("ray", build_features_on_ray)):
         settings = _settings(tmp_path / engine, tracking_store, on_cluster,
                              **{"ray.partitions_per_worker": 3, "ray.partition_events": 500})
@@ -123,12 +128,22 @@ def test_feature_build_on_ray_gives_the_local_rows(on_cluster, tmp_path, trackin
         result = build(settings, ws)
         frames[engine] = {v: pl.read_parquet(p) for v, p in result.paths.items()}
         runs[engine] = mlflow.get_run(result.run_id)
+        joined[engine] = build_training_set(settings, entity, ["user_behaviour", "item_behaviour"])
+        latest[engine] = {v: latest_rows(ws, v, end) for v in ("user_behaviour", "item_behaviour")}
+    for view in ("user_behaviour", "item_behaviour"):
+        assert result.paths[view].is_symlink() and len(list(result.paths[view].glob("part-*.parquet"))) == 12
     for view, local in frames["local"].items():
         key = C.USER_ID if view.startswith("user") else C.ITEM_ID
         ray = frames["ray"][view]
         assert local.height > 100
         assert local.sort(key, C.EVENT_TIMESTAMP).equals(ray.sort(key, C.EVENT_TIMESTAMP)), view
     assert runs["ray"].data.params["ray_partitions"] == "12"
+    order = [C.USER_ID, C.ITEM_ID, C.EVENT_TIMESTAMP]
+    assert joined["local"].drop_nulls().height > 100
+    assert joined["local"].sort(order).equals(joined["ray"].sort(order))
+    for view, key in (("user_behaviour", C.USER_ID), ("item_behaviour", C.ITEM_ID)):
+        assert latest["local"][view].height > 10
+        assert latest["local"][view].sort(key).equals(latest["ray"][view].sort(key)), view
 
 
 
