@@ -97,7 +97,7 @@ def source_schema(view: str) -> dict[str, pl.DataType]:
 
 
 def source_path(sources_dir: str | Path, view: str) -> Path:
-    """The parquet file behind a feature view."""
+    """The parquet file behind a feature view (built on Ray: a link to a folder of parts)."""
     return Path(sources_dir) / f"{view}.parquet"
 
 
