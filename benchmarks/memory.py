@@ -15,7 +15,11 @@
 3. Each command's peak resident memory comes from `/usr/bin/time -f %M` (the largest RSS of the
    process and its children) where it exists, else from polling the process tree with psutil
    every 50 ms (which can miss a short spike). A poller also kills a command whose tree passes
-   `--kill-above` GiB, so a blow-up is reported instead of taking the machine down.
+   `--kill-above` GiB, so a blow-up is reported instead of taking the machine down. The same
+   poller sums the tree's PSS every 0.25 s: the figure for a command of several processes that
+   share pages (`features build --engine ray`, a step run only when `--steps` names it: its
+   local Ray instance and workers are the command's children, and their RSS counts the object
+   store's shared pages in every process that maps them).
 
 Prints a markdown table (step, peak RSS, the command's own planned peak from its `memory plan:`
 line (`recsys.memory`), measured / planned, seconds, status) and writes it as JSON to
@@ -129,6 +133,7 @@ class Step:
     seconds: float
     status: str  # ok, failed (exit N), killed above X GiB
     planned_mib: float | None = None  # the command's own memory plan (recsys.memory), when it states one
+    peak_pss_mib: float | None = None  # the process tree's summed PSS, polled every 0.25 s
 
 
 PLAN_LINE = re.compile(r"memory plan: ([\d.]+) GiB peak")
@@ -148,6 +153,14 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def _tree_pss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_full_info().pss
+    return total
+
+
 def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_above: float) -> Step:
     """Run `recsys ARGS` in `ws` under the RSS measurement; one printed line per step."""
     exe = Path(sys.executable).parent / "recsys"
@@ -157,7 +170,7 @@ def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_abo
     timed = Path(TIME).exists()
     rss_file = logs / f".{log_path.stem}.rss"
     cmd = [TIME, "-f", "%M", "-o", str(rss_file), str(exe), *args] if timed else [str(exe), *args]
-    peak = 0
+    peak = peak_pss = 0
     killed = False
     t = time.perf_counter()
     with log_path.open("w") as out:
@@ -166,13 +179,16 @@ def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_abo
         stop = threading.Event()
 
         def poll() -> None:
-            nonlocal peak, killed
+            nonlocal peak, peak_pss, killed
+            ticks = 0
             while not stop.wait(0.05):
+                ticks += 1
                 try:
                     rss = _tree_rss(ps)
+                    pss = _tree_pss(ps) if ticks % 5 == 0 else 0  # every 0.25 s: smaps costs more
                 except psutil.Error:
                     return
-                peak = max(peak, rss)
+                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
                 if rss > kill_above * GIB:
                     killed = True
                     for p in [*ps.children(recursive=True), ps]:
@@ -193,9 +209,11 @@ def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_abo
             peak_mib = int(lines[-1]) / 1024  # GNU time: KiB
     status = f"killed above {kill_above:g} GiB" if killed else ("ok" if rc == 0 else f"failed (exit {rc})")
     plan = planned_mib(log_path.read_text(errors="replace"))
-    step = Step(name, "recsys " + " ".join(args), peak_mib, seconds, status, plan)
+    pss_mib = peak_pss / 2**20 if peak_pss else None
+    step = Step(name, "recsys " + " ".join(args), peak_mib, seconds, status, plan, pss_mib)
     planned = f"  (planned {_fmt_mib(plan)})" if plan else ""
-    print(f"  {name:<24} {_fmt_mib(peak_mib):>10} {seconds:8.1f} s  {status}{planned}", flush=True)
+    print(f"  {name:<24} {_fmt_mib(peak_mib):>10} (PSS {_fmt_mib(pss_mib)}) {seconds:8.1f} s  "
+          f"{status}{planned}", flush=True)
     if rc != 0 and not killed:
         tail = "\n".join(log_path.read_text().splitlines()[-15:])
         print(f"    --- last lines of {log_path.name}:\n{tail}", flush=True)
@@ -208,6 +226,7 @@ def _fmt_mib(mib: float | None) -> str:
     return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
+OPT_IN = {"features build --engine ray"}  # run only when `--steps` names them
 STEPS = (
     ("import items", ["import", "items", "{data}/items.parquet"]),
     ("import users", ["import", "users", "{data}/users.parquet"]),
@@ -215,6 +234,7 @@ STEPS = (
     ("clip finetune", ["clip", "finetune"]),
     ("backfill", ["backfill"]),
     ("features build", ["features", "build"]),
+    ("features build --engine ray", ["features", "build", "--engine", "ray"]),
     ("features materialize", ["features", "materialize"]),
     ("train retrieval", ["train", "retrieval"]),
     ("train ranker --promote", ["train", "ranker", "--promote"]),
@@ -223,13 +243,13 @@ STEPS = (
 
 
 def table(steps: list[Step]) -> str:
-    lines = ["| step | peak RSS | planned | measured / planned | seconds | status |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| step | peak RSS | peak PSS (tree) | planned | measured / planned | seconds | status |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in steps:
         ratio = f"{s.peak_mib / s.planned_mib:.2f}" if s.peak_mib and s.planned_mib else ""
         planned = _fmt_mib(s.planned_mib) if s.planned_mib else ""
-        lines.append(f"| {s.step} | {_fmt_mib(s.peak_mib)} | {planned} | {ratio} | {s.seconds:.1f} "
-                     f"| {s.status} |")
+        lines.append(f"| {s.step} | {_fmt_mib(s.peak_mib)} | {_fmt_mib(s.peak_pss_mib)} | {planned} "
+                     f"| {ratio} | {s.seconds:.1f} | {s.status} |")
     return "\n".join(lines)
 
 
@@ -285,7 +305,7 @@ def run_case(home: Path, args: argparse.Namespace, clicks: int, items: int) -> d
     wanted = set(args.steps.split(",")) if args.steps else None
     steps = []
     for name, template in STEPS:
-        if wanted is not None and name not in wanted:
+        if name not in wanted if wanted is not None else name in OPT_IN:
             continue
         cmd = [a.format(data=home / "data", home=home) for a in template]
         steps.append(run_step(name, cmd, ws, env, args.kill_above))
