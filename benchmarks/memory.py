@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -145,19 +146,13 @@ def planned_mib(log_text: str) -> float | None:
     return float(found[-1]) * 1024 if found else None
 
 
-def _tree_rss(proc: psutil.Process) -> int:
+def _tree_sum(proc: psutil.Process, of: Callable[[psutil.Process], int]) -> int:
+    """`of` summed over `proc` and its descendants (RSS: `memory_info().rss`; PSS, which reads
+    smaps and costs more: `memory_full_info().pss`)."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # a child that just ended
-            total += p.memory_info().rss
-    return total
-
-
-def _tree_pss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_full_info().pss
+            total += of(p)
     return total
 
 
@@ -184,8 +179,8 @@ def run_step(name: str, args: list[str], ws: Path, env: dict[str, str], kill_abo
             while not stop.wait(0.05):
                 ticks += 1
                 try:
-                    rss = _tree_rss(ps)
-                    pss = _tree_pss(ps) if ticks % 5 == 0 else 0  # every 0.25 s: smaps costs more
+                    rss = _tree_sum(ps, lambda p: p.memory_info().rss)
+                    pss = _tree_sum(ps, lambda p: p.memory_full_info().pss) if ticks % 5 == 0 else 0  # 0.25 s
                 except psutil.Error:
                     return
                 peak, peak_pss = max(peak, rss), max(peak_pss, pss)

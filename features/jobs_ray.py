@@ -207,7 +207,7 @@ def build_features_on_ray(settings: Settings, ws: Workspace | None = None,
         ):
             written = behaviour_on_ray(settings, ws, items, until, workers, n,
                                        {ITEM_BEHAVIOUR: item_folder, USER_BEHAVIOUR: user_folder})
-    rows = {view: rows for view, (rows, _) in written.items()}
+    rows = {view: n for view, (n, _) in written.items()}
     last = written[USER_BEHAVIOUR][1]
     notes = content_and_apply(settings, ws, paths)
     return log_build(settings, ws, params, until, rows, paths, last, start, notes,
